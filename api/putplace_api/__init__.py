@@ -1,0 +1,3 @@
+"""PutPlace API service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""``create_app(settings)``: the FastAPI application; the lifespan opens and closes the backends.
+
+``main`` of uvicorn workers calls ``create_app()`` with no argument (factory mode), which
+reads the environment -- the CLI has put every flag there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from putplace_api import __version__
+from putplace_api.errors import PutPlaceError, error_response
+from putplace_api.logs import request_id
+from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
+from putplace_api.routes import content, files, health, keys
+from putplace_api.settings import Settings, get_settings
+from putplace_api.state import AppState, build_state
+from putplace_api.tracing import setup_tracing
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("putplace.app")
+
+LAST_USED_FLUSH_SECONDS = 30.0
+
+
+async def _flush_last_used(state: AppState) -> None:
+    while True:
+        await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
+        try:
+            await state.auth.flush_last_used()
+        except Exception as exc:  # a database outage must not kill the loop
+            log.warning("could not record key usage: %s", exc)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    state = build_state(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.store.open()
+        await state.storage.open()
+        admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+        await state.auth.bootstrap_admin(admin, settings.data_dir)
+        flusher = asyncio.create_task(_flush_last_used(state))
+        log.info("PutPlace API ready: database=%s storage=%s", state.store.kind, state.storage.kind)
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(Exception):
+                await state.auth.flush_last_used()
+            await state.storage.close()
+            await state.store.close()
+
+    app = FastAPI(
+        title="PutPlace",
+        summary="File Metadata Storage: a catalogue of the files on every node, one copy of each content.",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.putplace = state
+    for router in (health.router, files.router, content.router, keys.router):
+        app.include_router(router)
+
+    @app.exception_handler(PutPlaceError)
+    async def putplace_error(request: Request, exc: PutPlaceError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s", exc.detail)
+        return error_response(exc, settings.retry_after_seconds)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(
+            {"detail": "Internal server error", "request_id": request_id.get()}, status_code=500
+        )
+
+    # Added last = outermost: observability wraps security, so denied requests are logged too.
+    app.add_middleware(SecurityMiddleware, state=state)
+    app.add_middleware(ObservabilityMiddleware)
+    setup_tracing(app, settings.otlp_endpoint)
+    return app

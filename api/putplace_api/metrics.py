@@ -1,0 +1,53 @@
+"""Prometheus metrics of the API service (prometheus-client).
+
+With several uvicorn workers the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``
+aggregates every worker's samples; with one worker the default registry is served.
+Labels never carry a key or a path: key ids only, route templates only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+__all__ = [
+    "REQUESTS",
+    "REQUEST_SECONDS",
+    "UPLOADS",
+    "UPLOADED_BYTES",
+    "DEDUP_BYTES",
+    "ANNOUNCED_FILES",
+    "RATE_LIMITED",
+    "BACKEND_SECONDS",
+    "render",
+]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter("putplace_http_requests_total", "HTTP requests served", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram(
+    "putplace_http_request_duration_seconds", "HTTP request latency", ["method", "route"], buckets=_LATENCY_BUCKETS
+)
+UPLOADS = Counter("putplace_uploads_total", "Content uploads by outcome", ["outcome"])
+UPLOADED_BYTES = Counter("putplace_uploaded_bytes_total", "Content bytes written to storage")
+DEDUP_BYTES = Counter(
+    "putplace_deduplicated_bytes_total", "Bytes announced whose content was already stored (not uploaded again)"
+)
+ANNOUNCED_FILES = Counter("putplace_files_announced_total", "File records received", ["upload_required"])
+RATE_LIMITED = Counter("putplace_rate_limited_total", "Requests refused with 429", ["key_id"])
+BACKEND_SECONDS = Histogram(
+    "putplace_backend_operation_duration_seconds",
+    "Database and storage operation latency",
+    ["backend", "operation", "outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

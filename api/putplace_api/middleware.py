@@ -1,0 +1,147 @@
+"""Pure ASGI middleware, outermost first:
+
+``ObservabilityMiddleware`` gives every request an id (``X-Request-ID`` honoured and
+returned), one JSON access-log line and the request metrics.
+``SecurityMiddleware`` denies by default: every path except the public ones needs a valid
+key, checked *before* the body is read (so a missing key is a 401, not a 422), then the
+key's rate limit, then a cap on JSON body size. Routes only check scopes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from putplace_api import metrics
+from putplace_api.errors import BackendUnavailable, PayloadTooLarge, PutPlaceError, TooManyRequests, error_response
+from putplace_api.logs import request_id
+
+if TYPE_CHECKING:
+    from putplace_api.state import AppState
+
+__all__ = ["ObservabilityMiddleware", "SecurityMiddleware", "PUBLIC_PATHS", "PRINCIPAL"]
+
+log = logging.getLogger("putplace.access")
+
+PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PRINCIPAL = "putplace.principal"  # scope key where SecurityMiddleware leaves the Principal
+_STREAMED_PREFIXES = ("/upload_file/",)  # bodies limited by max_upload_bytes instead
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id", "")
+        rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            metrics.REQUESTS.labels(method, route, str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(method, route).observe(elapsed)
+            principal = scope.get(PRINCIPAL)
+            log.info(
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "key_id": getattr(principal, "key_id", None),
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+            )
+            request_id.reset(token)
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        retry = self.state.settings.retry_after_seconds
+        try:
+            headers = Headers(scope=scope)
+            presented = headers.get("x-api-key") or _bearer(headers.get("authorization"))
+            principal = await self.state.auth.authenticate(presented, datetime.now(UTC))
+            scope[PRINCIPAL] = principal
+            decision = await self.state.limiter.check(principal)
+            if decision is not None and not decision.allowed:
+                metrics.RATE_LIMITED.labels(principal.key_id).inc()
+                wait = max(1, math.ceil(decision.retry_after))
+                raise TooManyRequests(
+                    "Rate limit exceeded for this API key",
+                    {
+                        "Retry-After": str(wait),
+                        "RateLimit-Limit": f"{decision.limit:g}",
+                        "RateLimit-Remaining": "0",
+                        "RateLimit-Reset": str(wait),
+                        "RateLimit-Policy": f"{decision.burst};w={decision.burst / decision.limit:g}",
+                    },
+                )
+            if not scope["path"].startswith(_STREAMED_PREFIXES):
+                receive = self._limit_body(headers, receive)
+        except PutPlaceError as exc:
+            if isinstance(exc, BackendUnavailable):
+                logging.getLogger("putplace.auth").warning("authentication unavailable: %s", exc.detail)
+            await error_response(exc, retry)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _limit_body(self, headers: Headers, receive: Receive) -> Receive:
+        limit = self.state.settings.max_request_bytes
+        too_large = PayloadTooLarge(f"Request body larger than {limit} bytes")
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise too_large
+            return message
+
+        return limited
+
+
+def _bearer(value: str | None) -> str | None:
+    # Lets Prometheus (which sends Authorization: Bearer) scrape /metrics with a metrics-scoped key.
+    if value and value[:7].lower() == "bearer ":
+        return value[7:].strip() or None
+    return None

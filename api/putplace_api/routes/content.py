@@ -1,0 +1,97 @@
+"""Content by sha256: the second phase of the upload protocol, and download."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from putplace_client.models import UploadResponse
+
+from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
+from putplace_api.errors import NotFound, RangeNotSatisfiable
+from putplace_api.formdata import file_field
+from putplace_api.uploads import receive_content
+
+router = APIRouter(tags=["content"])
+log = logging.getLogger("putplace.content")
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@router.post("/upload_file/{sha256}", response_model=UploadResponse)
+async def upload_file(
+    sha256: Sha256Path,
+    request: Request,
+    state: StateDep,
+    _: WriteKey,
+    hostname: str | None = None,
+    filepath: str | None = None,
+) -> UploadResponse:
+    """Upload the content of an announced sha256: multipart field ``file`` (as existing
+    clients send it) or a raw ``application/octet-stream`` body. Streamed and hashed on the
+    way to storage; a mismatch stores nothing."""
+    content_type = request.headers.get("content-type", "")
+    body = request.stream()
+    chunks = file_field(body, content_type) if content_type.startswith("multipart/form-data") else body
+    result = await receive_content(
+        store=state.store,
+        storage=state.storage,
+        sha256=sha256,
+        chunks=chunks,
+        max_bytes=state.settings.max_upload_bytes,
+        allowed_mime=state.settings.allowed_mime_types,
+    )
+    return UploadResponse(
+        message="File uploaded successfully",
+        sha256=sha256,
+        size=str(result.size),
+        hostname=hostname,
+        filepath=filepath,
+        status="uploaded",
+    )
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One byte range [start, end) or None for the whole content; several ranges are
+    answered with the whole content, which RFC 9110 allows."""
+    if not header or "," in header:
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None or m.groups() == ("", ""):
+        raise RangeNotSatisfiable("Malformed Range header", {"Content-Range": f"bytes */{size}"})
+    first, last = m.groups()
+    if first == "":  # suffix: the last N bytes
+        start, end = max(0, size - int(last)), size
+    else:
+        start, end = int(first), size if last == "" else min(size, int(last) + 1)
+    if start >= size or start >= end:
+        raise RangeNotSatisfiable("Range not satisfiable", {"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+@router.get("/content/{sha256}", response_model=None)
+async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: ReadKey) -> Response:
+    content = await state.store.get_content(sha256)
+    if content is None or not content.stored:
+        raise NotFound(f"File with SHA256 {sha256} not found")
+    size = await state.storage.size(sha256)
+    if size is None:
+        log.error("content %s is marked stored but missing from storage", sha256)
+        raise NotFound(f"File with SHA256 {sha256} not found")
+    etag = f'"{sha256}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    span = _parse_range(request.headers.get("range"), size)
+    start, end = span or (0, size)
+    headers["Content-Length"] = str(end - start)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(
+        state.storage.read(sha256, start, end),
+        status_code=206 if span is not None else 200,
+        media_type=content.mime_type or "application/octet-stream",
+        headers=headers,
+    )

@@ -1,0 +1,160 @@
+"""File metadata: announce (one or a batch), look up, list, history, delete, stats."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from putplace_client.models import (
+    DeleteFileResponse,
+    FileMetadata,
+    FileRecord,
+    HistoryRecord,
+    Page,
+    PutFileResponse,
+    PutFilesRequest,
+    PutFilesResponse,
+    Stats,
+)
+
+from putplace_api import metrics
+from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
+from putplace_api.errors import BadRequest, NotFound
+from putplace_api.store.base import FileQuery, FileRow, PutResult, is_object_id
+
+router = APIRouter(tags=["files"])
+
+
+def to_record(row: FileRow, stored_at: datetime | None = None, storage_path: str | None = None) -> FileRecord:
+    return FileRecord(
+        **row.meta.model_dump(),
+        _id=row.id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        has_file_content=stored_at is not None,
+        file_uploaded_at=stored_at,
+        storage_path=storage_path,
+    )
+
+
+def to_put_response(result: PutResult) -> PutFileResponse:
+    content = result.content
+    return PutFileResponse(
+        **to_record(result.file, content.stored_at if content.stored else None, content.storage_path).model_dump(
+            by_alias=True
+        ),
+        upload_required=not content.stored,
+        upload_url=None if content.stored else f"/upload_file/{content.sha256}",
+    )
+
+
+async def _announce(state: StateDep, files: list[FileMetadata]) -> list[PutFileResponse]:
+    results = await state.store.put_files(files, datetime.now(UTC))
+    responses = [to_put_response(r) for r in results]
+    for r in responses:
+        metrics.ANNOUNCED_FILES.labels(str(r.upload_required).lower()).inc()
+        if not r.upload_required:
+            metrics.DEDUP_BYTES.inc(r.file_size)
+    return responses
+
+
+@router.post("/put_file", status_code=201, response_model=PutFileResponse)
+async def put_file(body: FileMetadata, state: StateDep, _: WriteKey) -> PutFileResponse:
+    """Record one file; ``upload_required`` says whether its content must be uploaded."""
+    return (await _announce(state, [body]))[0]
+
+
+@router.post("/put_files", status_code=201, response_model=PutFilesResponse)
+async def put_files(body: PutFilesRequest, state: StateDep, _: WriteKey) -> PutFilesResponse:
+    """Record up to 10,000 files in one request, each with its own ``upload_required``."""
+    return PutFilesResponse(files=await _announce(state, body.files))
+
+
+@router.get("/get_file/{sha256}", response_model=FileRecord)
+async def get_file(sha256: Sha256Path, state: StateDep, _: ReadKey) -> FileRecord:
+    row = await state.store.file_by_sha(sha256)
+    if row is None:
+        raise NotFound(f"File with SHA256 {sha256} not found")
+    content = await state.store.get_content(sha256)
+    stored = content is not None and content.stored
+    return to_record(row, content.stored_at if stored else None, content.storage_path if stored else None)  # type: ignore[union-attr]
+
+
+@router.get("/files", response_model=Page[FileRecord])
+async def list_files(
+    state: StateDep,
+    _: ReadKey,
+    hostname: str | None = None,
+    path_prefix: str | None = None,
+    sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
+    changed_since: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Page[FileRecord]:
+    """Current records, oldest first, filtered by host, path prefix, content or change time.
+    Every location of a content: ``?sha256=``."""
+    if cursor is not None and not is_object_id(cursor):
+        raise BadRequest("Invalid cursor")
+    if changed_since is not None and changed_since.tzinfo is None:
+        changed_since = changed_since.replace(tzinfo=UTC)
+    rows = await state.store.list_files(
+        FileQuery(hostname, path_prefix, sha256, changed_since, after_id=cursor, limit=limit + 1)
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    shas = {r.meta.sha256 for r in rows}
+    contents = {sha: await state.store.get_content(sha) for sha in shas}
+    items = []
+    for r in rows:
+        c = contents[r.meta.sha256]
+        stored = c is not None and c.stored
+        items.append(to_record(r, c.stored_at if stored else None, c.storage_path if stored else None))  # type: ignore[union-attr]
+    return Page[FileRecord](items=items, next_cursor=rows[-1].id if more and rows else None)
+
+
+@router.get("/files/history", response_model=Page[HistoryRecord])
+async def file_history(
+    state: StateDep,
+    _: ReadKey,
+    hostname: str,
+    filepath: str,
+    before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Page[HistoryRecord]:
+    """Earlier versions of one path, newest first (``before`` = the previous page's last ``superseded_at``)."""
+    rows = await state.store.history(hostname, filepath, limit + 1, before)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        HistoryRecord(
+            **to_record(h.file).model_dump(by_alias=True, exclude={"has_file_content"}),
+            has_file_content=False,
+            superseded_at=h.superseded_at,
+            event=h.event,
+        )
+        for h in rows
+    ]
+    return Page[HistoryRecord](items=items, next_cursor=rows[-1].superseded_at.isoformat() if more and rows else None)
+
+
+@router.delete("/files", response_model=DeleteFileResponse)
+async def delete_file(state: StateDep, _: WriteKey, hostname: str, filepath: str) -> DeleteFileResponse:
+    """A deletion notice: the record leaves the current catalogue, its history stays, its content stays."""
+    if not await state.store.delete_file(hostname, filepath, datetime.now(UTC)):
+        raise NotFound(f"No current record for {filepath} on {hostname}")
+    return DeleteFileResponse(message="File record deleted", hostname=hostname, filepath=filepath)
+
+
+@router.get("/stats", response_model=Stats)
+async def stats(state: StateDep, _: ReadKey) -> Stats:
+    s = await state.store.stats()
+    ratio = s.logical_bytes / s.stored_bytes if s.stored_bytes else 1.0
+    return Stats(
+        files=s.files,
+        hosts=s.hosts,
+        contents_stored=s.contents_stored,
+        stored_bytes=s.stored_bytes,
+        logical_bytes=s.logical_bytes,
+        dedup_ratio=round(ratio, 4),
+    )

@@ -1,0 +1,74 @@
+"""API key administration (admin scope): create, list, revoke, delete."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from putplace_client.models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, MessageResponse, Scope
+
+from putplace_api.auth import generate_key, make_key_row
+from putplace_api.deps import AdminKey, StateDep
+from putplace_api.errors import NotFound
+from putplace_api.store.base import KeyRow, is_object_id
+
+router = APIRouter(prefix="/api_keys", tags=["api keys"])
+
+
+def to_info(row: KeyRow) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        _id=row.id,
+        name=row.name,
+        description=row.description,
+        scopes=[Scope(s) for s in row.scopes],
+        rate_limit=row.rate_limit,
+        rate_limit_burst=row.rate_limit_burst,
+        key_prefix=row.key_prefix,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        is_active=row.is_active,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def _not_found(key_id: str) -> NotFound:
+    return NotFound(f"API key {key_id} not found")
+
+
+@router.post("", status_code=201, response_model=ApiKeyCreated)
+async def create_key(body: ApiKeyCreate, state: StateDep, _: AdminKey) -> ApiKeyCreated:
+    """Create a key; the response is the only place its plaintext ever appears."""
+    key = generate_key()
+    expires = body.expires_at.replace(tzinfo=UTC) if body.expires_at and not body.expires_at.tzinfo else body.expires_at
+    row = make_key_row(
+        key,
+        body.name,
+        tuple(dict.fromkeys(s.value for s in body.scopes)),
+        description=body.description,
+        rate_limit=body.rate_limit,
+        rate_limit_burst=body.rate_limit_burst,
+        expires_at=expires,
+    )
+    await state.store.insert_key(row)
+    return ApiKeyCreated(**to_info(row).model_dump(by_alias=True), api_key=key)
+
+
+@router.get("", response_model=list[ApiKeyInfo])
+async def list_keys(state: StateDep, _: AdminKey) -> list[ApiKeyInfo]:
+    await state.auth.flush_last_used()
+    return [to_info(r) for r in await state.store.list_keys()]
+
+
+@router.put("/{key_id}/revoke", response_model=MessageResponse)
+async def revoke_key(key_id: str, state: StateDep, _: AdminKey) -> MessageResponse:
+    if not is_object_id(key_id) or not await state.store.revoke_key(key_id, datetime.now(UTC)):
+        raise _not_found(key_id)
+    return MessageResponse(message=f"API key {key_id} revoked successfully")
+
+
+@router.delete("/{key_id}", response_model=MessageResponse)
+async def delete_key(key_id: str, state: StateDep, _: AdminKey) -> MessageResponse:
+    if not is_object_id(key_id) or not await state.store.delete_key(key_id):
+        raise _not_found(key_id)
+    return MessageResponse(message=f"API key {key_id} deleted successfully")

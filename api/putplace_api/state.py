@@ -1,0 +1,72 @@
+"""What the running app holds: settings, the two backends, authentication, rate limits.
+
+Backends are wrapped in ``_Timed`` so every database and storage call is measured in one
+place (``putplace_backend_operation_duration_seconds``) without touching the backends.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from putplace_api import metrics
+from putplace_api.auth import Authenticator
+from putplace_api.errors import BackendUnavailable
+from putplace_api.ratelimit import RateLimiter
+from putplace_api.settings import Settings
+from putplace_api.storage import ContentStorage, open_storage
+from putplace_api.store import MetadataStore, open_store
+
+__all__ = ["AppState", "build_state"]
+
+
+class _Timed:
+    def __init__(self, inner: Any, backend: str) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                return await attr(*args, **kwargs)
+            except BackendUnavailable:
+                outcome = "unavailable"
+                raise
+            except BaseException:
+                outcome = "error"
+                raise
+            finally:
+                metrics.BACKEND_SECONDS.labels(self._backend, name, outcome).observe(time.perf_counter() - started)
+
+        return timed
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    store: MetadataStore
+    storage: ContentStorage
+    auth: Authenticator
+    limiter: RateLimiter
+
+
+def build_state(settings: Settings) -> AppState:
+    store = cast(MetadataStore, _Timed(open_store(settings), "database"))
+    storage = cast(ContentStorage, _Timed(open_storage(settings), "storage"))
+    return AppState(
+        settings=settings,
+        store=store,
+        storage=storage,
+        auth=Authenticator(store),
+        limiter=RateLimiter(store, settings.rate_limit, settings.rate_limit_burst),
+    )

@@ -1,0 +1,53 @@
+"""The content storage interface: bytes kept once per sha256.
+
+Backends: ``local.py`` (``{root}/{sha[:2]}/{sha}``) and ``s3.py`` (``{prefix}{sha[:2]}/{sha}``).
+A write goes through a ``ContentWriter``: nothing is visible under the final name until
+``commit``; ``abort`` leaves nothing behind. Callers verify the hash before committing.
+One contract suite (``tests/api/test_storage_contract.py``) runs against every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+__all__ = ["ContentStorage", "ContentWriter", "object_name"]
+
+
+def object_name(sha256: str) -> str:
+    return f"{sha256[:2]}/{sha256}"
+
+
+class ContentWriter(Protocol):
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the content visible under its sha256, atomically."""
+
+    async def abort(self) -> None:
+        """Discard everything written; safe to call more than once or after commit."""
+
+
+class ContentStorage(Protocol):
+    kind: str  # "local" | "s3"
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the storage answers."""
+
+    def location(self, sha256: str) -> str:
+        """Where the content of sha256 lives, as a URL (reported as storage_path)."""
+
+    async def exists(self, sha256: str) -> bool: ...
+
+    async def size(self, sha256: str) -> int | None: ...
+
+    async def writer(self, sha256: str) -> ContentWriter: ...
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end) of the content (end None = to the end)."""
+
+    async def delete(self, sha256: str) -> bool: ...

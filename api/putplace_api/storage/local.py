@@ -1,0 +1,170 @@
+"""Local filesystem content storage: ``{root}/{sha[:2]}/{sha}``.
+
+Writes go to ``{root}/.tmp/`` (same filesystem), are fsynced, then renamed into place:
+a crash or a disconnect never leaves a partial object under a final name. Temp files
+older than an hour are swept at start-up (a younger one may belong to another worker).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio.to_thread
+
+from putplace_api.errors import BackendUnavailable
+from putplace_api.storage.base import object_name
+
+__all__ = ["LocalStorage"]
+
+READ_CHUNK = 1024 * 1024
+STALE_TEMP_SECONDS = 3600
+
+def _translate(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # Retrying later may succeed once space is freed: a 507-like condition, reported as 503.
+        return BackendUnavailable("storage", "no space left on device")
+    return BackendUnavailable("storage", exc.strerror or str(exc))
+
+class _LocalWriter:
+    def __init__(self, final: Path, temp: Path, fsync: bool) -> None:
+        self._final = final
+        self._temp = temp
+        self._fsync = fsync
+        self._file: BinaryIO | None = None
+        self._done = False
+
+    async def _start(self) -> None:
+        try:
+            self._file = await anyio.to_thread.run_sync(open, self._temp, "xb")
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    async def write(self, chunk: bytes) -> None:
+        assert self._file is not None
+        try:
+            await anyio.to_thread.run_sync(self._file.write, chunk)
+        except OSError as exc:
+            await self.abort()
+            raise _translate(exc) from exc
+
+    def _commit(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._temp, self._final)  # atomic; an identical concurrent upload just wins or loses
+        if self._fsync:
+            fd = os.open(self._final.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    async def commit(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._commit)
+            self._done = True
+        except OSError as exc:
+            await self.abort()
+            raise _translate(exc) from exc
+
+    def _abort(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+    async def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            # Shielded: runs even when the request task is being cancelled (client gone).
+            await anyio.to_thread.run_sync(self._abort, abandon_on_cancel=False)
+
+class LocalStorage:
+    kind = "local"
+
+    def __init__(self, root: str | Path, fsync: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self._tmp = self.root / ".tmp"
+        self._fsync = fsync
+
+    def _path(self, sha256: str) -> Path:
+        return self.root / object_name(sha256)
+
+    def _sweep(self) -> None:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for entry in os.scandir(self._tmp):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+
+    async def open(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._sweep)
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        ok = await anyio.to_thread.run_sync(os.access, self._tmp, os.W_OK)
+        if not ok:
+            raise BackendUnavailable("storage", f"{self._tmp} is not writable")
+
+    def location(self, sha256: str) -> str:
+        return self._path(sha256).as_uri()
+
+    async def exists(self, sha256: str) -> bool:
+        return await anyio.to_thread.run_sync(self._path(sha256).is_file)
+
+    async def size(self, sha256: str) -> int | None:
+        try:
+            st = await anyio.to_thread.run_sync(os.stat, self._path(sha256))
+        except FileNotFoundError:
+            return None
+        return st.st_size
+
+    async def writer(self, sha256: str) -> _LocalWriter:
+        w = _LocalWriter(self._path(sha256), self._tmp / f"{sha256}.{uuid.uuid4().hex}", self._fsync)
+        await w._start()
+        return w
+
+    async def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            f = await anyio.to_thread.run_sync(open, self._path(sha256), "rb")
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _translate(exc) from exc
+        try:
+            await anyio.to_thread.run_sync(f.seek, start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                chunk = await anyio.to_thread.run_sync(f.read, size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            f.close()
+
+    async def delete(self, sha256: str) -> bool:
+        try:
+            await anyio.to_thread.run_sync(os.unlink, self._path(sha256))
+            return True
+        except FileNotFoundError:
+            return False
+

@@ -1,0 +1,190 @@
+"""S3 (AWS, MinIO, SeaweedFS) content storage through aioboto3: ``{prefix}{sha[:2]}/{sha}``.
+
+A write buffers one part (8 MiB) at a time: small content is a single PutObject, larger
+content a multipart upload that only becomes an object on CompleteMultipartUpload, so a
+crash or disconnect never exposes a partial object (abort removes the parts). Memory per
+upload stays at one part, whatever the size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+from urllib.parse import urlsplit
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from putplace_api.errors import BackendUnavailable
+from putplace_api.storage.base import object_name
+
+__all__ = ["S3Storage"]
+
+PART_SIZE = 8 * 1024 * 1024
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+def _is_missing(exc: ClientError) -> bool:
+    return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+
+
+def _unavailable(exc: Exception) -> BackendUnavailable:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return BackendUnavailable("storage", f"{err.get('Code')}: {err.get('Message')}")
+    return BackendUnavailable("storage", type(exc).__name__)
+
+
+class _S3Writer:
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._done = False
+
+    async def _flush_part(self) -> None:
+        if self._upload_id is None:
+            created = await self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)
+            self._upload_id = created["UploadId"]
+        number = len(self._parts) + 1
+        body = bytes(self._buffer)
+        self._buffer.clear()
+        part = await self._client.upload_part(
+            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=body
+        )
+        self._parts.append({"PartNumber": number, "ETag": part["ETag"]})
+
+    async def write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        try:
+            while len(self._buffer) >= PART_SIZE:
+                await self._flush_part()
+        except (BotoCoreError, ClientError) as exc:
+            await self.abort()
+            raise _unavailable(exc) from exc
+
+    async def commit(self) -> None:
+        try:
+            if self._upload_id is None:
+                await self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
+            else:
+                if self._buffer:
+                    await self._flush_part()
+                await self._client.complete_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+                )
+            self._done = True
+        except (BotoCoreError, ClientError) as exc:
+            await self.abort()
+            raise _unavailable(exc) from exc
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._buffer.clear()
+        if self._upload_id is not None:
+            try:
+                await self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
+            except (BotoCoreError, ClientError):
+                pass  # an unfinished upload holds no visible object; bucket lifecycle rules reap it
+
+
+class S3Storage:
+    kind = "s3"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        addressing_style: str = "path",
+        timeout: float = 10.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"storage URL must look like s3://bucket/prefix, got {url!r}")
+        self.bucket = parts.netloc
+        prefix = parts.path.lstrip("/")
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self._session = aioboto3.Session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
+        )
+        self._endpoint_url = endpoint_url
+        self._config = Config(
+            s3={"addressing_style": addressing_style},
+            connect_timeout=timeout,
+            read_timeout=max(timeout, 60.0),
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    def _key(self, sha256: str) -> str:
+        return self.prefix + object_name(sha256)
+
+    async def open(self) -> None:
+        self._client = await self._stack.enter_async_context(
+            self._session.client("s3", endpoint_url=self._endpoint_url, config=self._config)
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+
+    def location(self, sha256: str) -> str:
+        return f"s3://{self.bucket}/{self._key(sha256)}"
+
+    async def size(self, sha256: str) -> int | None:
+        try:
+            head = await self._client.head_object(Bucket=self.bucket, Key=self._key(sha256))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise _unavailable(exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from exc
+        return int(head["ContentLength"])
+
+    async def exists(self, sha256: str) -> bool:
+        return await self.size(sha256) is not None
+
+    async def writer(self, sha256: str) -> _S3Writer:
+        return _S3Writer(self._client, self.bucket, self._key(sha256))
+
+    async def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(sha256)}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            obj = await self._client.get_object(**kwargs)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise FileNotFoundError(sha256) from exc
+            raise _unavailable(exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from exc
+        async with obj["Body"] as body:
+            async for chunk in body.iter_chunks(1024 * 1024):
+                yield chunk
+
+    async def delete(self, sha256: str) -> bool:
+        existed = await self.exists(sha256)
+        try:
+            await self._client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+        return existed

@@ -1,0 +1,208 @@
+"""The metadata store interface: file records, their history, content records, API keys
+and the shared rate-limit buckets.
+
+Two backends implement it (``sqlite.py``, ``mongo.py``) and one contract suite
+(``tests/api/test_store_contract.py``) runs unchanged against both. Values crossing this
+boundary are plain frozen dataclasses; routes never see a driver type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from putplace_client.models import FileMetadata
+
+__all__ = [
+    "FILE_FIELDS",
+    "ContentRow",
+    "FileRow",
+    "HistoryRow",
+    "PutResult",
+    "FileQuery",
+    "KeyRow",
+    "StatsRow",
+    "TokenGrant",
+    "MetadataStore",
+]
+
+# The client-owned fields of a file record, in wire order.
+FILE_FIELDS: tuple[str, ...] = tuple(FileMetadata.model_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRow:
+    sha256: str
+    size: int
+    stored: bool
+    first_seen_at: datetime
+    stored_at: datetime | None = None
+    mime_type: str | None = None
+    storage_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    id: str
+    meta: FileMetadata
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    file: FileRow
+    superseded_at: datetime
+    event: str  # "replaced" | "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    file: FileRow
+    content: ContentRow
+
+
+@dataclass(frozen=True, slots=True)
+class FileQuery:
+    hostname: str | None = None
+    path_prefix: str | None = None
+    sha256: str | None = None
+    changed_since: datetime | None = None
+    after_id: str | None = None  # cursor: ids sort by creation time
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    id: str
+    name: str
+    key_hash: str
+    key_prefix: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    is_active: bool = True
+    description: str | None = None
+    rate_limit: float | None = None
+    rate_limit_burst: int | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRow:
+    files: int
+    hosts: int
+    contents_stored: int
+    stored_bytes: int
+    logical_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """Tokens taken from a shared bucket; when none, how long until one is free."""
+
+    granted: int
+    retry_after: float = 0.0
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+class MetadataStore(Protocol):
+    kind: str  # "sqlite" | "mongodb", as /health reports it
+
+    async def open(self) -> None:
+        """Connect and create tables or indexes (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the database answers."""
+
+    # -- files ---------------------------------------------------------------------------
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
+        """Upsert the current record of each (hostname, filepath), keeping a changed
+        record's previous version as history, and make sure a content record exists for
+        each sha256. Results are in input order."""
+
+    async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
+        """Move the current record to history as deleted; False if there was none."""
+
+    async def file_by_sha(self, sha256: str) -> FileRow | None: ...
+
+    async def list_files(self, query: FileQuery) -> list[FileRow]: ...
+
+    async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
+        """Earlier versions of one path, newest first."""
+
+    # -- content -------------------------------------------------------------------------
+    async def get_content(self, sha256: str) -> ContentRow | None: ...
+
+    async def mark_stored(
+        self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime
+    ) -> ContentRow: ...
+
+    async def stats(self) -> StatsRow: ...
+
+    # -- keys ----------------------------------------------------------------------------
+    async def insert_key(self, key: KeyRow) -> None: ...
+
+    async def key_by_hash(self, key_hash: str) -> KeyRow | None: ...
+
+    async def get_key(self, key_id: str) -> KeyRow | None: ...
+
+    async def list_keys(self) -> list[KeyRow]: ...
+
+    async def revoke_key(self, key_id: str, now: datetime) -> bool: ...
+
+    async def delete_key(self, key_id: str) -> bool: ...
+
+    async def touch_keys(self, last_used: Mapping[str, datetime]) -> None:
+        """Record when keys were last used (batched: not one write per request)."""
+
+    async def claim(self, marker: str, now: datetime) -> bool:
+        """Insert a one-time marker; True only for the first caller across all replicas."""
+
+    # -- rate limits ---------------------------------------------------------------------
+    async def take_tokens(self, bucket: str, rate: float, burst: int, want: int, now: float) -> TokenGrant:
+        """Atomically take up to ``want`` tokens from a GCRA bucket shared by all replicas."""
+
+
+# -- helpers shared by the backends ------------------------------------------------------
+
+
+def new_id() -> str:
+    """A 24-hex-digit ObjectId string: the id shape existing PutPlace clients expect,
+    sortable by creation time, the same on both backends."""
+    from bson import ObjectId
+
+    return str(ObjectId())
+
+
+def is_object_id(value: str) -> bool:
+    from bson import ObjectId
+
+    return ObjectId.is_valid(value)
+
+
+def gcra(tat: float, now: float, rate: float, burst: int, want: int) -> tuple[int, float, float]:
+    """Generic cell rate algorithm on one number, the theoretical arrival time (tat).
+
+    Returns (granted, new_tat, retry_after). A bucket of ``burst`` tokens refills at
+    ``rate`` per second; taking n tokens pushes tat forward by n/rate, and is allowed while
+    tat stays within burst/rate of now. One number means a compare-and-set is enough to
+    share a bucket between replicas: no transaction needed (MongoDB, FerretDB).
+    """
+    interval = 1.0 / rate
+    tolerance = burst * interval
+    start = max(tat, now)
+    available = int((now + tolerance - start) / interval + 1e-9)
+    granted = max(0, min(want, available))
+    if granted:
+        return granted, start + granted * interval, 0.0
+    return 0, tat, max(0.0, start + interval - tolerance - now)
+
+
+def record_changed(old: FileMetadata, new: FileMetadata) -> bool:
+    return old.model_dump() != new.model_dump()

@@ -1,0 +1,416 @@
+"""Embedded SQLite metadata store: the zero-setup default.
+
+All SQL runs on one dedicated thread with the standard library's sqlite3: a whole batch
+upsert is one hop off the event loop, and statements of two requests can never interleave
+inside one transaction. Several API processes may share the file (WAL, busy timeout);
+writes take the database lock with BEGIN IMMEDIATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from putplace_client.models import FileMetadata
+
+from putplace_api.errors import BackendUnavailable
+from putplace_api.store.base import (
+    FILE_FIELDS,
+    ContentRow,
+    FileQuery,
+    FileRow,
+    HistoryRow,
+    KeyRow,
+    PutResult,
+    StatsRow,
+    TokenGrant,
+    gcra,
+    new_id,
+    record_changed,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_FILE_COLUMNS = """
+    hostname TEXT NOT NULL, filepath TEXT NOT NULL, ip_address TEXT NOT NULL, sha256 TEXT NOT NULL,
+    file_size INTEGER NOT NULL, file_mode INTEGER NOT NULL, file_uid INTEGER NOT NULL,
+    file_gid INTEGER NOT NULL, file_mtime REAL NOT NULL, file_atime REAL NOT NULL,
+    file_ctime REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
+"""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, {_FILE_COLUMNS}, UNIQUE (hostname, filepath));
+CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
+CREATE INDEX IF NOT EXISTS files_updated_at ON files (updated_at);
+CREATE TABLE IF NOT EXISTS file_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, {_FILE_COLUMNS},
+    superseded_at REAL NOT NULL, event TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS file_history_path ON file_history (hostname, filepath, superseded_at);
+CREATE INDEX IF NOT EXISTS file_history_sha256 ON file_history (sha256);
+CREATE TABLE IF NOT EXISTS contents (
+    sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL DEFAULT 0,
+    first_seen_at REAL NOT NULL, stored_at REAL, mime_type TEXT, storage_path TEXT);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT, key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL, scopes TEXT NOT NULL, rate_limit REAL, rate_limit_burst INTEGER,
+    created_at REAL NOT NULL, expires_at REAL, is_active INTEGER NOT NULL, revoked_at REAL,
+    last_used_at REAL);
+CREATE TABLE IF NOT EXISTS markers (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rate_buckets (bucket TEXT PRIMARY KEY, tat REAL NOT NULL);
+"""
+
+_INSERT_FILE = (
+    f"INSERT INTO files (id, {', '.join(FILE_FIELDS)}, created_at, updated_at) "
+    f"VALUES (?, {', '.join('?' for _ in FILE_FIELDS)}, ?, ?)"
+)
+_UPDATE_FILE = f"UPDATE files SET {', '.join(f'{f} = ?' for f in FILE_FIELDS)}, updated_at = ? WHERE id = ?"
+_INSERT_HISTORY = (
+    f"INSERT INTO file_history (id, {', '.join(FILE_FIELDS)}, created_at, updated_at, superseded_at, event) "
+    f"VALUES (?, {', '.join('?' for _ in FILE_FIELDS)}, ?, ?, ?, ?)"
+)
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _file_values(meta: FileMetadata) -> tuple[Any, ...]:
+    return tuple(getattr(meta, f) for f in FILE_FIELDS)
+
+
+def _file_row(row: sqlite3.Row) -> FileRow:
+    meta = FileMetadata.model_validate({f: row[f] for f in FILE_FIELDS})
+    return FileRow(id=row["id"], meta=meta, created_at=_dt(row["created_at"]), updated_at=_dt(row["updated_at"]))  # type: ignore[arg-type]
+
+
+def _content_row(row: sqlite3.Row) -> ContentRow:
+    return ContentRow(
+        sha256=row["sha256"],
+        size=row["size"],
+        stored=bool(row["stored"]),
+        first_seen_at=_dt(row["first_seen_at"]),  # type: ignore[arg-type]
+        stored_at=_dt(row["stored_at"]),
+        mime_type=row["mime_type"],
+        storage_path=row["storage_path"],
+    )
+
+
+def _key_row(row: sqlite3.Row) -> KeyRow:
+    return KeyRow(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        key_hash=row["key_hash"],
+        key_prefix=row["key_prefix"],
+        scopes=tuple(s for s in row["scopes"].split(",") if s),
+        rate_limit=row["rate_limit"],
+        rate_limit_burst=row["rate_limit_burst"],
+        created_at=_dt(row["created_at"]),  # type: ignore[arg-type]
+        expires_at=_dt(row["expires_at"]),
+        is_active=bool(row["is_active"]),
+        revoked_at=_dt(row["revoked_at"]),
+        last_used_at=_dt(row["last_used_at"]),
+    )
+
+
+class SqliteStore:
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
+        self._path = str(path)
+        self._timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="putplace-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing ------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.OperationalError as exc:  # locked, disk I/O error, unable to open ...
+            raise BackendUnavailable("database", str(exc)) from exc
+
+    @property
+    def _c(self) -> sqlite3.Connection:
+        assert self._conn is not None, "store is not open"
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        c = self._c
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def _open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._c.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._c.execute("SELECT 1").fetchone())
+
+    # -- files ---------------------------------------------------------------------------
+    def _put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
+        ts = now.timestamp()
+        with self._write() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
+                [(f.sha256, f.file_size, ts) for f in files],
+            )
+            rows: list[FileRow] = []
+            for meta in files:
+                found = c.execute(
+                    "SELECT * FROM files WHERE hostname = ? AND filepath = ?", (meta.hostname, meta.filepath)
+                ).fetchone()
+                if found is None:
+                    file_id = new_id()
+                    c.execute(_INSERT_FILE, (file_id, *_file_values(meta), ts, ts))
+                    rows.append(FileRow(id=file_id, meta=meta, created_at=now, updated_at=now))
+                    continue
+                old = _file_row(found)
+                if not record_changed(old.meta, meta):
+                    rows.append(old)
+                    continue
+                self._archive(c, old, ts, "replaced")
+                c.execute(_UPDATE_FILE, (*_file_values(meta), ts, old.id))
+                rows.append(FileRow(id=old.id, meta=meta, created_at=old.created_at, updated_at=now))
+            contents = self._contents(c, {r.meta.sha256 for r in rows})
+        return [PutResult(file=r, content=contents[r.meta.sha256]) for r in rows]
+
+    @staticmethod
+    def _archive(c: sqlite3.Connection, old: FileRow, ts: float, event: str) -> None:
+        c.execute(
+            _INSERT_HISTORY,
+            (old.id, *_file_values(old.meta), _ts(old.created_at), _ts(old.updated_at), ts, event),
+        )
+
+    @staticmethod
+    def _contents(c: sqlite3.Connection, shas: set[str]) -> dict[str, ContentRow]:
+        out: dict[str, ContentRow] = {}
+        ordered = sorted(shas)
+        for i in range(0, len(ordered), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ordered[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            for row in c.execute(f"SELECT * FROM contents WHERE sha256 IN ({marks})", chunk):
+                out[row["sha256"]] = _content_row(row)
+        return out
+
+    async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
+        return await self._run(self._put_files, files, now)
+
+    def _delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
+        with self._write() as c:
+            found = c.execute("SELECT * FROM files WHERE hostname = ? AND filepath = ?", (hostname, filepath)).fetchone()
+            if found is None:
+                return False
+            self._archive(c, _file_row(found), now.timestamp(), "deleted")
+            c.execute("DELETE FROM files WHERE id = ?", (found["id"],))
+            return True
+
+    async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
+        return await self._run(self._delete_file, hostname, filepath, now)
+
+    async def file_by_sha(self, sha256: str) -> FileRow | None:
+        def run() -> FileRow | None:
+            row = self._c.execute("SELECT * FROM files WHERE sha256 = ? ORDER BY id LIMIT 1", (sha256,)).fetchone()
+            return None if row is None else _file_row(row)
+
+        return await self._run(run)
+
+    async def list_files(self, query: FileQuery) -> list[FileRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if query.hostname is not None:
+            where.append("hostname = ?")
+            params.append(query.hostname)
+        if query.path_prefix:
+            # A range, not LIKE: no wildcard escaping, and it uses the (hostname, filepath) index.
+            where.append("filepath >= ? AND filepath < ?")
+            params += [query.path_prefix, query.path_prefix + "\U0010ffff"]
+        if query.sha256 is not None:
+            where.append("sha256 = ?")
+            params.append(query.sha256)
+        if query.changed_since is not None:
+            where.append("updated_at >= ?")
+            params.append(query.changed_since.timestamp())
+        if query.after_id is not None:
+            where.append("id > ?")
+            params.append(query.after_id)
+        sql = "SELECT * FROM files"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(query.limit)
+        return await self._run(lambda: [_file_row(r) for r in self._c.execute(sql, params)])
+
+    async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
+        sql = "SELECT * FROM file_history WHERE hostname = ? AND filepath = ?"
+        params: list[Any] = [hostname, filepath]
+        if before is not None:
+            sql += " AND superseded_at < ?"
+            params.append(before.timestamp())
+        sql += " ORDER BY superseded_at DESC, seq DESC LIMIT ?"
+        params.append(limit)
+
+        def run() -> list[HistoryRow]:
+            return [
+                HistoryRow(file=_file_row(r), superseded_at=_dt(r["superseded_at"]), event=r["event"])  # type: ignore[arg-type]
+                for r in self._c.execute(sql, params)
+            ]
+
+        return await self._run(run)
+
+    # -- content -------------------------------------------------------------------------
+    async def get_content(self, sha256: str) -> ContentRow | None:
+        def run() -> ContentRow | None:
+            row = self._c.execute("SELECT * FROM contents WHERE sha256 = ?", (sha256,)).fetchone()
+            return None if row is None else _content_row(row)
+
+        return await self._run(run)
+
+    async def mark_stored(
+        self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime
+    ) -> ContentRow:
+        def run() -> ContentRow:
+            with self._write() as c:
+                # The first upload wins stored_at; a concurrent identical upload changes nothing.
+                c.execute(
+                    "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path) "
+                    "VALUES (?, ?, 1, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+                    "size = excluded.size, stored = 1, stored_at = COALESCE(stored_at, excluded.stored_at), "
+                    "mime_type = excluded.mime_type, storage_path = excluded.storage_path",
+                    (sha256, size, now.timestamp(), now.timestamp(), mime_type, storage_path),
+                )
+                return self._contents(c, {sha256})[sha256]
+
+        return await self._run(run)
+
+    async def stats(self) -> StatsRow:
+        def run() -> StatsRow:
+            c = self._c
+            files, hosts, logical = c.execute(
+                "SELECT COUNT(*), COUNT(DISTINCT hostname), COALESCE(SUM(file_size), 0) FROM files"
+            ).fetchone()
+            stored, stored_bytes = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM contents WHERE stored = 1"
+            ).fetchone()
+            return StatsRow(files, hosts, stored, stored_bytes, logical)
+
+        return await self._run(run)
+
+    # -- keys ----------------------------------------------------------------------------
+    async def insert_key(self, key: KeyRow) -> None:
+        def run() -> None:
+            with self._write() as c:
+                c.execute(
+                    "INSERT INTO api_keys (id, name, description, key_hash, key_prefix, scopes, rate_limit, "
+                    "rate_limit_burst, created_at, expires_at, is_active, revoked_at, last_used_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.id, key.name, key.description, key.key_hash, key.key_prefix, ",".join(key.scopes),
+                        key.rate_limit, key.rate_limit_burst, _ts(key.created_at), _ts(key.expires_at),
+                        int(key.is_active), _ts(key.revoked_at), _ts(key.last_used_at),
+                    ),
+                )
+
+        await self._run(run)
+
+    def _one_key(self, sql: str, arg: str) -> KeyRow | None:
+        row = self._c.execute(sql, (arg,)).fetchone()
+        return None if row is None else _key_row(row)
+
+    async def key_by_hash(self, key_hash: str) -> KeyRow | None:
+        return await self._run(self._one_key, "SELECT * FROM api_keys WHERE key_hash = ?", key_hash)
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        return await self._run(self._one_key, "SELECT * FROM api_keys WHERE id = ?", key_id)
+
+    async def list_keys(self) -> list[KeyRow]:
+        return await self._run(lambda: [_key_row(r) for r in self._c.execute("SELECT * FROM api_keys ORDER BY id")])
+
+    async def revoke_key(self, key_id: str, now: datetime) -> bool:
+        def run() -> bool:
+            with self._write() as c:
+                cur = c.execute(
+                    "UPDATE api_keys SET is_active = 0, revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                    (now.timestamp(), key_id),
+                )
+                return cur.rowcount > 0
+
+        return await self._run(run)
+
+    async def delete_key(self, key_id: str) -> bool:
+        def run() -> bool:
+            with self._write() as c:
+                return c.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+        return await self._run(run)
+
+    async def touch_keys(self, last_used: Mapping[str, datetime]) -> None:
+        def run() -> None:
+            with self._write() as c:
+                c.executemany(
+                    "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+                    [(when.timestamp(), key_id) for key_id, when in last_used.items()],
+                )
+
+        if last_used:
+            await self._run(run)
+
+    async def claim(self, marker: str, now: datetime) -> bool:
+        def run() -> bool:
+            with self._write() as c:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO markers (name, created_at) VALUES (?, ?)", (marker, now.timestamp())
+                )
+                return cur.rowcount > 0
+
+        return await self._run(run)
+
+    # -- rate limits ---------------------------------------------------------------------
+    async def take_tokens(self, bucket: str, rate: float, burst: int, want: int, now: float) -> TokenGrant:
+        def run() -> TokenGrant:
+            with self._write() as c:
+                row = c.execute("SELECT tat FROM rate_buckets WHERE bucket = ?", (bucket,)).fetchone()
+                granted, tat, retry_after = gcra(row["tat"] if row else 0.0, now, rate, burst, want)
+                if granted:
+                    c.execute(
+                        "INSERT INTO rate_buckets (bucket, tat) VALUES (?, ?) "
+                        "ON CONFLICT (bucket) DO UPDATE SET tat = excluded.tat",
+                        (bucket, tat),
+                    )
+                return TokenGrant(granted=granted, retry_after=retry_after)
+
+        return await self._run(run)

@@ -1,0 +1,224 @@
+"""Wire models of the PutPlace protocol.
+
+Shared by the API (which validates requests with them), the agent and the operator
+(which build requests with them), so a protocol change fails on both sides at once.
+Nothing here imports server code.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = [
+    "SHA256_RE",
+    "Sha256",
+    "Scope",
+    "FileMetadata",
+    "FileRecord",
+    "PutFileResponse",
+    "PutFilesRequest",
+    "PutFilesResponse",
+    "UploadResponse",
+    "HistoryRecord",
+    "Page",
+    "DeleteFileResponse",
+    "Stats",
+    "ApiKeyCreate",
+    "ApiKeyInfo",
+    "ApiKeyCreated",
+    "MessageResponse",
+    "escape_path",
+    "is_sha256",
+]
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_PATH_BYTES = 4096  # PATH_MAX on Linux
+
+
+def is_sha256(value: str) -> bool:
+    return SHA256_RE.fullmatch(value) is not None
+
+
+def escape_path(value: str) -> str:
+    """Make a client path storable without losing its bytes.
+
+    Python clients send non-UTF-8 file names as lone surrogates (``os.fsdecode``'s
+    surrogateescape, which ``json.dumps`` writes as ``\\udcXX``). Neither SQLite, BSON nor a
+    JSON response can carry a lone surrogate, so each undecodable byte is written as the
+    four characters ``\\xNN`` -- the same text ``bytes.decode(errors="backslashreplace")`` gives.
+    """
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates that are not escaped bytes
+            raw = value.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def _escape_any(value: object) -> object:
+    return escape_path(value) if isinstance(value, str) else value
+
+
+def _check_path(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("path must not contain a NUL character")
+    if len(value.encode("utf-8")) > MAX_PATH_BYTES:
+        raise ValueError(f"path is longer than {MAX_PATH_BYTES} bytes")
+    return value
+
+
+def _check_host(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("hostname must not contain a NUL character")
+    return value
+
+
+# Bounds keep every value storable as a 64-bit integer (SQLite, BSON) and every float valid JSON.
+INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+INT32_MIN = -(2**31)
+Timestamp = Annotated[float, Field(allow_inf_nan=False)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
+FilePath = Annotated[str, BeforeValidator(_escape_any), Field(min_length=1), AfterValidator(_check_path)]
+HostName = Annotated[
+    str, BeforeValidator(_escape_any), Field(min_length=1, max_length=255), AfterValidator(_check_host)
+]
+
+
+class Scope(StrEnum):
+    """What a key may do. ``admin`` implies every other scope."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+    METRICS = "metrics"
+
+
+class FileMetadata(BaseModel):
+    """What a client announces about one file (``POST /put_file``)."""
+
+    # Unknown fields -- and server-owned ones such as has_file_content -- are dropped.
+    model_config = ConfigDict(extra="ignore")
+
+    filepath: FilePath
+    hostname: HostName
+    ip_address: str = Field(max_length=64)
+    sha256: Sha256
+    file_size: int = Field(ge=0, le=INT64_MAX)
+    file_mode: int = Field(ge=0, le=UINT32_MAX)
+    file_uid: int = Field(ge=INT32_MIN, le=UINT32_MAX)
+    file_gid: int = Field(ge=INT32_MIN, le=UINT32_MAX)
+    file_mtime: Timestamp
+    file_atime: Timestamp
+    file_ctime: Timestamp
+
+
+class FileRecord(FileMetadata):
+    """The current record of one (hostname, filepath), as the server returns it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    created_at: datetime
+    updated_at: datetime
+    has_file_content: bool
+    file_uploaded_at: datetime | None = None
+    storage_path: str | None = None
+
+
+class PutFileResponse(FileRecord):
+    upload_required: bool
+    upload_url: str | None = None
+
+
+class PutFilesRequest(BaseModel):
+    files: list[FileMetadata] = Field(min_length=1, max_length=10_000)
+
+
+class PutFilesResponse(BaseModel):
+    files: list[PutFileResponse]
+
+
+class HistoryRecord(FileRecord):
+    """An earlier version of a path: replaced by a newer one, or deleted."""
+
+    superseded_at: datetime
+    event: str = Field(description='"replaced" or "deleted"')
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
+
+
+class UploadResponse(BaseModel):
+    message: str
+    sha256: str
+    size: str
+    hostname: str | None
+    filepath: str | None
+    status: str
+
+
+class DeleteFileResponse(BaseModel):
+    message: str
+    hostname: str
+    filepath: str
+
+
+class Stats(BaseModel):
+    files: int = Field(description="current records")
+    hosts: int
+    contents_stored: int
+    stored_bytes: int = Field(description="bytes kept in content storage, once per sha256")
+    logical_bytes: int = Field(description="sum of file sizes over all current records")
+    dedup_ratio: float = Field(description="logical_bytes / stored_bytes (1.0 when nothing is stored)")
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    description: str | None = Field(None, max_length=1000)
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.READ, Scope.WRITE], min_length=1)
+    rate_limit: float | None = Field(None, gt=0, description="requests per second; null = the server default")
+    rate_limit_burst: int | None = Field(None, ge=1, description="bucket size; null = max(1, rate_limit)")
+    expires_at: datetime | None = None
+
+
+class ApiKeyInfo(BaseModel):
+    """A key as listed: never its secret."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    name: str
+    description: str | None = None
+    scopes: list[Scope]
+    rate_limit: float | None = None
+    rate_limit_burst: int | None = None
+    key_prefix: str = Field(description="first characters of the key, to recognise it")
+    created_at: datetime
+    expires_at: datetime | None = None
+    is_active: bool
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class ApiKeyCreated(ApiKeyInfo):
+    api_key: str = Field(description="the key itself: shown this once, stored only as a hash")
+
+
+class MessageResponse(BaseModel):
+    message: str
