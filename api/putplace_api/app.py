@@ -11,11 +11,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from putplace_api import __version__
-from putplace_api.errors import PutPlaceError, error_response
+from putplace_api.errors import PutPlaceError, error_response, validation_response
 from putplace_api.logs import request_id
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
 from putplace_api.routes import content, files, health, keys
@@ -75,6 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status_code >= 500:
             log.warning("%s", exc.detail)
         return error_response(exc, settings.retry_after_seconds)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return validation_response(exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from starlette.responses import JSONResponse
+import json
+
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import JSONResponse, Response
 
 __all__ = [
     "PutPlaceError",
@@ -33,6 +37,7 @@ __all__ = [
     "TooManyRequests",
     "BackendUnavailable",
     "error_response",
+    "validation_response",
 ]
 
 
@@ -96,3 +101,14 @@ def error_response(exc: PutPlaceError, retry_after: int | None = None) -> JSONRe
     if isinstance(exc, BackendUnavailable) and retry_after is not None:
         headers.setdefault("Retry-After", str(retry_after))
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def validation_response(exc: RequestValidationError) -> Response:
+    """FastAPI's 422 body, always valid JSON: the default handler echoes the rejected input,
+    which fails to serialise (and becomes a 500) when that input is NaN or Infinity."""
+    errors = jsonable_encoder(exc.errors())
+    try:
+        body = json.dumps({"detail": errors}, allow_nan=False)
+    except ValueError:
+        body = json.dumps({"detail": [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in errors]})
+    return Response(body, status_code=422, media_type="application/json")

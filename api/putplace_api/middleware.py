@@ -112,7 +112,7 @@ class SecurityMiddleware:
                     },
                 )
             if not scope["path"].startswith(_STREAMED_PREFIXES):
-                receive = self._limit_body(headers, receive)
+                receive = await self._limit_body(headers, receive)
         except PutPlaceError as exc:
             if isinstance(exc, BackendUnavailable):
                 logging.getLogger("putplace.auth").warning("authentication unavailable: %s", exc.detail)
@@ -120,24 +120,41 @@ class SecurityMiddleware:
             return
         await self.app(scope, receive, send)
 
-    def _limit_body(self, headers: Headers, receive: Receive) -> Receive:
+    async def _limit_body(self, headers: Headers, receive: Receive) -> Receive:
+        """Refuse JSON bodies over the cap before FastAPI reads them. A declared length is
+        checked as is (the server enforces it); a chunked body is read ahead up to the cap
+        and replayed, since FastAPI turns errors raised while it reads a body into 400s."""
         limit = self.state.settings.max_request_bytes
         too_large = PayloadTooLarge(f"Request body larger than {limit} bytes")
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        if declared is not None:
+            if declared.isdigit() and int(declared) > limit:
+                raise too_large
+            return receive
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise too_large
-            return message
+            if message["type"] != "http.request":
+                chunks.clear()
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                raise too_large
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        return limited
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
 
 
 def _bearer(value: str | None) -> str | None:

@@ -1,5 +1,19 @@
-"""PutPlace protocol client: wire models, a typed httpx client and its errors."""
+"""PutPlace protocol client: wire models, a typed httpx client and its errors.
 
+Used by the agent and the operator alike; the API imports only the models.
+"""
+
+from putplace_client.client import PutPlaceClient
+from putplace_client.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDenied,
+    PutPlaceClientError,
+    RateLimited,
+    ServerUnavailable,
+    StatusError,
+    TransportError,
+)
 from putplace_client.models import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -13,6 +27,15 @@ from putplace_client.models import (
 )
 
 __all__ = [
+    "PutPlaceClient",
+    "PutPlaceClientError",
+    "TransportError",
+    "StatusError",
+    "AuthenticationError",
+    "PermissionDenied",
+    "NotFoundError",
+    "RateLimited",
+    "ServerUnavailable",
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyInfo",

@@ -1,0 +1,204 @@
+"""The PutPlace protocol client, used by the agent, the operator and the tests.
+
+Async, typed, one ``httpx.AsyncClient`` underneath. Pass ``transport=`` to talk to an app
+in-process (``httpx.ASGITransport``) or to anything else httpx can.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+
+from putplace_client.errors import TransportError, status_error
+from putplace_client.models import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyInfo,
+    FileMetadata,
+    FileRecord,
+    HistoryRecord,
+    Page,
+    PutFileResponse,
+    PutFilesResponse,
+    Scope,
+    Stats,
+    UploadResponse,
+)
+
+__all__ = ["PutPlaceClient", "UPLOAD_CHUNK"]
+
+UPLOAD_CHUNK = 1024 * 1024
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as f:
+        while chunk := await f.read(UPLOAD_CHUNK):
+            yield chunk
+
+
+class PutPlaceClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, read=max(timeout, 300.0)),
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise TransportError(f"{method} {url}: {exc!r}") from exc
+        if response.is_error:
+            raise status_error(response)
+        return response
+
+    # -- health --------------------------------------------------------------------------
+    async def health(self) -> dict[str, Any]:
+        data: dict[str, Any] = (await self._send("GET", "/health")).json()
+        return data
+
+    # -- files ---------------------------------------------------------------------------
+    async def put_file(self, meta: FileMetadata) -> PutFileResponse:
+        r = await self._send("POST", "/put_file", json=meta.model_dump(mode="json"))
+        return PutFileResponse.model_validate(r.json())
+
+    async def put_files(self, metas: Sequence[FileMetadata]) -> list[PutFileResponse]:
+        body = {"files": [m.model_dump(mode="json") for m in metas]}
+        r = await self._send("POST", "/put_files", json=body)
+        return PutFilesResponse.model_validate(r.json()).files
+
+    async def upload(
+        self,
+        sha256: str,
+        source: Path | str | bytes,
+        *,
+        hostname: str | None = None,
+        filepath: str | None = None,
+    ) -> UploadResponse:
+        """Upload content as a raw streamed body (a file is read 1 MiB at a time)."""
+        body: bytes | AsyncIterator[bytes]
+        if isinstance(source, bytes):
+            body = source
+        else:
+            path = Path(source)
+            body = _file_chunks(path)
+            size = os.stat(path).st_size
+        params = {k: v for k, v in (("hostname", hostname), ("filepath", filepath)) if v is not None}
+        headers = {"Content-Type": "application/octet-stream"}
+        if not isinstance(source, bytes):
+            headers["Content-Length"] = str(size)
+        r = await self._send("POST", f"/upload_file/{sha256}", params=params, content=body, headers=headers)
+        return UploadResponse.model_validate(r.json())
+
+    async def get_file(self, sha256: str) -> FileRecord:
+        return FileRecord.model_validate((await self._send("GET", f"/get_file/{sha256}")).json())
+
+    async def download(self, sha256: str, start: int | None = None, end: int | None = None) -> bytes:
+        headers = {}
+        if start is not None or end is not None:
+            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end - 1}"
+        return (await self._send("GET", f"/content/{sha256}", headers=headers)).content
+
+    async def list_files(
+        self,
+        *,
+        hostname: str | None = None,
+        path_prefix: str | None = None,
+        sha256: str | None = None,
+        changed_since: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[FileRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (
+            ("hostname", hostname),
+            ("path_prefix", path_prefix),
+            ("sha256", sha256),
+            ("changed_since", changed_since.isoformat() if changed_since else None),
+            ("cursor", cursor),
+        ):
+            if value is not None:
+                params[key] = value
+        r = await self._send("GET", "/files", params=params)
+        return Page[FileRecord].model_validate(r.json())
+
+    async def iter_files(self, **filters: Any) -> AsyncIterator[FileRecord]:
+        cursor = None
+        while True:
+            page = await self.list_files(cursor=cursor, **filters)
+            for item in page.items:
+                yield item
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def history(self, hostname: str, filepath: str, limit: int = 100) -> Page[HistoryRecord]:
+        params = {"hostname": hostname, "filepath": filepath, "limit": limit}
+        return Page[HistoryRecord].model_validate((await self._send("GET", "/files/history", params=params)).json())
+
+    async def delete_file(self, hostname: str, filepath: str) -> None:
+        await self._send("DELETE", "/files", params={"hostname": hostname, "filepath": filepath})
+
+    async def stats(self) -> Stats:
+        return Stats.model_validate((await self._send("GET", "/stats")).json())
+
+    # -- keys ----------------------------------------------------------------------------
+    async def create_key(
+        self,
+        name: str,
+        scopes: Iterable[Scope | str] = (Scope.READ, Scope.WRITE),
+        *,
+        description: str | None = None,
+        rate_limit: float | None = None,
+        rate_limit_burst: int | None = None,
+        expires_at: datetime | None = None,
+    ) -> ApiKeyCreated:
+        body = ApiKeyCreate(
+            name=name,
+            description=description,
+            scopes=[Scope(s) for s in scopes],
+            rate_limit=rate_limit,
+            rate_limit_burst=rate_limit_burst,
+            expires_at=expires_at,
+        )
+        r = await self._send("POST", "/api_keys", json=body.model_dump(mode="json", exclude_none=True))
+        return ApiKeyCreated.model_validate(r.json())
+
+    async def list_keys(self) -> list[ApiKeyInfo]:
+        return [ApiKeyInfo.model_validate(k) for k in (await self._send("GET", "/api_keys")).json()]
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self._send("PUT", f"/api_keys/{key_id}/revoke")
+
+    async def delete_key(self, key_id: str) -> None:
+        await self._send("DELETE", f"/api_keys/{key_id}")
+
+

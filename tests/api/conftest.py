@@ -1,0 +1,125 @@
+"""Fixtures that run the real API on 127.0.0.1 (uvicorn in a thread) over real backends."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from putplace_api.app import create_app
+from putplace_api.settings import Settings
+from tests.servers.base import free_ports
+
+ADMIN_KEY = "pp_test_admin_key_0123456789abcdefghijklmnopqrstuv"
+
+
+@dataclass
+class Api:
+    url: str
+    admin_key: str
+    settings: Settings
+
+    def http(self, key: str | None = ADMIN_KEY, **kwargs: Any) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def new_key(self, *scopes: str, **fields: Any) -> str:
+        with self.http() as c:
+            r = c.post("/api_keys", json={"name": "test", "scopes": list(scopes) or ["read", "write"], **fields})
+            assert r.status_code == 201, r.text
+            return str(r.json()["api_key"])
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """Serve create_app(settings) on a free port until the block ends."""
+    port = free_ports(1)[0]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the API server exited during start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the API server did not start within 30 s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"data_dir": tmp / "data", "admin_key": ADMIN_KEY, "log_level": "warning"}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def start_api(tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    """Start an API with settings overrides; stopped at the end of the test."""
+    stack: list[Any] = []
+
+    def start(**overrides: Any) -> Api:
+        settings = make_settings(tmp_path / f"api{len(stack)}", **overrides)
+        cm = serve(settings)
+        url = cm.__enter__()
+        stack.append(cm)
+        return Api(url, ADMIN_KEY, settings)
+
+    yield start
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(start_api: Callable[..., Api]) -> Api:
+    """An API on the embedded defaults: SQLite and local content storage."""
+    return start_api()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def meta(data: bytes = b"hello\n", **overrides: Any) -> dict[str, Any]:
+    """A put_file body for content ``data``."""
+    body: dict[str, Any] = {
+        "filepath": "/var/log/app.log",
+        "hostname": "node-1",
+        "ip_address": "10.0.0.1",
+        "sha256": sha(data),
+        "file_size": len(data),
+        "file_mode": 0o100644,
+        "file_uid": 1000,
+        "file_gid": 1000,
+        "file_mtime": 1_700_000_000.5,
+        "file_atime": 1_700_000_001.25,
+        "file_ctime": 1_700_000_000.5,
+    }
+    body.update(overrides)
+    return body
+
+
+def s3_settings(server: Any, prefix: str = "content/") -> dict[str, Any]:
+    """Settings overrides that put content in a fresh bucket of an S3 test server."""
+    bucket = server.create_bucket("putplace")
+    return {
+        "storage_url": f"s3://{bucket}/{prefix}",
+        "s3_endpoint_url": server.endpoint_url,
+        "s3_access_key_id": server.access_key,
+        "s3_secret_access_key": server.secret_key,
+        "s3_region": server.region,
+    }
