@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +89,15 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., Api]]:
 def api(start_api: Callable[..., Api]) -> Api:
     """An API on the embedded defaults: SQLite and local content storage."""
     return start_api()
+
+
+@pytest.fixture(params=["sqlite+local", "mongodb+s3"])
+def backend_api(request: pytest.FixtureRequest, start_api: Callable[..., Api]) -> Api:
+    """The API on each backend pair: the embedded defaults, and FerretDB (MongoDB wire) + SeaweedFS."""
+    if request.param == "sqlite+local":
+        return start_api()
+    url = request.getfixturevalue("mongodb_url").rstrip("/") + f"/pp_{uuid.uuid4().hex[:12]}"
+    return start_api(database_url=url, **s3_settings(request.getfixturevalue("seaweedfs")))
 
 
 def sha(data: bytes) -> str:

@@ -31,9 +31,9 @@ def test_health_and_probes_need_no_key(api: Api) -> None:
         assert c.get("/readyz").status_code == 200
 
 
-def test_put_file_answers_201_with_the_original_fields(api: Api) -> None:
+def test_put_file_answers_201_with_the_original_fields(backend_api: Api) -> None:
     body = meta(b"content-1")
-    with api.http() as c:
+    with backend_api.http() as c:
         r = c.post("/put_file", json=body)
     assert r.status_code == 201, r.text
     out = r.json()
@@ -46,18 +46,18 @@ def test_put_file_answers_201_with_the_original_fields(api: Api) -> None:
     assert out["created_at"].endswith("Z") or "+00:00" in out["created_at"]
 
 
-def test_server_owned_and_unknown_fields_are_ignored(api: Api) -> None:
+def test_server_owned_and_unknown_fields_are_ignored(backend_api: Api) -> None:
     body = meta(b"x") | {"has_file_content": True, "storage_path": "/etc/passwd", "_id": "evil", "colour": "red"}
-    with api.http() as c:
+    with backend_api.http() as c:
         out = c.post("/put_file", json=body).json()
     assert out["has_file_content"] is False and out["storage_path"] is None and out["_id"] != "evil"
     assert "colour" not in out
 
 
-def test_two_phase_upload_multipart_as_the_original_client(api: Api) -> None:
+def test_two_phase_upload_multipart_as_the_original_client(backend_api: Api) -> None:
     data = b"two-phase content\n" * 100
     body = meta(data)
-    with api.http() as c:
+    with backend_api.http() as c:
         assert c.post("/put_file", json=body).json()["upload_required"] is True
         r = c.post(
             f"/upload_file/{body['sha256']}",
@@ -90,9 +90,9 @@ def test_stored_object_lives_at_sha_prefix_path(api: Api) -> None:
     assert path.read_bytes() == data
 
 
-def test_empty_file_is_stored_too(api: Api) -> None:
+def test_empty_file_is_stored_too(backend_api: Api) -> None:
     body = meta(b"")
-    with api.http() as c:
+    with backend_api.http() as c:
         assert c.post("/put_file", json=body).json()["upload_required"] is True
         r = c.post(f"/upload_file/{body['sha256']}", files={"file": ("empty", b"")})
         assert r.status_code == 200 and r.json()["size"] == "0"
@@ -114,9 +114,9 @@ def test_upload_of_stored_content_is_200_without_rewrite(api: Api) -> None:
     assert path.stat().st_mtime_ns == first
 
 
-def test_one_current_record_per_path_with_history(api: Api) -> None:
+def test_one_current_record_per_path_with_history(backend_api: Api) -> None:
     v1, v2 = meta(b"version 1"), meta(b"version 2", file_mtime=1_700_000_100.0)
-    with api.http() as c:
+    with backend_api.http() as c:
         id1 = c.post("/put_file", json=v1).json()["_id"]
         same = c.post("/put_file", json=v1).json()
         assert same["_id"] == id1 and same["updated_at"] == same["created_at"]
@@ -128,9 +128,9 @@ def test_one_current_record_per_path_with_history(api: Api) -> None:
         assert [(h["sha256"], h["event"]) for h in hist["items"]] == [(v1["sha256"], "replaced")]
 
 
-def test_get_file_by_sha(api: Api) -> None:
+def test_get_file_by_sha(backend_api: Api) -> None:
     body = meta(b"lookup")
-    with api.http() as c:
+    with backend_api.http() as c:
         c.post("/put_file", json=body)
         r = c.get(f"/get_file/{body['sha256']}")
         assert r.status_code == 200 and r.json()["filepath"] == body["filepath"]
@@ -139,11 +139,11 @@ def test_get_file_by_sha(api: Api) -> None:
         assert r.status_code == 404 and r.json() == {"detail": f"File with SHA256 {missing} not found"}
 
 
-def test_content_download_ranges_etag_and_type(api: Api) -> None:
+def test_content_download_ranges_etag_and_type(backend_api: Api) -> None:
     data = b"%PDF-1.4\n" + bytes(range(256)) * 40
     body = meta(data)
     h = body["sha256"]
-    with api.http() as c:
+    with backend_api.http() as c:
         c.post("/put_file", json=body)
         c.post(f"/upload_file/{h}", files={"file": ("doc.pdf", data)})
         full = c.get(f"/content/{h}")
@@ -162,9 +162,9 @@ def test_content_download_ranges_etag_and_type(api: Api) -> None:
         assert c.get(f"/content/{'1' * 64}").status_code == 404
 
 
-def test_put_files_batch_gives_per_record_upload_required(api: Api) -> None:
+def test_put_files_batch_gives_per_record_upload_required(backend_api: Api) -> None:
     stored = meta(b"stored", filepath="/a")
-    with api.http() as c:
+    with backend_api.http() as c:
         c.post("/put_file", json=stored)
         c.post(f"/upload_file/{stored['sha256']}", files={"file": ("a", b"stored")})
         batch = [meta(b"stored", filepath="/b")] + [meta(f"new {i}".encode(), filepath=f"/n/{i}") for i in range(50)]
@@ -175,8 +175,8 @@ def test_put_files_batch_gives_per_record_upload_required(api: Api) -> None:
     assert [f["upload_required"] for f in files] == [False] + [True] * 50
 
 
-def test_listing_filters_and_cursor_pagination(api: Api) -> None:
-    with api.http() as c:
+def test_listing_filters_and_cursor_pagination(backend_api: Api) -> None:
+    with backend_api.http() as c:
         batch = [meta(f"{i}".encode(), hostname=f"node-{i % 2}", filepath=f"/data/{i:03}") for i in range(25)]
         batch.append(meta(b"other", hostname="node-0", filepath="/database/x"))
         c.post("/put_files", json={"files": batch})
@@ -199,10 +199,10 @@ def test_listing_filters_and_cursor_pagination(api: Api) -> None:
         assert c.get("/files", params={"cursor": "not-a-cursor"}).status_code == 400
 
 
-def test_delete_notice_keeps_history_and_content(api: Api) -> None:
+def test_delete_notice_keeps_history_and_content(backend_api: Api) -> None:
     data = b"to be deleted"
     body = meta(data)
-    with api.http() as c:
+    with backend_api.http() as c:
         c.post("/put_file", json=body)
         c.post(f"/upload_file/{body['sha256']}", files={"file": ("f", data)})
         r = c.delete("/files", params={"hostname": body["hostname"], "filepath": body["filepath"]})
@@ -215,9 +215,9 @@ def test_delete_notice_keeps_history_and_content(api: Api) -> None:
         assert again.status_code == 404
 
 
-def test_stats_report_dedup(api: Api) -> None:
+def test_stats_report_dedup(backend_api: Api) -> None:
     data = b"x" * 1000
-    with api.http() as c:
+    with backend_api.http() as c:
         for host in ("a", "b", "c"):
             c.post("/put_file", json=meta(data, hostname=host))
         c.post(f"/upload_file/{sha(data)}", files={"file": ("f", data)})

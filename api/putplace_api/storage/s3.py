@@ -177,9 +177,12 @@ class S3Storage:
             raise _unavailable(exc) from exc
         except BotoCoreError as exc:
             raise _unavailable(exc) from exc
-        async with obj["Body"] as body:
-            async for chunk in body.iter_chunks(1024 * 1024):
+        stream = obj["Body"]
+        try:
+            async for chunk in stream.iter_chunks(1024 * 1024):
                 yield chunk
+        finally:
+            stream.close()
 
     async def delete(self, sha256: str) -> bool:
         existed = await self.exists(sha256)

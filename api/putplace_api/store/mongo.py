@@ -7,11 +7,11 @@ like the SQLite reference backend (``sqlite.py``); the contract suite
 Collections (ids are strings, so ordering and cursors are those of the SQLite backend):
 
 - ``files``: the current record of each (hostname, filepath); ``_id`` is ``new_id()`` (a
-  24-hex ObjectId *string*, sortable by creation time), ``rev`` a token replaced on every
-  update, used for compare-and-set.
+  24-hex ObjectId *string*, sortable by creation time); ``rev``, a fresh token on every write.
 - ``file_history``: earlier versions (``id`` = the file's id, ``superseded_at``, ``event``).
+  The entry archiving stored version ``rev`` of file ``id`` has ``_id = "<id>@<rev>"``.
 - ``contents``: ``_id`` = sha256. ``api_keys``: ``_id`` = key id. ``markers``: ``_id`` = name.
-- ``rate_buckets``: ``_id`` = bucket, ``tat`` = the GCRA number.
+- ``rate_buckets``: one document per state of a bucket: ``b`` (the bucket), ``seq``, ``tat``.
 
 Datetimes are stored as BSON dates, which hold milliseconds: times passed in are truncated to
 the millisecond, so what a call returns equals what a later read returns. They come back as
@@ -19,12 +19,25 @@ timezone-aware UTC.
 
 It must also run on FerretDB v1 (the test server), so it keeps to what FerretDB v1 supports:
 
-- no multi-document transactions: each write is atomic on one document only. Updates of a
-  file record are compare-and-set on ``rev``; a batch that loses a race is re-read and
-  re-planned (bounded rounds). A rate bucket is one number updated by compare-and-set.
-- no pipeline-style updates, no ``arrayFilters``: only ``$set``, ``$setOnInsert``, ``$max``.
+- no multi-document transactions, no pipeline-style updates, no ``arrayFilters``: only
+  ``$set``, ``$unset``, ``$setOnInsert``, ``$max`` updates.
+- FerretDB v1 runs an update (and findAndModify) as "query, then write by ``_id``": a filter
+  such as ``{_id, rev: old}`` is *not* a compare-and-set there. The only atomic conditional
+  writes are inserts into a unique index (and deletes). So every compare-and-set here is an
+  insert:
+
+  - replacing or deleting file version ``rev`` first inserts its history entry
+    ``"<id>@<rev>"``: one writer wins each version. The winner then writes the current record
+    (conditionally on ``rev``, which real MongoDB honours); the entry carries the new state
+    (``next``) until then, so if the winner dies in between, the next writer rolls it forward.
+  - a rate bucket is a chain of states, unique on (bucket, seq): taking tokens inserts the
+    state ``seq + 1`` computed from state ``seq``. States are pruned once a minute old.
+
+  The remaining FerretDB-only races are narrow and harmless in practice: two concurrent first
+  uploads of one content may both set ``stored_at``; concurrent ``touch_keys`` may not keep
+  the latest time; revoking a key twice at once may keep either time.
 - aggregation limited to ``$match`` and ``$group`` with ``$sum``, and *one* accumulator per
-  ``$group``: FerretDB v1.24 returns 0 for every ``$sum`` after the first in the same stage.
+  ``$group``: FerretDB v1.24 answers 0 for every ``$sum`` after the first in the same stage.
 
 Connection problems become ``BackendUnavailable("database", ...)`` in one place
 (``_translate_errors``); every other error (a duplicate key id, a bad argument) propagates
@@ -42,7 +55,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, InsertOne, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, IndexModel, InsertOne, ReturnDocument, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -76,8 +89,10 @@ T = TypeVar("T")
 DEFAULT_DATABASE = "putplace"
 DUPLICATE_KEY = 11000
 _QUERY_CHUNK = 500  # keys per find: stays far below the 16 MB command limit with long paths
-_PUT_ROUNDS = 8  # re-plans of a batch whose records a concurrent writer changed
+_PUT_ROUNDS = 32  # re-plans of the records of a batch that a concurrent writer changed
 _CAS_ATTEMPTS = 100  # compare-and-set attempts on one rate bucket
+_PRUNE_EVERY = 32  # rate bucket states: prune old ones at every 32nd state...
+_PRUNE_AGE = 60.0  # ...those older than this (seconds) and not among the two newest
 _UNAVAILABLE = (ConnectionFailure, ExecutionTimeout, WTimeoutError)  # ConnectionFailure covers
 # ServerSelectionTimeoutError, AutoReconnect, NetworkTimeout and WaitQueueTimeoutError.
 
@@ -146,9 +161,17 @@ def _file_fields(row: FileRow) -> dict[str, Any]:
     return {**row.meta.model_dump(), "created_at": row.created_at, "updated_at": row.updated_at}
 
 
-def _history_doc(old: FileRow, now: datetime, event: str) -> dict[str, Any]:
-    # _id: new_id() strings increase within a process, ordering versions of the same instant.
-    return {"_id": new_id(), "id": old.id, **_file_fields(old), "superseded_at": now, "event": event}
+def _version_id(file_id: str, rev: str | None) -> str:
+    """History _id of stored version ``rev``: inserting it is the claim to supersede it."""
+    return f"{file_id}@{rev or '-'}"
+
+
+def _history_doc(old: FileRow, now: datetime, event: str, history_id: str) -> dict[str, Any]:
+    # order: new_id() strings increase within a process, ordering versions of one instant.
+    return {
+        "_id": history_id, "id": old.id, **_file_fields(old),
+        "superseded_at": now, "event": event, "order": new_id(),
+    }
 
 
 def _content_row(doc: Mapping[str, Any]) -> ContentRow:
@@ -225,12 +248,13 @@ class _Current:
 class _Plan:
     """What one batch does to one (hostname, filepath), computed from the stored record."""
 
+    id: str
+    rev: str  # of the record as this plan leaves it
     out: list[tuple[int, FileRow]]  # input index -> row, in input order
-    history: list[dict[str, Any]]
-    insert: dict[str, Any] | None = None
-    update: UpdateOne | None = None
-    id: str = ""
-    rev: str = ""
+    insert: dict[str, Any] | None = None  # a new record
+    claim: dict[str, Any] | None = None  # the history entry of the stored version, with `next`
+    update: UpdateOne | None = None  # the stored record -> the new state (after the claim)
+    history: list[dict[str, Any]] | None = None  # versions replaced within the batch itself
 
 
 @_translate_errors
