@@ -1,0 +1,59 @@
+"""Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3).
+
+One mechanism, three entry points:
+
+- the pytest plugin ``tests.servers.fixtures`` (fixtures ``mongodb_url``, ``seaweedfs``,
+  ``minio``), registered for the whole suite by ``tests/conftest.py``;
+- the command line ``python -m tests.servers install|start|stop|env [NAME...]``;
+- this API: ``SERVERS[name].install()`` and ``SERVERS[name].start(workdir)``.
+
+Binaries are cached outside the repository (see ``cache_dir()``); docs/test-servers.md has the
+details, versions and measurements.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol, cast
+
+from . import ferretdb, minio, seaweedfs
+from .base import Server, ServerError, cache_dir
+from .s3 import S3Server
+
+
+class ServerModule(Protocol):
+    NAME: str
+    VERSION: str
+
+    def binary(self) -> Path: ...
+
+    def install(self) -> Path: ...
+
+    def start(
+        self, workdir: Path, *, log_path: Path | None = None, timeout: float = ...
+    ) -> Server: ...
+
+
+def _spec(module: ModuleType) -> ServerModule:
+    return cast(ServerModule, module)
+
+
+SERVERS: dict[str, ServerModule] = {
+    "ferretdb": _spec(ferretdb),
+    "seaweedfs": _spec(seaweedfs),
+    "minio": _spec(minio),
+}
+
+
+def select(names: list[str] | None) -> list[str]:
+    """Validate server names; no names means all of them."""
+    if not names:
+        return list(SERVERS)
+    unknown = [n for n in names if n not in SERVERS]
+    if unknown:
+        raise ServerError(f"unknown server {', '.join(unknown)} (known: {', '.join(SERVERS)})")
+    return list(dict.fromkeys(names))
+
+
+__all__ = ["SERVERS", "S3Server", "Server", "ServerError", "ServerModule", "cache_dir", "select"]

@@ -1,0 +1,154 @@
+"""Command line for the test servers: install them, or run them detached for a dev shell.
+
+    python -m tests.servers install [NAME...]   build/install into the cache (default: all)
+    python -m tests.servers start [NAME...]     start detached, print `export` lines
+    python -m tests.servers env [NAME...]       print `export` lines of the running ones
+    python -m tests.servers stop [NAME...]      stop them and delete their data
+
+Typical use: ``eval "$(python -m tests.servers start)"; pytest; python -m tests.servers stop``.
+The tests then reuse these servers instead of starting their own. State (one JSON file and one
+log per server) lives in ``<cache>/run/``. Expected failures print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import SERVERS, select
+from .base import Process, ServerError, make_workdir, run_dir, scratch_root
+
+
+def _state_file(name: str) -> Path:
+    return run_dir() / f"{name}.json"
+
+
+def _load(name: str) -> tuple[Process, dict[str, Any]] | None:
+    """The detached server ``name`` if it is still running (stale state is removed)."""
+    path = _state_file(name)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    process = Process(
+        name,
+        int(state["pid"]),
+        state["executable"],
+        Path(state["log"]),
+        float(state.get("grace", 10.0)),
+    )
+    if not process.alive():
+        _forget(name, state)
+        return None
+    return process, state
+
+
+def _forget(name: str, state: dict[str, Any]) -> None:
+    shutil.rmtree(state["workdir"], ignore_errors=True)
+    _state_file(name).unlink(missing_ok=True)
+
+
+def _exports(env: dict[str, str]) -> str:
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
+
+
+def cmd_install(names: list[str]) -> int:
+    for name in names:
+        exe = SERVERS[name].install()
+        print(f"{name} {SERVERS[name].VERSION}: {exe}")
+    return 0
+
+
+def cmd_start(names: list[str]) -> int:
+    run_dir().mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        running = _load(name)
+        if running is None:
+            parent = scratch_root() or run_dir()
+            workdir = make_workdir(f"run-{name}", parent)
+            log = run_dir() / f"{name}.log"
+            log.unlink(missing_ok=True)
+            try:
+                server = SERVERS[name].start(workdir, log_path=log)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            state: dict[str, Any] = {
+                "pid": server.process.pid,
+                "executable": server.process.executable,
+                "log": str(log),
+                "grace": server.process.stop_grace,
+                "workdir": str(workdir),
+                "env": server.env,
+            }
+            _state_file(name).write_text(json.dumps(state, indent=2) + "\n")
+            print(f"started {name} (pid {server.process.pid}, log {log})", file=sys.stderr)
+        else:
+            state = running[1]
+            print(f"{name} already running (pid {state['pid']})", file=sys.stderr)
+        out.append(_exports(state["env"]))
+    sys.stdout.write("".join(out))
+    return 0
+
+
+def cmd_env(names: list[str], explicit: bool) -> int:
+    found = {name: _load(name) for name in names}
+    missing = [name for name, running in found.items() if running is None]
+    if missing and (explicit or len(missing) == len(names)):
+        raise ServerError(
+            f"not running: {', '.join(missing)} (start with: python -m tests.servers start)"
+        )
+    for running in found.values():
+        if running is not None:
+            sys.stdout.write(_exports(running[1]["env"]))
+    return 0
+
+
+def cmd_stop(names: list[str]) -> int:
+    for name in names:
+        running = _load(name)
+        if running is None:
+            continue
+        process, state = running
+        process.stop()
+        _forget(name, state)
+        print(f"stopped {name} (pid {process.pid})", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.servers",
+        description="Real servers for PutPlace's tests.",
+    )
+    parser.add_argument("command", choices=["install", "start", "stop", "env"])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of: {', '.join(SERVERS)}")
+    args = parser.parse_args(argv)
+    try:
+        names = select(args.names)
+        if args.command == "install":
+            return cmd_install(names)
+        if args.command == "start":
+            return cmd_start(names)
+        if args.command == "env":
+            return cmd_env(names, explicit=bool(args.names))
+        return cmd_stop(names)
+    except ServerError as error:
+        first = str(error).splitlines()[0]
+        print(f"error: {first}", file=sys.stderr)
+        if "\n" in str(error):
+            print(str(error).split("\n", 1)[1], file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Shared machinery for the real test servers: cache paths, Go builds, free ports, processes.
+
+Everything here is server-agnostic. Each server module (ferretdb, seaweedfs, minio) uses it to
+install its binary once into the cache and to run it as a child process on 127.0.0.1:
+
+- ``cache_dir()``: where binaries, Go build modules and detached-run state live.
+- ``go_build()``: builds a Go main package from the module proxy in a throwaway module.
+- ``free_ports()``: picks unused TCP ports on 127.0.0.1.
+- ``Process``: a server process in its own session, logging to a file, with a readiness wait
+  bounded by a deadline and a SIGTERM-then-SIGKILL stop.
+- ``Server``: what ``start()`` returns: the process plus the environment variables that point a
+  test (or a shell) at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "PUTPLACE_TEST_"
+
+
+class ServerError(RuntimeError):
+    """An expected failure (missing tool, failed build, server not ready): one readable message."""
+
+
+def progress(message: str) -> None:
+    """Print one progress line to stderr (installs can take minutes)."""
+    print(f"[test-servers] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Cache root: $PUTPLACE_CACHE_DIR, else $XDG_CACHE_HOME/putplace, else ~/.cache/putplace."""
+    explicit = os.environ.get("PUTPLACE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "putplace"
+
+
+def bin_dir(name: str, version: str) -> Path:
+    return cache_dir() / "bin" / f"{name}-{version}"
+
+
+def run_dir() -> Path:
+    """State (pid files, logs) of servers started detached by ``python -m tests.servers start``."""
+    return cache_dir() / "run"
+
+
+def scratch_root() -> Path | None:
+    """Parent for throwaway data dirs: /dev/shm if present (RAM-backed, fast), else system tmp."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+# --------------------------------------------------------------------------- Go builds
+
+
+def go_build(
+    *,
+    name: str,
+    version: str,
+    module: str,
+    module_version: str,
+    package: str,
+    binary: str,
+    tags: Iterable[str] = (),
+    prepare: Callable[[Path, Mapping[str, str]], None] | None = None,
+    minutes: str = "a few",
+) -> Path:
+    """Build ``package`` from ``module@module_version`` into ``bin/<name>-<version>/<binary>``.
+
+    Skips everything when the binary already exists. Uses a throwaway main module under
+    ``build/<name>-<version>/`` (``go install pkg@version`` does not work with this machine's
+    proxy), GOTOOLCHAIN=local and CGO_ENABLED=0. ``prepare(build_dir, env)`` runs after
+    ``go get`` and before ``go build`` (e.g. to patch the source through a ``replace``).
+    The binary is written under a temporary name and renamed, so an interrupted build never
+    looks installed.
+    """
+    target = bin_dir(name, version) / binary
+    if target.is_file():
+        return target
+    go = shutil.which("go")
+    if go is None:
+        raise ServerError(
+            f"cannot build {name} {version}: the Go toolchain is not on PATH "
+            "(install Go >= 1.24 from https://go.dev/dl/ and put its bin directory on PATH)"
+        )
+    build = cache_dir() / "build" / f"{name}-{version}"
+    build.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+    log = build / "build.log"
+    progress(f"building {name} {version} with Go: {minutes} minutes on a cold Go cache; log: {log}")
+    started = time.monotonic()
+    with log.open("a") as out:
+
+        def go_cmd(*args: str) -> None:
+            out.write(f"$ go {' '.join(args)}\n")
+            out.flush()
+            result = subprocess.run(
+                [go, *args],
+                cwd=build,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise ServerError(
+                    f"building {name} failed at `go {' '.join(args)}` (exit {result.returncode}); "
+                    f"last log lines: {tail(log, 8)}"
+                )
+
+        if not (build / "go.mod").is_file():
+            go_cmd("mod", "init", f"local/{name}-build")
+        go_cmd("get", f"{module}@{module_version}")
+        if prepare is not None:
+            prepare(build, env)
+        partial = target.with_name(f".{binary}.partial")
+        flags = ["-trimpath", "-ldflags", "-s -w"]
+        if tags:
+            flags += ["-tags", ",".join(tags)]
+        go_cmd("build", *flags, "-o", str(partial), package)
+        partial.replace(target)
+    progress(f"built {target} in {time.monotonic() - started:.0f} s")
+    return target
+
+
+def go_module_dir(build: Path, env: Mapping[str, str], module: str) -> Path:
+    """Directory of ``module`` in the module cache, as resolved by the build module in ``build``."""
+    result = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", module],
+        cwd=build,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise ServerError(f"`go list -m {module}` failed: {result.stderr.strip()}")
+    return Path(result.stdout.strip())
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, *, also_free_at_offset: int = 0) -> list[int]:
+    """``count`` distinct unused ports on 127.0.0.1.
+
+    With ``also_free_at_offset`` (SeaweedFS: gRPC = http port + 10000) each returned port ``p``
+    has ``p + offset`` unused too, and no returned port collides with another one's companion.
+    There is an unavoidable window between choosing and binding; the ports come from a wide
+    random range to keep parallel runs apart.
+    """
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for _ in range(2000):
+        if len(chosen) == count:
+            return chosen
+        if also_free_at_offset:
+            port = random.randint(20000, 65535 - also_free_at_offset)
+            wanted = {port, port + also_free_at_offset}
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            wanted = {port}
+        if wanted & taken or not all(_bindable(p) for p in wanted):
+            continue
+        chosen.append(port)
+        taken |= wanted
+    raise ServerError(f"could not find {count} free TCP ports on 127.0.0.1")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """Last ``lines`` lines of a log file, or a note that there is none."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    kept = text.rstrip().splitlines()[-lines:]
+    return "\n".join(kept) if kept else f"(empty log {path})"
+
+
+@dataclass
+class Process:
+    """A server process running in its own session (so a signal reaches its whole group)."""
+
+    name: str
+    pid: int
+    executable: str
+    log_path: Path
+    stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @classmethod
+    def spawn(
+        cls,
+        name: str,
+        argv: list[str],
+        *,
+        cwd: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        stop_grace: float = 10.0,
+    ) -> Process:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return cls(name, popen.pid, argv[0], log_path, stop_grace, popen)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # A detached server is not our child: make sure the pid was not reused by something else,
+        # and count a zombie (exited, waiting for a parent that may never reap it) as gone.
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            return False
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return False
+        return cmdline.decode(errors="replace") == self.executable
+
+    def wait_ready(self, check: Callable[[], bool], *, timeout: float) -> None:
+        """Poll ``check`` until it returns True; fail early if the process exits."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            if not self.alive():
+                code = self.popen.returncode if self.popen is not None else "?"
+                raise ServerError(
+                    f"{self.name} exited (code {code}) before it was ready; "
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
+                )
+            if check():
+                return
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise ServerError(
+                    f"{self.name} was not ready after {timeout:.0f} s; "
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL it if still running after ``stop_grace`` s."""
+        if not self.alive():
+            self._reap()
+            return
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive():
+            self._signal(signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._reap()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)  # pgid == pid: spawned with start_new_session
+
+    def _reap(self) -> None:
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=5)
+
+
+@dataclass
+class Server:
+    """A running server: its process, its data dir and the PUTPLACE_TEST_* variables for it."""
+
+    name: str
+    process: Process
+    workdir: Path
+    env: dict[str, str]
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def make_workdir(name: str, parent: Path | None = None) -> Path:
+    """A fresh, empty data dir for one server (under /dev/shm when no parent is given)."""
+    parent = parent or scratch_root()
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"putplace-{name}-", dir=parent))

@@ -1,0 +1,108 @@
+"""FerretDB v1 on its SQLite backend: a MongoDB wire-protocol server for the tests.
+
+Built from the Go module proxy (no binary is published anywhere this machine can reach).
+The module zip of FerretDB lacks ``build/version/version.txt``, and a binary built from it
+panics at start-up ("Invalid build/version/version.txt file content"), so the build copies the
+module source next to the throwaway module, writes that file, and points a ``replace`` at it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .base import ENV_PREFIX, Process, Server, bin_dir, free_ports, go_build, go_module_dir
+
+NAME = "ferretdb"
+VERSION = "v1.24.2"
+MODULE = "github.com/FerretDB/FerretDB"
+ENV_URL = f"{ENV_PREFIX}MONGODB_URL"
+
+
+def binary() -> Path:
+    return bin_dir(NAME, VERSION) / "ferretdb"
+
+
+def _add_version_file(build: Path, env: Mapping[str, str]) -> None:
+    """Build from a writable copy of the module source that has build/version/version.txt."""
+    source = build / "src"
+
+    def edit(flag: str) -> None:
+        subprocess.run(["go", "mod", "edit", flag], cwd=build, env=dict(env), check=True)
+
+    if not (source / "build" / "version" / "version.txt").is_file():
+        edit(f"-dropreplace={MODULE}")  # so that `go list -m` names the module cache copy
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(go_module_dir(build, env, MODULE), source)
+        for path in [source, *source.rglob("*")]:  # the module cache is read-only
+            path.chmod(path.stat().st_mode | 0o200)
+        (source / "build" / "version" / "version.txt").write_text(f"{VERSION}\n")
+        (source / "build" / "version" / "package.txt").write_text("putplace-tests\n")
+    edit(f"-replace={MODULE}=./src")
+
+
+def install() -> Path:
+    """Build FerretDB into the cache unless it is already there; return the binary."""
+    return go_build(
+        name=NAME,
+        version=VERSION,
+        module=f"{MODULE}/cmd/ferretdb",
+        module_version=VERSION,
+        package=f"{MODULE}/cmd/ferretdb",
+        binary="ferretdb",
+        prepare=_add_version_file,
+        minutes="1-3",
+    )
+
+
+def _ping(url: str) -> bool:
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        url,
+        serverSelectionTimeoutMS=500,
+        connectTimeoutMS=500,
+        directConnection=True,
+    )
+    try:
+        client.admin.command("ping")
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+def start(workdir: Path, *, log_path: Path | None = None, timeout: float = 30.0) -> Server:
+    """Start FerretDB with its data in ``workdir``; return once it answers ``ping``."""
+    exe = install()
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    (port,) = free_ports(1)
+    argv = [
+        str(exe),
+        "--handler=sqlite",
+        f"--sqlite-url=file:{workdir / 'data'}/",  # an existing directory, ending in "/"
+        f"--listen-addr=127.0.0.1:{port}",
+        f"--state-dir={workdir}",
+        "--debug-addr=-",
+        "--telemetry=disable",
+        "--log-level=warn",
+    ]
+    process = Process.spawn(
+        NAME,
+        argv,
+        cwd=workdir,
+        log_path=log_path or workdir / "ferretdb.log",
+        env={"DO_NOT_TRACK": "1"},
+    )
+    url = f"mongodb://127.0.0.1:{port}/"
+    try:
+        process.wait_ready(lambda: _ping(url), timeout=timeout)
+    except BaseException:
+        process.stop()
+        raise
+    return Server(NAME, process, workdir, {ENV_URL: url})

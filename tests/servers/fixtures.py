@@ -1,0 +1,98 @@
+"""pytest plugin: session-scoped fixtures for the real test servers.
+
+- ``mongodb_url`` (str): ``mongodb://127.0.0.1:PORT/`` of a FerretDB (SQLite backend).
+- ``seaweedfs`` / ``minio`` (``S3Server``): endpoint_url, access_key, secret_key, region, plus
+  ``client()`` (boto3) and ``create_bucket(prefix)`` for a fresh, uniquely named bucket.
+
+A server starts only when a test first asks for its fixture and stops at the end of the session.
+When the matching PUTPLACE_TEST_* variable is set (``python -m tests.servers start`` prints
+them), that server is reused and nothing is started. A component that cannot be installed or
+started fails the fixture (never skips). Data lives in /dev/shm when available, the server log
+in pytest's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import pytest
+
+from . import SERVERS
+from .base import Server, ServerError, make_workdir
+from .ferretdb import ENV_URL
+from .s3 import S3Server
+
+T = TypeVar("T")
+
+
+def _or_fail(name: str, action: Callable[[], T]) -> T:
+    """Run ``action``; a ServerError fails the test with one clean message (no traceback)."""
+    try:
+        return action()
+    except ServerError as error:
+        failure = f"{name}: {error}"
+    pytest.fail(failure, pytrace=False)  # outside `except`: no chained exception in the report
+
+
+def _install(request: pytest.FixtureRequest, name: str) -> None:
+    """Install with pytest's output capture off, so build progress reaches the terminal."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        _or_fail(name, SERVERS[name].install)
+        return
+    with capture.global_and_fixture_disabled():
+        _or_fail(name, SERVERS[name].install)
+
+
+@contextmanager
+def _running(request: pytest.FixtureRequest, name: str) -> Iterator[Server]:
+    """Install and start ``name`` for the session; stop it and delete its data afterwards."""
+    _install(request, name)
+    log_path = request.getfixturevalue("tmp_path_factory").mktemp(name) / f"{name}.log"
+    workdir = make_workdir(name)
+    try:
+        server = _or_fail(name, lambda: SERVERS[name].start(workdir, log_path=log_path))
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _s3(request: pytest.FixtureRequest, name: str) -> Iterator[S3Server]:
+    reused = _or_fail(name, lambda: S3Server.from_env(name, os.environ))
+    if reused is not None:
+        yield reused
+        return
+    with _running(request, name) as server:
+        started = S3Server.from_env(name, server.env)
+        assert started is not None  # start() always returns the PUTPLACE_TEST_<NAME>_* variables
+        yield started
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a MongoDB wire-protocol server (FerretDB), or $PUTPLACE_TEST_MONGODB_URL."""
+    reused = os.environ.get(ENV_URL)
+    if reused:
+        yield reused
+        return
+    with _running(request, "ferretdb") as server:
+        yield server.env[ENV_URL]
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    """A SeaweedFS S3 endpoint, or the one in $PUTPLACE_TEST_SEAWEEDFS_*."""
+    yield from _s3(request, "seaweedfs")
+
+
+@pytest.fixture(scope="session")
+def minio(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    """A MinIO S3 endpoint, or the one in $PUTPLACE_TEST_MINIO_*."""
+    yield from _s3(request, "minio")
