@@ -8,8 +8,9 @@ Collections (ids are strings, so ordering and cursors are those of the SQLite ba
 
 - ``files``: the current record of each (hostname, filepath); ``_id`` is ``new_id()`` (a
   24-hex ObjectId *string*, sortable by creation time); ``rev``, a fresh token on every write.
-- ``file_history``: earlier versions (``id`` = the file's id, ``superseded_at``, ``event``).
-  The entry archiving stored version ``rev`` of file ``id`` has ``_id = "<id>@<rev>"``.
+- ``file_history``: earlier versions (``id`` = the file's id, ``superseded_at``, ``event``,
+  ``order`` to sort versions of one instant). The entry archiving stored version ``rev`` of
+  file ``id`` has ``_id = "<id>@<rev>"`` and the state that replaced it (``next``).
 - ``contents``: ``_id`` = sha256. ``api_keys``: ``_id`` = key id. ``markers``: ``_id`` = name.
 - ``rate_buckets``: one document per state of a bucket: ``b`` (the bucket), ``seq``, ``tat``.
 
@@ -27,17 +28,23 @@ It must also run on FerretDB v1 (the test server), so it keeps to what FerretDB 
   insert:
 
   - replacing or deleting file version ``rev`` first inserts its history entry
-    ``"<id>@<rev>"``: one writer wins each version. The winner then writes the current record
-    (conditionally on ``rev``, which real MongoDB honours); the entry carries the new state
-    (``next``) until then, so if the winner dies in between, the next writer rolls it forward.
+    ``"<id>@<rev>"``: one writer wins each version, and winning commits the change. The winner
+    then writes the current record (conditionally on ``rev``, which real MongoDB honours). The
+    entry keeps the new state (``next``): a writer that finds a version claimed but still
+    current rolls it forward -- after a crash between the two writes, or after FerretDB's
+    non-atomic update let a stale write put an older state back.
   - a rate bucket is a chain of states, unique on (bucket, seq): taking tokens inserts the
     state ``seq + 1`` computed from state ``seq``. States are pruned once a minute old.
 
-  The remaining FerretDB-only races are narrow and harmless in practice: two concurrent first
+  The remaining FerretDB-only races are narrow and harmless in practice (besides the
+  self-healing one above): two concurrent first
   uploads of one content may both set ``stored_at``; concurrent ``touch_keys`` may not keep
   the latest time; revoking a key twice at once may keep either time.
 - aggregation limited to ``$match`` and ``$group`` with ``$sum``, and *one* accumulator per
   ``$group``: FerretDB v1.24 answers 0 for every ``$sum`` after the first in the same stage.
+- one index per ``createIndexes`` command: FerretDB v1 panics when two it names exist already.
+- at most 50 statements per ``update`` command: FerretDB v1 keeps every statement's query open
+  until the command ends and hangs forever once that reaches its 100 SQLite connections.
 
 Connection problems become ``BackendUnavailable("database", ...)`` in one place
 (``_translate_errors``); every other error (a duplicate key id, a bad argument) propagates
@@ -55,7 +62,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, IndexModel, InsertOne, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, InsertOne, ReturnDocument, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -89,7 +96,9 @@ T = TypeVar("T")
 DEFAULT_DATABASE = "putplace"
 DUPLICATE_KEY = 11000
 _QUERY_CHUNK = 500  # keys per find: stays far below the 16 MB command limit with long paths
-_PUT_ROUNDS = 32  # re-plans of the records of a batch that a concurrent writer changed
+_UPDATE_CHUNK = 50  # statements per update command: FerretDB v1 deadlocks at 100 (see _bulk)
+_INSERT_CHUNK = 1000
+_PUT_ROUNDS = 100  # re-plans of the records of a batch that concurrent writers changed first
 _CAS_ATTEMPTS = 100  # compare-and-set attempts on one rate bucket
 _PRUNE_EVERY = 32  # rate bucket states: prune old ones at every 32nd state...
 _PRUNE_AGE = 60.0  # ...those older than this (seconds) and not among the two newest
@@ -222,9 +231,29 @@ def _key_row(doc: Mapping[str, Any]) -> KeyRow:
     )
 
 
+async def _backoff(attempt: int) -> None:
+    """A short jittered pause after losing a race, growing with the attempts."""
+    await asyncio.sleep(random.uniform(0, 0.0005 * 2 ** min(attempt, 6)))
+
+
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+async def _bulk(collection: Any, ops: Sequence[Any], chunk: int) -> set[int]:
+    """An unordered bulk write, ``chunk`` operations per command.
+
+    Returns the indexes of the operations that hit a unique index; any other write error is
+    raised.
+    """
+    duplicates: set[int] = set()
+    for start in range(0, len(ops), chunk):
+        try:
+            await collection.bulk_write(list(ops[start : start + chunk]), ordered=False)
+        except BulkWriteError as exc:
+            duplicates |= {start + i for i in _duplicate_indexes(exc)}
+    return duplicates
 
 
 def _duplicate_indexes(exc: BulkWriteError) -> set[int]:
@@ -282,23 +311,23 @@ class MongoStore:
 
     # -- plumbing ------------------------------------------------------------------------
     async def open(self) -> None:
-        await self._files.create_indexes(
-            [
-                IndexModel([("hostname", ASCENDING), ("filepath", ASCENDING)], unique=True, name="hostname_filepath"),
-                IndexModel([("sha256", ASCENDING)], name="sha256"),
-                IndexModel([("updated_at", ASCENDING)], name="updated_at"),
-            ]
-        )
-        await self._history.create_indexes(
-            [
-                IndexModel(
-                    [("hostname", ASCENDING), ("filepath", ASCENDING), ("superseded_at", ASCENDING)],
-                    name="hostname_filepath_superseded_at",
-                ),
-                IndexModel([("sha256", ASCENDING)], name="sha256"),
-            ]
-        )
-        await self._keys.create_indexes([IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash")])
+        # One index per command: FerretDB v1 panics on createIndexes naming 2+ existing indexes.
+        indexes = [
+            (self._files, [("hostname", ASCENDING), ("filepath", ASCENDING)], "hostname_filepath", True),
+            (self._files, [("sha256", ASCENDING)], "sha256", False),
+            (self._files, [("updated_at", ASCENDING)], "updated_at", False),
+            (
+                self._history,
+                [("hostname", ASCENDING), ("filepath", ASCENDING), ("superseded_at", ASCENDING)],
+                "hostname_filepath_superseded_at",
+                False,
+            ),
+            (self._history, [("sha256", ASCENDING)], "sha256", False),
+            (self._keys, [("key_hash", ASCENDING)], "key_hash", True),
+            (self._buckets, [("b", ASCENDING), ("seq", ASCENDING)], "bucket_seq", True),
+        ]
+        for collection, keys, name, unique in indexes:
+            await collection.create_index(keys, name=name, unique=unique)
 
     async def close(self) -> None:
         await self._client.close()
@@ -311,34 +340,41 @@ class MongoStore:
         if not files:
             return []
         now = _ms(now)
-        await self._ensure_contents(files, now)
+        contents = await self._ensure_contents(files, now)
         pending: dict[Key, list[int]] = {}
         for i, meta in enumerate(files):
             pending.setdefault((meta.hostname, meta.filepath), []).append(i)
         rows: list[FileRow | None] = [None] * len(files)
-        for _ in range(_PUT_ROUNDS):
+        for attempt in range(_PUT_ROUNDS):
+            if attempt:
+                await _backoff(attempt)
+            pending = await self._put_round(files, pending, now, rows)
             if not pending:
                 break
-            pending = await self._put_round(files, pending, now, rows)
         if pending:
             raise BackendUnavailable("database", f"{len(pending)} file records kept changing concurrently")
-        contents = await self._find_contents({meta.sha256 for meta in files})
         return [PutResult(file=row, content=contents[row.meta.sha256]) for row in rows if row is not None]
 
-    async def _ensure_contents(self, files: Sequence[FileMetadata], now: datetime) -> None:
+    async def _ensure_contents(self, files: Sequence[FileMetadata], now: datetime) -> dict[str, ContentRow]:
+        """Make sure a content record exists for each sha256 (created unstored); return them all.
+
+        The effect of an upsert with $setOnInsert, in two round trips for any batch (FerretDB
+        takes at most 50 upserts a command): read what exists, insert what does not.
+        """
         first: dict[str, int] = {}
         for meta in files:  # like INSERT OR IGNORE: the first size announced for a sha256 wins
             first.setdefault(meta.sha256, meta.file_size)
-        ops = [
-            UpdateOne(
-                {"_id": sha}, {"$setOnInsert": {"size": size, "stored": False, "first_seen_at": now}}, upsert=True
-            )
+        contents = await self._find_contents(set(first))
+        missing = [
+            {"_id": sha, "size": size, "stored": False, "first_seen_at": now}
             for sha, size in first.items()
+            if sha not in contents
         ]
-        try:
-            await self._contents.bulk_write(ops, ordered=False)
-        except BulkWriteError as exc:
-            _duplicate_indexes(exc)  # a concurrent upsert created it first: it exists, as wanted
+        raced = await self._insert_all(self._contents, missing)  # a concurrent put created those
+        contents.update((doc["_id"], _content_row(doc)) for i, doc in enumerate(missing) if i not in raced)
+        if raced:
+            contents.update(await self._find_contents({missing[i]["_id"] for i in raced}))
+        return contents
 
     async def _current(self, keys: Iterable[Key]) -> dict[Key, _Current]:
         by_host: dict[str, list[str]] = {}
@@ -367,29 +403,53 @@ class MongoStore:
 
     @staticmethod
     def _plan(files: Sequence[FileMetadata], indexes: list[int], found: _Current | None, now: datetime) -> _Plan:
-        plan = _Plan(out=[], history=[], rev=new_id())
+        """Apply the batch's versions of one path in input order, as the SQLite backend does."""
         current = found.row if found is not None else None
-        dirty = False
+        replaced: list[FileRow] = []
+        out: list[tuple[int, FileRow]] = []
         for i in indexes:
             meta = files[i]
             if current is None:
                 current = FileRow(id=new_id(), meta=meta, created_at=now, updated_at=now)
-                dirty = True
             elif record_changed(current.meta, meta):
-                plan.history.append(_history_doc(current, now, "replaced"))
+                replaced.append(current)
                 current = FileRow(id=current.id, meta=meta, created_at=current.created_at, updated_at=now)
-                dirty = True
-            plan.out.append((i, current))
+            out.append((i, current))
         assert current is not None
-        plan.id = current.id
+        plan = _Plan(id=current.id, rev=new_id(), out=out)
         if found is None:
             plan.insert = {"_id": current.id, **_file_fields(current), "rev": plan.rev}
-        elif dirty:
-            plan.update = UpdateOne(
-                {"_id": current.id, "rev": found.rev},
-                {"$set": {**current.meta.model_dump(), "updated_at": now, "rev": plan.rev}},
-            )
+        elif replaced:
+            plan.claim = _history_doc(replaced.pop(0), now, "replaced", _version_id(plan.id, found.rev))
+            state = {**current.meta.model_dump(), "updated_at": now, "rev": plan.rev}
+            plan.claim["next"] = state
+            plan.update = UpdateOne({"_id": plan.id, "rev": found.rev}, {"$set": state})
+        else:
+            plan.rev = found.rev or ""
+        plan.history = [
+            _history_doc(old, now, "replaced", f"{plan.id}@{plan.rev}.{n}") for n, old in enumerate(replaced, 1)
+        ]
         return plan
+
+    @staticmethod
+    async def _insert_all(collection: Any, docs: Sequence[dict[str, Any]]) -> set[int]:
+        """Insert (unordered); return the indexes that hit a unique index."""
+        return await _bulk(collection, [InsertOne(doc) for doc in docs], _INSERT_CHUNK)
+
+    async def _roll_forward(self, claims: Sequence[tuple[str, str | None]]) -> None:
+        """Write the state claimed over (file id, rev) where the record still has that rev."""
+        if not claims:
+            return
+        wanted = {_version_id(file_id, rev): (file_id, rev) for file_id, rev in claims}
+        ops: list[UpdateOne | DeleteOne] = []
+        async for doc in self._history.find({"_id": {"$in": list(wanted)}}):
+            file_id, rev = wanted[doc["_id"]]
+            if doc.get("event") == "deleted":
+                ops.append(DeleteOne({"_id": file_id, "rev": rev}))
+            elif doc.get("next"):
+                ops.append(UpdateOne({"_id": file_id, "rev": rev}, {"$set": doc["next"]}))
+        if ops:  # idempotent: the state the claim's writer writes, and only over `rev`
+            await _bulk(self._files, ops, _UPDATE_CHUNK)
 
     async def _put_round(
         self, files: Sequence[FileMetadata], pending: dict[Key, list[int]], now: datetime, rows: list[FileRow | None]
@@ -399,26 +459,22 @@ class MongoStore:
         plans = {key: self._plan(files, idx, found.get(key), now) for key, idx in pending.items()}
         lost: set[Key] = set()
 
+        # New paths: a concurrent put may insert the same path first; then it is an update.
         inserts = [(key, p.insert) for key, p in plans.items() if p.insert is not None]
-        if inserts:
-            try:
-                await self._files.bulk_write([InsertOne(doc) for _, doc in inserts], ordered=False)
-            except BulkWriteError as exc:  # a concurrent put inserted the path first: update it
-                lost.update(inserts[i][0] for i in _duplicate_indexes(exc))
+        lost.update(inserts[i][0] for i in await self._insert_all(self._files, [doc for _, doc in inserts]))
 
-        updates = [(key, p) for key, p in plans.items() if p.update is not None]
-        if updates:
-            result = await self._files.bulk_write([p.update for _, p in updates], ordered=False)
-            if result.matched_count < len(updates):  # someone changed or deleted a record since we read it
-                ids = [p.id for _, p in updates]
-                revs = {d["_id"]: d.get("rev") async for d in self._files.find({"_id": {"$in": ids}}, {"rev": 1})}
-                lost.update(key for key, p in updates if revs.get(p.id) != p.rev)
+        # Changed paths: claim the stored version (one writer wins it), then write the record.
+        claims = [(key, p.claim) for key, p in plans.items() if p.claim is not None]
+        taken = {claims[i][0] for i in await self._insert_all(self._history, [doc for _, doc in claims])}
+        await self._roll_forward([(plans[key].id, found[key].rev) for key in taken])
+        lost |= taken
+        # A won claim commits the change: should this write match nothing, the only way past
+        # `rev` was a roll-forward of this very claim, so the batch never retries after it.
+        updates = [p.update for key, p in plans.items() if p.update is not None and key not in taken]
+        await _bulk(self._files, updates, _UPDATE_CHUNK)
 
-        # History after the current record changed: a lost race writes none, so no version is
-        # archived twice (without transactions, a crash in between can lose one history entry).
-        history = [doc for key, p in plans.items() if key not in lost for doc in p.history]
-        if history:
-            await self._history.insert_many(history, ordered=True)
+        history = [doc for key, p in plans.items() if key not in lost for doc in p.history or ()]
+        await self._insert_all(self._history, history)  # fresh ids: nothing to collide with
         for key, p in plans.items():
             if key not in lost:
                 for i, row in p.out:
@@ -433,11 +489,21 @@ class MongoStore:
         return out
 
     async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
-        doc = await self._files.find_one_and_delete({"hostname": hostname, "filepath": filepath})
-        if doc is None:
-            return False
-        await self._history.insert_one(_history_doc(_file_row(doc), _ms(now), "deleted"))
-        return True
+        now = _ms(now)
+        for attempt in range(_PUT_ROUNDS):
+            doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
+            if doc is None:
+                return False
+            row, rev = _file_row(doc), doc.get("rev")
+            try:  # claim the current version, then remove it
+                await self._history.insert_one(_history_doc(row, now, "deleted", _version_id(row.id, rev)))
+            except DuplicateKeyError:  # a concurrent writer superseded it first
+                await self._roll_forward([(row.id, rev)])
+                await _backoff(attempt)
+                continue
+            await self._files.delete_one({"_id": row.id, "rev": rev})  # (or a roll-forward did)
+            return True
+        raise BackendUnavailable("database", "the file record kept changing concurrently")
 
     async def file_by_sha(self, sha256: str) -> FileRow | None:
         doc = await self._files.find_one({"sha256": sha256}, sort=[("_id", ASCENDING)])
@@ -468,7 +534,7 @@ class MongoStore:
         if before is not None:
             where["superseded_at"] = {"$lt": _ms(before)}
         cursor = (
-            self._history.find(where).sort([("superseded_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            self._history.find(where).sort([("superseded_at", DESCENDING), ("order", DESCENDING)]).limit(limit)
         )
         return [
             HistoryRow(file=_file_row(doc, "id"), superseded_at=doc["superseded_at"], event=doc["event"])
@@ -558,7 +624,7 @@ class MongoStore:
     async def touch_keys(self, last_used: Mapping[str, datetime]) -> None:
         if last_used:
             ops = [UpdateOne({"_id": key_id}, {"$max": {"last_used_at": _ms(when)}}) for key_id, when in last_used.items()]
-            await self._keys.bulk_write(ops, ordered=False)
+            await _bulk(self._keys, ops, _UPDATE_CHUNK)
 
     async def claim(self, marker: str, now: datetime) -> bool:
         try:
@@ -569,21 +635,23 @@ class MongoStore:
 
     # -- rate limits ---------------------------------------------------------------------
     async def take_tokens(self, bucket: str, rate: float, burst: int, want: int, now: float) -> TokenGrant:
+        # Compare-and-set as an insert: state seq+1, computed from state seq, exists at most once
+        # (unique (b, seq)). Pruning keeps the two newest states and any younger than a minute,
+        # so a state number could only be reused by a writer that read its predecessor more
+        # than a minute before inserting: far beyond any timeout of this client.
         for attempt in range(_CAS_ATTEMPTS):
-            doc = await self._buckets.find_one({"_id": bucket})
-            old = None if doc is None else doc["tat"]
-            granted, tat, retry_after = gcra(0.0 if old is None else float(old), now, rate, burst, want)
+            head = await self._buckets.find_one({"b": bucket}, sort=[("seq", DESCENDING)])
+            seq, tat = (0, 0.0) if head is None else (int(head["seq"]), float(head["tat"]))
+            granted, new_tat, retry_after = gcra(tat, now, rate, burst, want)
             if not granted:
                 return TokenGrant(granted=0, retry_after=retry_after)
-            if doc is None:
-                try:
-                    await self._buckets.insert_one({"_id": bucket, "tat": tat})
-                    return TokenGrant(granted=granted)
-                except DuplicateKeyError:
-                    pass  # another replica created the bucket first
-            elif (await self._buckets.update_one({"_id": bucket, "tat": old}, {"$set": {"tat": tat}})).matched_count:
-                return TokenGrant(granted=granted)
-            # Lost the race: back off a little (jittered) and read the bucket again.
-            await asyncio.sleep(random.uniform(0, 0.0005 * 2 ** min(attempt, 6)))
+            try:
+                await self._buckets.insert_one({"_id": new_id(), "b": bucket, "seq": seq + 1, "tat": new_tat, "at": now})
+            except DuplicateKeyError:  # another request (or replica) took from this state first
+                await _backoff(attempt)
+                continue
+            if (seq + 1) % _PRUNE_EVERY == 0:
+                await self._buckets.delete_many({"b": bucket, "seq": {"$lt": seq}, "at": {"$lt": now - _PRUNE_AGE}})
+            return TokenGrant(granted=granted)
         # Still contended after all attempts: refuse for now rather than over-grant.
         return TokenGrant(granted=0, retry_after=min(1.0, 1.0 / rate))

@@ -1,0 +1,604 @@
+"""The metadata store contract: one suite, run unchanged against every backend.
+
+``store`` is parametrized over the embedded SQLite store (a file in tmp_path) and the MongoDB
+store against FerretDB (the session fixture ``mongodb_url``; each test gets its own database).
+Every time passed in is millisecond-aligned, the precision both backends keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from putplace_client.models import FileMetadata
+
+from putplace_api.errors import BackendUnavailable
+from putplace_api.store.base import FileQuery, KeyRow, MetadataStore, is_object_id
+from putplace_api.store.mongo import MongoStore
+from putplace_api.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 3, 4, 5, 6, 7, 123000, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def sha(n: object) -> str:
+    return hashlib.sha256(str(n).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def meta(path: str, host: str = "node-1", content: object = None, size: int = 100, mtime: float = 1.7e9) -> FileMetadata:
+    return FileMetadata(
+        filepath=path,
+        hostname=host,
+        ip_address="10.0.0.1",
+        sha256=sha(path if content is None else content),
+        file_size=size,
+        file_mode=0o100644,
+        file_uid=1000,
+        file_gid=1000,
+        file_mtime=mtime,
+        file_atime=mtime + 0.5,
+        file_ctime=mtime + 0.25,
+    )
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], MetadataStore]]:
+    """A factory of unopened stores that all share one fresh database."""
+    if request.param == "sqlite":
+        yield lambda: SqliteStore(tmp_path / "metadata.db")
+        return
+    base = request.getfixturevalue("mongodb_url")  # fails (never skips) when FerretDB cannot start
+    name = f"contract_{uuid.uuid4().hex[:20]}"
+    url = _with_database(base, name)
+    yield lambda: MongoStore(url, timeout=10.0)
+    import pymongo
+
+    with pymongo.MongoClient(base, serverSelectionTimeoutMS=5000) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+async def store(make_store: Callable[[], MetadataStore], anyio_backend: str) -> AsyncIterator[MetadataStore]:
+    s = make_store()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def current(store: MetadataStore, host: str | None = None, **kw: object) -> list:
+    return await store.list_files(FileQuery(hostname=host, limit=100_000, **kw))  # type: ignore[arg-type]
+
+
+# -- file records and their history ---------------------------------------------------------
+
+
+async def test_insert_unchanged_changed(store: MetadataStore) -> None:
+    first = meta("/data/a.txt")
+    (put,) = await store.put_files([first], T0)
+    assert is_object_id(put.file.id)
+    assert put.file.meta == first
+    assert put.file.created_at == put.file.updated_at == T0
+    assert put.file.created_at.utcoffset() == timedelta(0)
+
+    # Same metadata again: the record is untouched (updated_at stays), no history.
+    (again,) = await store.put_files([first], at(10))
+    assert again.file == put.file
+    assert await store.history("node-1", "/data/a.txt", 10, None) == []
+
+    # Changed metadata: same id, created_at kept, updated_at moves, old version archived.
+    second = meta("/data/a.txt", content="v2", size=200, mtime=1.8e9)
+    (changed,) = await store.put_files([second], at(20))
+    assert changed.file.id == put.file.id
+    assert changed.file.meta == second
+    assert changed.file.created_at == T0
+    assert changed.file.updated_at == at(20)
+
+    (hist,) = await store.history("node-1", "/data/a.txt", 10, None)
+    assert hist.event == "replaced"
+    assert hist.superseded_at == at(20)
+    assert hist.file == put.file  # the previous version, exactly as it was
+
+    (now_current,) = await current(store)
+    assert now_current == changed.file
+
+
+async def test_times_read_back_as_returned(store: MetadataStore) -> None:
+    # Whatever precision a backend keeps, what a write returns is what a later read gives.
+    odd = T0.replace(microsecond=654321)
+    (put,) = await store.put_files([meta("/precise")], odd)
+    assert abs(put.file.created_at - odd) < timedelta(milliseconds=1)
+    (read,) = await current(store)
+    assert read == put.file
+    assert await store.get_content(put.content.sha256) == put.content
+    (put2,) = await store.put_files([meta("/precise", content="2")], odd + timedelta(microseconds=7))
+    (hist,) = await store.history("node-1", "/precise", 10, None)
+    assert hist.file == put.file and hist.superseded_at == put2.file.updated_at
+    assert [r.id for r in await current(store, changed_since=put2.file.updated_at)] == [put.file.id]
+
+
+async def test_a_change_in_any_field_is_a_change(store: MetadataStore) -> None:
+    base = meta("/f")
+    (put,) = await store.put_files([base], T0)
+    for n, field_value in enumerate(
+        [("ip_address", "10.9.9.9"), ("file_mode", 0o100600), ("file_uid", 0), ("file_gid", 5), ("file_atime", 1.0)],
+        start=1,
+    ):
+        field, value = field_value
+        changed = base.model_copy(update={field: value})
+        (res,) = await store.put_files([changed], at(n))
+        assert res.file.id == put.file.id and res.file.updated_at == at(n)
+        base = changed
+    assert len(await store.history("node-1", "/f", 100, None)) == 5
+
+
+async def test_delete_moves_to_history(store: MetadataStore) -> None:
+    v1, v2 = meta("/d/x"), meta("/d/x", content="2")
+    await store.put_files([v1, meta("/d/other")], T0)
+    (put2,) = await store.put_files([v2], at(1))
+
+    assert await store.delete_file("node-1", "/d/x", at(2)) is True
+    assert [r.meta.filepath for r in await current(store)] == ["/d/other"]
+    assert await store.delete_file("node-1", "/d/x", at(3)) is False
+    assert await store.delete_file("node-2", "/d/other", at(3)) is False  # another host's path
+
+    hist = await store.history("node-1", "/d/x", 10, None)
+    assert [(h.event, h.superseded_at, h.file.meta) for h in hist] == [
+        ("deleted", at(2), v2),
+        ("replaced", at(1), v1),
+    ]
+    assert hist[0].file == put2.file
+
+    # Put again after a delete: a new record with a new id, the history stays.
+    (again,) = await store.put_files([v1], at(5))
+    assert again.file.id != put2.file.id and again.file.created_at == at(5)
+    assert len(await store.history("node-1", "/d/x", 10, None)) == 2
+    assert await store.history("node-1", "/d/other", 10, None) == []
+
+
+async def test_history_newest_first_limit_and_before(store: MetadataStore) -> None:
+    versions = [meta("/h", content=n) for n in range(6)]
+    for n, v in enumerate(versions):
+        await store.put_files([v], at(n))
+    await store.put_files([meta("/h", host="node-2", content="x")], at(1))  # another host, same path
+    await store.put_files([meta("/h", host="node-2", content="y")], at(2))
+
+    hist = await store.history("node-1", "/h", 100, None)
+    assert [h.superseded_at for h in hist] == [at(5), at(4), at(3), at(2), at(1)]
+    assert [h.file.meta for h in hist] == [versions[4], versions[3], versions[2], versions[1], versions[0]]
+    assert all(h.event == "replaced" for h in hist)
+
+    assert [h.superseded_at for h in await store.history("node-1", "/h", 2, None)] == [at(5), at(4)]
+    # `before` is exclusive: the page after the one ending at at(4).
+    assert [h.superseded_at for h in await store.history("node-1", "/h", 2, at(4))] == [at(3), at(2)]
+    assert await store.history("node-1", "/h", 10, at(1)) == []
+    assert await store.history("node-1", "/h", 0, None) == []
+    assert len(await store.history("node-2", "/h", 10, None)) == 1
+    assert await store.history("node-1", "/nothing", 10, None) == []
+
+
+async def test_batch_with_duplicate_sha_and_the_same_path_twice(store: MetadataStore) -> None:
+    a1 = meta("/b/a", content="shared", size=7)
+    b = meta("/b/b", content="shared", size=7)
+    c = meta("/b/c", content="own", size=3)
+    a2 = meta("/b/a", content="newer", size=9)
+    a2_again = meta("/b/a", content="newer", size=9)
+    batch = [a1, b, c, a2, a2_again]
+    results = await store.put_files(batch, T0)
+
+    assert [r.file.meta for r in results] == batch  # input order
+    assert results[0].file.id == results[3].file.id == results[4].file.id
+    assert len({results[0].file.id, results[1].file.id, results[2].file.id}) == 3
+    assert all(r.file.created_at == T0 and r.file.updated_at == T0 for r in results)
+    assert [r.content.sha256 for r in results] == [m.sha256 for m in batch]
+    assert results[0].content == results[1].content
+    assert results[0].content.size == 7 and results[2].content.size == 3 and results[3].content.size == 9
+
+    # The first version of /b/a was replaced within the batch; the identical repeat was not.
+    (hist,) = await store.history("node-1", "/b/a", 10, None)
+    assert hist.event == "replaced" and hist.file.meta == a1 and hist.superseded_at == T0
+    assert hist.file.id == results[0].file.id
+    rows = {r.meta.filepath: r for r in await current(store)}
+    assert set(rows) == {"/b/a", "/b/b", "/b/c"}
+    assert rows["/b/a"] == results[4].file
+    assert await store.put_files([], T0) == []
+
+
+async def test_results_in_input_order_over_a_mixed_batch(store: MetadataStore) -> None:
+    # More paths than one query (500) and more changes than one write command (50) take,
+    # over several hosts.
+    old = [meta(f"/m/{n:04d}", host=f"node-{n % 3}") for n in range(700)]
+    first = await store.put_files(old, T0)
+    ids = {(r.file.meta.hostname, r.file.meta.filepath): r.file.id for r in first}
+    assert len(set(ids.values())) == 700
+
+    unchanged = old[:300]
+    changed = [m.model_copy(update={"file_mtime": 2e9}) for m in old[500:560]]
+    new = [meta(f"/m/new/{n:04d}", host=f"node-{n % 2}") for n in range(300)]
+    batch = unchanged + changed + new
+    random.Random(7).shuffle(batch)
+    results = await store.put_files(batch, at(60))
+
+    assert [r.file.meta for r in results] == batch
+    for m, r in zip(batch, results):
+        key = (m.hostname, m.filepath)
+        if key in ids:
+            assert r.file.id == ids[key] and r.file.created_at == T0
+            assert r.file.updated_at == (T0 if m.file_mtime == 1.7e9 else at(60))
+        else:
+            assert r.file.created_at == r.file.updated_at == at(60)
+        assert r.content.sha256 == m.sha256
+    assert len(await current(store)) == 1000
+    assert (await store.stats()).files == 1000
+    assert len(await store.history("node-2", "/m/0500", 10, None)) == 1
+    assert await store.history("node-0", "/m/0000", 10, None) == []
+
+
+async def test_concurrent_puts_of_one_path(store: MetadataStore) -> None:
+    versions = [meta("/race", content=n) for n in range(10)]
+    results = await asyncio.gather(*(store.put_files([v], T0) for v in versions))
+    ids = {r.file.id for (r,) in results}
+    assert len(ids) == 1
+    (row,) = await current(store)
+    assert row.id in ids
+    hist = await store.history("node-1", "/race", 100, None)
+    # Every version is either current or archived exactly once.
+    seen = sorted([row.meta.sha256, *(h.file.meta.sha256 for h in hist)])
+    assert seen == sorted(v.sha256 for v in versions)
+
+
+async def test_concurrent_puts_and_deletes_of_one_path(store: MetadataStore) -> None:
+    base = meta("/race", content="base")
+    await store.put_files([base], T0)
+    versions = [meta("/race", content=n) for n in range(8)]
+    outcome = await asyncio.gather(
+        *(store.put_files([v, meta(f"/other/{n}")], at(1)) for n, v in enumerate(versions)),
+        *(store.delete_file("node-1", "/race", at(1)) for _ in range(3)),
+    )
+    deletes = outcome[len(versions) :]
+    rows = await current(store, path_prefix="/race")
+    hist = await store.history("node-1", "/race", 100, None)
+    assert len(rows) <= 1
+    assert [h.event for h in hist].count("deleted") == deletes.count(True) >= 1
+    # Every version written is current or archived exactly once.
+    seen = sorted([*(r.meta.sha256 for r in rows), *(h.file.meta.sha256 for h in hist)])
+    assert seen == sorted([base.sha256, *(v.sha256 for v in versions)])
+    assert len(await current(store, path_prefix="/other/")) == 8
+
+
+# -- content records -------------------------------------------------------------------------
+
+
+async def test_content_created_unstored_then_mark_stored(store: MetadataStore) -> None:
+    m = meta("/c/file", content="payload", size=42)
+    (put,) = await store.put_files([m], T0)
+    assert put.content.sha256 == m.sha256
+    assert put.content.size == 42 and put.content.stored is False
+    assert put.content.first_seen_at == T0
+    assert put.content.stored_at is None and put.content.mime_type is None and put.content.storage_path is None
+    assert await store.get_content(m.sha256) == put.content
+    assert await store.get_content(sha("unknown")) is None
+
+    stored = await store.mark_stored(m.sha256, 42, "text/plain", "ab/cd/abcd", at(5))
+    assert stored.stored is True and stored.stored_at == at(5)
+    assert stored.mime_type == "text/plain" and stored.storage_path == "ab/cd/abcd"
+    assert stored.first_seen_at == T0 and stored.size == 42
+    assert await store.get_content(m.sha256) == stored
+
+    # A second upload of the same content: the first stored_at is kept.
+    again = await store.mark_stored(m.sha256, 42, None, "ab/cd/abcd2", at(9))
+    assert again.stored_at == at(5) and again.stored is True
+    assert again.mime_type is None and again.storage_path == "ab/cd/abcd2"
+
+    # Announcing the content again does not reset it.
+    (put2,) = await store.put_files([meta("/c/copy", content="payload", size=42)], at(10))
+    assert put2.content == again
+
+    # Stored without ever being announced: the record is created.
+    direct = await store.mark_stored(sha("direct"), 5, None, "x/y", at(11))
+    assert direct.first_seen_at == at(11) and direct.stored_at == at(11) and direct.stored is True
+
+
+async def test_file_by_sha(store: MetadataStore) -> None:
+    r1, r2 = await store.put_files([meta("/s/1", content="same"), meta("/s/2", content="same")], T0)
+    found = await store.file_by_sha(sha("same"))
+    assert found is not None and found.id == min(r1.file.id, r2.file.id)
+    assert found == (r1.file if found.id == r1.file.id else r2.file)
+    assert await store.file_by_sha(sha("nope")) is None
+
+
+# -- listing -----------------------------------------------------------------------------------
+
+
+async def test_list_files_filters(store: MetadataStore) -> None:
+    paths = [
+        "/data/a/1", "/data/a/2", "/data/ab/1", "/data/a", "/data/b/1",
+        "/données/é/1", "/données/e/1", "/données/éa/1", "/u/😀/1", "/u/中文/1",
+    ]
+    await store.put_files([meta(p) for p in paths], T0)
+    await store.put_files([meta("/data/a/1", host="node-2")], T0)
+
+    async def paths_of(**kw: object) -> list[str]:
+        return sorted(r.meta.filepath for r in await current(store, **kw))  # type: ignore[arg-type]
+
+    assert await paths_of(host="node-2") == ["/data/a/1"]
+    assert len(await paths_of(host="node-1")) == len(paths)
+    assert await paths_of(host="nobody") == []
+    # A directory prefix does not match a sibling whose name merely starts the same way...
+    assert await paths_of(host="node-1", path_prefix="/data/a/") == ["/data/a/1", "/data/a/2"]
+    # ...while a bare string prefix does (it is a string prefix, not a path component match).
+    assert await paths_of(host="node-1", path_prefix="/data/a") == ["/data/a", "/data/a/1", "/data/a/2", "/data/ab/1"]
+    assert await paths_of(host="node-1", path_prefix="/données/é/") == ["/données/é/1"]
+    assert await paths_of(host="node-1", path_prefix="/données/é") == ["/données/é/1", "/données/éa/1"]
+    assert await paths_of(host="node-1", path_prefix="/u/") == ["/u/中文/1", "/u/😀/1"]
+    assert await paths_of(host="node-1", path_prefix="/u/😀") == ["/u/😀/1"]
+    assert await paths_of(path_prefix="/data/a/1") == ["/data/a/1", "/data/a/1"]
+    assert await paths_of(path_prefix="/nothing") == []
+    assert await paths_of(path_prefix="/data/b/1", sha256=sha("/data/b/1")) == ["/data/b/1"]
+    assert await paths_of(sha256=sha("/data/a/1")) == ["/data/a/1", "/data/a/1"]
+    assert await store.list_files(FileQuery(limit=0)) == []
+
+
+async def test_list_files_changed_since(store: MetadataStore) -> None:
+    await store.put_files([meta("/t/old"), meta("/t/changed")], T0)
+    await store.put_files([meta("/t/changed", content="2")], at(10))
+    await store.put_files([meta("/t/old")], at(15))  # unchanged: updated_at stays T0
+    await store.put_files([meta("/t/new")], at(20))
+
+    async def since(when: datetime) -> list[str]:
+        return sorted(r.meta.filepath for r in await current(store, changed_since=when))
+
+    assert await since(T0) == ["/t/changed", "/t/new", "/t/old"]
+    assert await since(at(10)) == ["/t/changed", "/t/new"]  # inclusive
+    assert await since(at(11)) == ["/t/new"]
+    assert await since(at(21)) == []
+
+
+async def test_cursor_pagination(store: MetadataStore) -> None:
+    files = [meta(f"/p/{n:03d}", host="node-1" if n % 4 else "node-2") for n in range(250)]
+    await store.put_files(files[:130], T0)
+    await store.put_files(files[130:], at(1))
+    everything = await current(store)
+    assert len(everything) == 250
+    assert [r.id for r in everything] == sorted(r.id for r in everything)
+
+    for host, expected in ((None, 250), ("node-1", 187)):
+        seen: list[str] = []
+        after = None
+        pages = 0
+        while True:
+            page = await store.list_files(FileQuery(hostname=host, after_id=after, limit=40))
+            assert len(page) <= 40
+            assert [r.id for r in page] == sorted(r.id for r in page)
+            if after is not None:
+                assert all(r.id > after for r in page)
+            seen += [r.id for r in page]
+            pages += 1
+            if len(page) < 40:
+                break
+            after = page[-1].id
+        assert len(seen) == len(set(seen)) == expected
+        if host is None:
+            assert seen == [r.id for r in everything]
+        assert pages == expected // 40 + 1
+
+
+async def test_non_utf8_path_round_trip(store: MetadataStore) -> None:
+    raw = b"/data/caf\xe9/na\xefve.txt".decode("utf-8", "surrogateescape")  # as os.fsdecode gives it
+    m = meta(raw, host="node-\udcff")
+    assert m.filepath == "/data/caf\\xe9/na\\xefve.txt" and m.hostname == "node-\\xff"
+    (put,) = await store.put_files([m], T0)
+    assert put.file.meta.filepath == "/data/caf\\xe9/na\\xefve.txt"
+
+    (listed,) = await current(store, host="node-\\xff", path_prefix="/data/caf\\xe9/")
+    assert listed == put.file
+    (again,) = await store.put_files([meta(raw, host="node-\udcff")], at(1))
+    assert again.file == put.file  # the same escaped path: unchanged, not a new record
+    assert await store.delete_file("node-\\xff", "/data/caf\\xe9/na\\xefve.txt", at(2)) is True
+    (hist,) = await store.history("node-\\xff", "/data/caf\\xe9/na\\xefve.txt", 10, None)
+    assert hist.file.meta == m and hist.event == "deleted"
+
+
+# -- stats -------------------------------------------------------------------------------------
+
+
+async def test_stats(store: MetadataStore) -> None:
+    stats = await store.stats()
+    assert (stats.files, stats.hosts, stats.contents_stored, stats.stored_bytes, stats.logical_bytes) == (0, 0, 0, 0, 0)
+
+    await store.put_files(
+        [
+            meta("/s/a", content="A", size=10),
+            meta("/s/b", content="A", size=10),
+            meta("/s/c", content="C", size=5),
+            meta("/s/a", host="node-2", content="A", size=10),
+            meta("/s/big", host="node-3", content="B", size=2**40),
+        ],
+        T0,
+    )
+    await store.put_files([meta("/s/c", content="C2", size=7)], at(1))  # replaces /s/c
+    await store.mark_stored(sha("A"), 10, None, "a", at(2))
+    await store.mark_stored(sha("A"), 10, None, "a", at(3))  # twice: counted once
+    await store.mark_stored(sha("B"), 2**40, None, "b", at(3))
+
+    stats = await store.stats()
+    assert stats.files == 5
+    assert stats.hosts == 3
+    assert stats.logical_bytes == 10 + 10 + 7 + 10 + 2**40
+    assert stats.contents_stored == 2
+    assert stats.stored_bytes == 10 + 2**40
+
+    await store.delete_file("node-3", "/s/big", at(4))
+    stats = await store.stats()
+    assert (stats.files, stats.hosts, stats.logical_bytes) == (4, 2, 37)
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def key(n: int, **kw: object) -> KeyRow:
+    fields: dict = dict(
+        id=f"{n:024x}", name=f"key-{n}", key_hash=sha(f"secret-{n}"), key_prefix=f"pp_{n}",
+        scopes=("read", "write"), created_at=at(n),
+    )
+    return KeyRow(**{**fields, **kw})
+
+
+async def test_keys(store: MetadataStore) -> None:
+    plain = key(1)
+    full = key(
+        2, description="ci", scopes=("admin",), rate_limit=2.5, rate_limit_burst=5, expires_at=at(3600),
+        last_used_at=at(3),
+    )
+    await store.insert_key(full)
+    await store.insert_key(plain)
+
+    assert await store.get_key(plain.id) == plain
+    assert await store.get_key(full.id) == full
+    assert await store.key_by_hash(full.key_hash) == full
+    assert await store.key_by_hash(sha("unknown")) is None
+    assert await store.get_key("0" * 24) is None
+    assert await store.list_keys() == [plain, full]  # ordered by id
+
+    # A duplicate key is the caller's bug: it must surface, not look like an outage.
+    with pytest.raises(Exception) as caught:
+        await store.insert_key(key(3, key_hash=plain.key_hash))
+    assert not isinstance(caught.value, BackendUnavailable)
+
+    assert await store.revoke_key(plain.id, at(100)) is True
+    revoked = await store.get_key(plain.id)
+    assert revoked is not None and revoked.is_active is False and revoked.revoked_at == at(100)
+    assert await store.revoke_key(plain.id, at(200)) is True  # idempotent
+    assert (await store.get_key(plain.id)).revoked_at == at(100)  # type: ignore[union-attr]
+    assert await store.revoke_key("f" * 24, at(200)) is False
+    assert (await store.get_key(full.id)).is_active is True  # type: ignore[union-attr]
+
+    assert await store.delete_key(plain.id) is True
+    assert await store.delete_key(plain.id) is False
+    assert await store.get_key(plain.id) is None
+    assert await store.key_by_hash(plain.key_hash) is None
+    assert await store.list_keys() == [full]
+
+
+async def test_touch_keys_only_moves_forward(store: MetadataStore) -> None:
+    k1, k2 = key(1), key(2, key_hash=sha("other"), last_used_at=at(50))
+    await store.insert_key(k1)
+    await store.insert_key(k2)
+    await store.touch_keys({})
+    await store.touch_keys({k1.id: at(20), k2.id: at(10), "0" * 24: at(30)})
+    assert (await store.get_key(k1.id)).last_used_at == at(20)  # type: ignore[union-attr]
+    assert (await store.get_key(k2.id)).last_used_at == at(50)  # type: ignore[union-attr]
+    await store.touch_keys({k1.id: at(15)})
+    assert (await store.get_key(k1.id)).last_used_at == at(20)  # type: ignore[union-attr]
+    await store.touch_keys({k1.id: at(25), k2.id: at(60)})
+    assert (await store.get_key(k1.id)).last_used_at == at(25)  # type: ignore[union-attr]
+    assert (await store.get_key(k2.id)).last_used_at == at(60)  # type: ignore[union-attr]
+    assert await store.get_key("0" * 24) is None  # touching an unknown key creates nothing
+
+
+async def test_claim_once(store: MetadataStore) -> None:
+    assert await store.claim("bootstrap-admin", T0) is True
+    assert await store.claim("bootstrap-admin", at(1)) is False
+    assert await store.claim("other", at(1)) is True
+    results = await asyncio.gather(*(store.claim("raced", T0) for _ in range(20)))
+    assert results.count(True) == 1
+
+
+# -- rate limits -------------------------------------------------------------------------------
+
+
+async def test_take_tokens_burst_refusal_and_refill(store: MetadataStore) -> None:
+    rate, burst = 10.0, 5  # one token per 0.1 s, 5 at most
+    assert (await store.take_tokens("b", rate, burst, 3, 1000.0)).granted == 3
+    assert (await store.take_tokens("b", rate, burst, 3, 1000.0)).granted == 2  # what is left
+    refused = await store.take_tokens("b", rate, burst, 1, 1000.0)
+    assert refused.granted == 0 and refused.retry_after == pytest.approx(0.1)
+    refused = await store.take_tokens("b", rate, burst, 1, 1000.05)  # a refusal consumes nothing
+    assert refused.granted == 0 and refused.retry_after == pytest.approx(0.05)
+    assert (await store.take_tokens("b", rate, burst, 1, 1000.1)).granted == 1
+    assert (await store.take_tokens("b", rate, burst, 5, 1000.3)).granted == 2  # refilled 0.2 s worth
+    assert (await store.take_tokens("b", rate, burst, 10, 1100.0)).granted == 5  # never more than burst
+    # Buckets are independent.
+    assert (await store.take_tokens("other", rate, burst, 5, 1000.0)).granted == 5
+
+
+async def test_take_tokens_slow_refill(store: MetadataStore) -> None:
+    rate = 1 / 60  # one token a minute
+    assert (await store.take_tokens("slow", rate, 1, 1, 0.0)).granted == 1
+    refused = await store.take_tokens("slow", rate, 1, 1, 1.0)
+    assert refused.granted == 0 and refused.retry_after == pytest.approx(59.0)
+    assert (await store.take_tokens("slow", rate, 1, 1, 59.0)).granted == 0
+    assert (await store.take_tokens("slow", rate, 1, 1, 60.0)).granted == 1
+
+
+async def test_take_tokens_concurrently_never_over_grants(store: MetadataStore) -> None:
+    grants = await asyncio.gather(*(store.take_tokens("hot", 0.001, 50, 1, 5000.0) for _ in range(200)))
+    assert sum(g.granted for g in grants) == 50
+    assert sorted(g.granted for g in grants) == [0] * 150 + [1] * 50
+    assert all(g.retry_after > 0 for g in grants if g.granted == 0)
+    assert (await store.take_tokens("hot", 0.001, 50, 1, 5000.0)).granted == 0
+
+
+# -- lifecycle and failures --------------------------------------------------------------------
+
+
+async def test_open_is_idempotent_and_data_persists(make_store: Callable[[], MetadataStore], store: MetadataStore) -> None:
+    (put,) = await store.put_files([meta("/keep")], T0)
+    other = make_store()
+    await other.open()
+    await other.open()
+    try:
+        await other.ping()
+        assert await other.list_files(FileQuery()) == [put.file]
+    finally:
+        await other.close()
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_mongodb_unreachable_is_backend_unavailable(anyio_backend: str) -> None:
+    store = MongoStore(f"mongodb://127.0.0.1:{_closed_port()}/putplace", timeout=0.3)
+    try:
+        for call in (
+            store.ping(),
+            store.open(),
+            store.put_files([meta("/x")], T0),
+            store.take_tokens("b", 1.0, 1, 1, 0.0),
+        ):
+            with pytest.raises(BackendUnavailable) as caught:
+                await call
+            assert caught.value.backend == "database" and caught.value.status_code == 503
+            assert caught.value.detail.startswith("database unavailable:")
+    finally:
+        await store.close()
