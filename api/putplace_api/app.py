@@ -60,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await state.auth.flush_last_used()
             await state.storage.close()
             await state.store.close()
+            if tracer is not None:
+                tracer.shutdown()  # flushes spans still batched
 
     app = FastAPI(
         title="PutPlace",
@@ -91,5 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: observability wraps security, so denied requests are logged too.
     app.add_middleware(SecurityMiddleware, state=state)
     app.add_middleware(ObservabilityMiddleware)
-    setup_tracing(app, settings.otlp_endpoint)
+    tracer = setup_tracing(app, settings.otlp_endpoint)
     return app

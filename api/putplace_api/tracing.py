@@ -1,22 +1,29 @@
 """OpenTelemetry traces: on only when an OTLP endpoint is configured.
 
-FastAPI, httpx, pymongo and botocore are instrumented by their OpenTelemetry packages;
-spans go to the endpoint over OTLP/HTTP in batches.
+FastAPI, httpx and pymongo are instrumented by their OpenTelemetry packages; S3 calls are
+traced through aiohttp, the HTTP client under aiobotocore (botocore's own instrumentation
+patches a method aiobotocore overrides, so it would see nothing). Spans go to the endpoint
+over OTLP/HTTP in batches; the caller shuts the provider down to flush them.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ["setup_tracing"]
 
 
-def setup_tracing(app: FastAPI, endpoint: str | None, service_name: str = "putplace-api") -> bool:
+def setup_tracing(app: FastAPI, endpoint: str | None, service_name: str = "putplace-api") -> TracerProvider | None:
     if not endpoint:
-        return False
+        return None
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
@@ -33,5 +40,5 @@ def setup_tracing(app: FastAPI, endpoint: str | None, service_name: str = "putpl
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics")
     HTTPXClientInstrumentor().instrument(tracer_provider=provider)
     PymongoInstrumentor().instrument(tracer_provider=provider)
-    BotocoreInstrumentor().instrument(tracer_provider=provider)
-    return True
+    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
+    return provider
