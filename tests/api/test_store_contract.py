@@ -326,6 +326,18 @@ async def test_content_created_unstored_then_mark_stored(store: MetadataStore) -
     assert direct.first_seen_at == at(11) and direct.stored_at == at(11) and direct.stored is True
 
 
+async def test_contents_in_one_call(store: MetadataStore) -> None:
+    metas = [meta(f"/many/{i}", content=f"c{i}") for i in range(1200)]  # over any one-query chunk
+    await store.put_files(metas, T0)
+    await store.mark_stored(metas[7].sha256, 100, None, "x", at(1))
+    wanted = {m.sha256 for m in metas} | {sha("absent")}
+    found = await store.contents(wanted)
+    assert set(found) == {m.sha256 for m in metas}
+    assert found[metas[7].sha256].stored is True
+    assert sum(c.stored for c in found.values()) == 1
+    assert await store.contents(set()) == {}
+
+
 async def test_file_by_sha(store: MetadataStore) -> None:
     r1, r2 = await store.put_files([meta("/s/1", content="same"), meta("/s/2", content="same")], T0)
     found = await store.file_by_sha(sha("same"))

@@ -103,11 +103,10 @@ async def list_files(
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    shas = {r.meta.sha256 for r in rows}
-    contents = {sha: await state.store.get_content(sha) for sha in shas}
+    contents = await state.store.contents({r.meta.sha256 for r in rows})
     items = []
     for r in rows:
-        c = contents[r.meta.sha256]
+        c = contents.get(r.meta.sha256)
         stored = c is not None and c.stored
         items.append(to_record(r, c.stored_at if stored else None, c.storage_path if stored else None))  # type: ignore[union-attr]
     return Page[FileRecord](items=items, next_cursor=rows[-1].id if more and rows else None)

@@ -8,7 +8,7 @@ boundary are plain frozen dataclasses; routes never see a driver type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -138,6 +138,9 @@ class MetadataStore(Protocol):
 
     # -- content -------------------------------------------------------------------------
     async def get_content(self, sha256: str) -> ContentRow | None: ...
+
+    async def contents(self, shas: Collection[str]) -> dict[str, ContentRow]:
+        """The content records that exist among ``shas``, in one round trip per chunk."""
 
     async def mark_stored(
         self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime

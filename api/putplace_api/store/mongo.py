@@ -57,7 +57,7 @@ import asyncio
 import functools
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -545,6 +545,9 @@ class MongoStore:
     async def get_content(self, sha256: str) -> ContentRow | None:
         doc = await self._contents.find_one({"_id": sha256})
         return None if doc is None else _content_row(doc)
+
+    async def contents(self, shas: Collection[str]) -> dict[str, ContentRow]:
+        return await self._find_contents(set(shas))
 
     async def mark_stored(
         self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -299,6 +299,9 @@ class SqliteStore:
             return None if row is None else _content_row(row)
 
         return await self._run(run)
+
+    async def contents(self, shas: Collection[str]) -> dict[str, ContentRow]:
+        return await self._run(self._contents, self._c, set(shas))
 
     async def mark_stored(
         self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime
