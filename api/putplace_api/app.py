@@ -86,9 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(
-            {"detail": "Internal server error", "request_id": request_id.get()}, status_code=500
-        )
+        return JSONResponse({"detail": "Internal server error", "request_id": request_id.get()}, status_code=500)
 
     # Added last = outermost: observability wraps security, so denied requests are logged too.
     app.add_middleware(SecurityMiddleware, state=state)

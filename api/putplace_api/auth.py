@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from putplace_client.models import Scope
-
 from putplace_api.errors import Unauthorized
 from putplace_api.store.base import KeyRow, MetadataStore, new_id
+from putplace_client.models import Scope
 
 __all__ = [
     "KEY_PREFIX",

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
-from putplace_client.models import Scope, is_sha256
 
 from putplace_api.auth import MISSING_KEY, Principal
 from putplace_api.errors import BadRequest, Forbidden, Unauthorized
 from putplace_api.middleware import PRINCIPAL
 from putplace_api.state import AppState
+from putplace_client.models import Scope, is_sha256
 
 __all__ = ["StateDep", "ReadKey", "WriteKey", "AdminKey", "MetricsKey", "Sha256Path"]
 

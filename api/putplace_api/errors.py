@@ -17,9 +17,8 @@ Routes and services raise these; backends translate their drivers' exceptions in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import json
+from collections.abc import Mapping
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError

@@ -30,7 +30,9 @@ __all__ = ["ObservabilityMiddleware", "SecurityMiddleware", "PUBLIC_PATHS", "PRI
 
 log = logging.getLogger("putplace.access")
 
-PUBLIC_PATHS = frozenset({"/", "/health", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {"/", "/health", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 PRINCIPAL = "putplace.principal"  # scope key where SecurityMiddleware leaves the Principal
 _STREAMED_PREFIXES = ("/upload_file/",)  # bodies limited by max_upload_bytes instead
 

@@ -39,9 +39,12 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key")
     s3_addressing_style: Literal["auto", "path", "virtual"] = Field("path", description="path style suits MinIO")
     admin_key: SecretStr | None = Field(
-        None, description="bootstrap admin key; unset on first start = generate one and write it to <data_dir>/admin-key"
+        None,
+        description="bootstrap admin key; unset on first start = generate one and write it to <data_dir>/admin-key",
     )
-    max_upload_bytes: int | None = Field(None, ge=0, description="largest accepted upload (413 above); unset = no limit")
+    max_upload_bytes: int | None = Field(
+        None, ge=0, description="largest accepted upload (413 above); unset = no limit"
+    )
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest JSON request body (413 above)")
     allowed_mime_types: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated MIME allow-list for uploads (415 otherwise); empty = any"

@@ -200,5 +200,3 @@ class PutPlaceClient:
 
     async def delete_key(self, key_id: str) -> None:
         await self._send("DELETE", f"/api_keys/{key_id}")
-
-

@@ -159,9 +159,7 @@ def test_last_used_at_is_recorded(api: Api) -> None:
     assert used and used[0]["last_used_at"] is not None
 
 
-def test_generated_admin_key_is_printed_once_and_written_0600(
-    tmp_path: Path, start_api: Callable[..., Api]
-) -> None:
+def test_generated_admin_key_is_printed_once_and_written_0600(tmp_path: Path, start_api: Callable[..., Api]) -> None:
     data_dir = tmp_path / "fresh"
     port = free_ports(1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUTPLACE_")}

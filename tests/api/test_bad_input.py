@@ -72,7 +72,9 @@ def test_missing_fields_and_non_finite_numbers_are_422(api: Api) -> None:
         raw = json.dumps(meta()).replace("1700000000.5", "NaN", 1)
         r = c.post("/put_file", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422
-        assert c.post("/put_file", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+        assert (
+            c.post("/put_file", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+        )
         assert c.post("/put_files", json={"files": []}).status_code == 422
 
 
@@ -205,7 +207,9 @@ def test_two_clients_uploading_the_same_sha_at_once(api: Api) -> None:
 
     def upload() -> None:
         with api.http() as c:
-            r = c.post(f"/upload_file/{body['sha256']}", content=data, headers={"content-type": "application/octet-stream"})
+            r = c.post(
+                f"/upload_file/{body['sha256']}", content=data, headers={"content-type": "application/octet-stream"}
+            )
             results.append(r.status_code)
 
     threads = [threading.Thread(target=upload) for _ in range(4)]

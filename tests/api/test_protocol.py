@@ -8,8 +8,17 @@ from pathlib import Path
 from tests.api.conftest import Api, meta, sha
 
 FILE_FIELDS = {
-    "filepath", "hostname", "ip_address", "sha256", "file_size", "file_mode",
-    "file_uid", "file_gid", "file_mtime", "file_atime", "file_ctime",
+    "filepath",
+    "hostname",
+    "ip_address",
+    "sha256",
+    "file_size",
+    "file_mode",
+    "file_uid",
+    "file_gid",
+    "file_mtime",
+    "file_atime",
+    "file_ctime",
 }
 
 
@@ -223,7 +232,12 @@ def test_stats_report_dedup(backend_api: Api) -> None:
         c.post(f"/upload_file/{sha(data)}", files={"file": ("f", data)})
         s = c.get("/stats").json()
     assert s == {
-        "files": 3, "hosts": 3, "contents_stored": 1, "stored_bytes": 1000, "logical_bytes": 3000, "dedup_ratio": 3.0,
+        "files": 3,
+        "hosts": 3,
+        "contents_stored": 1,
+        "stored_bytes": 1000,
+        "logical_bytes": 3000,
+        "dedup_ratio": 3.0,
     }
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from putplace_client.models import FileMetadata
 
 from putplace_api.errors import BackendUnavailable
 from putplace_api.store.base import FileQuery, KeyRow, MetadataStore, is_object_id
 from putplace_api.store.mongo import MongoStore
 from putplace_api.store.sqlite import SqliteStore
+from putplace_client.models import FileMetadata
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +38,9 @@ def sha(n: object) -> str:
     return hashlib.sha256(str(n).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def meta(path: str, host: str = "node-1", content: object = None, size: int = 100, mtime: float = 1.7e9) -> FileMetadata:
+def meta(
+    path: str, host: str = "node-1", content: object = None, size: int = 100, mtime: float = 1.7e9
+) -> FileMetadata:
     return FileMetadata(
         filepath=path,
         hostname=host,
@@ -247,7 +249,7 @@ async def test_results_in_input_order_over_a_mixed_batch(store: MetadataStore) -
     results = await store.put_files(batch, at(60))
 
     assert [r.file.meta for r in results] == batch
-    for m, r in zip(batch, results):
+    for m, r in zip(batch, results, strict=True):
         key = (m.hostname, m.filepath)
         if key in ids:
             assert r.file.id == ids[key] and r.file.created_at == T0
@@ -351,8 +353,16 @@ async def test_file_by_sha(store: MetadataStore) -> None:
 
 async def test_list_files_filters(store: MetadataStore) -> None:
     paths = [
-        "/data/a/1", "/data/a/2", "/data/ab/1", "/data/a", "/data/b/1",
-        "/données/é/1", "/données/e/1", "/données/éa/1", "/u/😀/1", "/u/中文/1",
+        "/data/a/1",
+        "/data/a/2",
+        "/data/ab/1",
+        "/data/a",
+        "/data/b/1",
+        "/données/é/1",
+        "/données/e/1",
+        "/données/éa/1",
+        "/u/😀/1",
+        "/u/中文/1",
     ]
     await store.put_files([meta(p) for p in paths], T0)
     await store.put_files([meta("/data/a/1", host="node-2")], T0)
@@ -477,8 +487,12 @@ async def test_stats(store: MetadataStore) -> None:
 
 def key(n: int, **kw: object) -> KeyRow:
     fields: dict = dict(
-        id=f"{n:024x}", name=f"key-{n}", key_hash=sha(f"secret-{n}"), key_prefix=f"pp_{n}",
-        scopes=("read", "write"), created_at=at(n),
+        id=f"{n:024x}",
+        name=f"key-{n}",
+        key_hash=sha(f"secret-{n}"),
+        key_prefix=f"pp_{n}",
+        scopes=("read", "write"),
+        created_at=at(n),
     )
     return KeyRow(**{**fields, **kw})
 
@@ -486,7 +500,12 @@ def key(n: int, **kw: object) -> KeyRow:
 async def test_keys(store: MetadataStore) -> None:
     plain = key(1)
     full = key(
-        2, description="ci", scopes=("admin",), rate_limit=2.5, rate_limit_burst=5, expires_at=at(3600),
+        2,
+        description="ci",
+        scopes=("admin",),
+        rate_limit=2.5,
+        rate_limit_burst=5,
+        expires_at=at(3600),
         last_used_at=at(3),
     )
     await store.insert_key(full)
@@ -581,7 +600,9 @@ async def test_take_tokens_concurrently_never_over_grants(store: MetadataStore) 
 # -- lifecycle and failures --------------------------------------------------------------------
 
 
-async def test_open_is_idempotent_and_data_persists(make_store: Callable[[], MetadataStore], store: MetadataStore) -> None:
+async def test_open_is_idempotent_and_data_persists(
+    make_store: Callable[[], MetadataStore], store: MetadataStore
+) -> None:
     (put,) = await store.put_files([meta("/keep")], T0)
     other = make_store()
     await other.open()

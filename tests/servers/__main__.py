@@ -101,9 +101,7 @@ def cmd_env(names: list[str], explicit: bool) -> int:
     found = {name: _load(name) for name in names}
     missing = [name for name, running in found.items() if running is None]
     if missing and (explicit or len(missing) == len(names)):
-        raise ServerError(
-            f"not running: {', '.join(missing)} (start with: python -m tests.servers start)"
-        )
+        raise ServerError(f"not running: {', '.join(missing)} (start with: python -m tests.servers start)")
     for running in found.values():
         if running is not None:
             sys.stdout.write(_exports(running[1]["env"]))

@@ -274,16 +274,14 @@ class Process:
             if not self.alive():
                 code = self.popen.returncode if self.popen is not None else "?"
                 raise ServerError(
-                    f"{self.name} exited (code {code}) before it was ready; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
+                    f"{self.name} exited (code {code}) before it was ready; log {self.log_path}:\n{tail(self.log_path)}"
                 )
             if check():
                 return
             if time.monotonic() >= deadline:
                 self.stop()
                 raise ServerError(
-                    f"{self.name} was not ready after {timeout:.0f} s; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
+                    f"{self.name} was not ready after {timeout:.0f} s; log {self.log_path}:\n{tail(self.log_path)}"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

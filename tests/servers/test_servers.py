@@ -14,9 +14,7 @@ from tests.servers import S3Server
 
 
 def test_ferretdb_insert_find_unique_index(mongodb_url: str) -> None:
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-        mongodb_url, serverSelectionTimeoutMS=5000
-    )
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_url, serverSelectionTimeoutMS=5000)
     try:
         db = client[f"smoke_{uuid.uuid4().hex[:8]}"]
         files = db["files"]

@@ -7,12 +7,12 @@ import re
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from putplace_client.models import UploadResponse
 
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
 from putplace_api.errors import NotFound, RangeNotSatisfiable
 from putplace_api.formdata import file_field
 from putplace_api.uploads import receive_content
+from putplace_client.models import UploadResponse
 
 router = APIRouter(tags=["content"])
 log = logging.getLogger("putplace.content")

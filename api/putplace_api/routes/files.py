@@ -6,6 +6,11 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
+from putplace_api import metrics
+from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
+from putplace_api.errors import BadRequest, NotFound
+from putplace_api.store.base import FileQuery, FileRow, PutResult, is_object_id
 from putplace_client.models import (
     DeleteFileResponse,
     FileMetadata,
@@ -17,11 +22,6 @@ from putplace_client.models import (
     PutFilesResponse,
     Stats,
 )
-
-from putplace_api import metrics
-from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
-from putplace_api.errors import BadRequest, NotFound
-from putplace_api.store.base import FileQuery, FileRow, PutResult, is_object_id
 
 router = APIRouter(tags=["files"])
 

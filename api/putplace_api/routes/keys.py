@@ -5,19 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
-from putplace_client.models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, MessageResponse, Scope
 
 from putplace_api.auth import generate_key, make_key_row
 from putplace_api.deps import AdminKey, StateDep
 from putplace_api.errors import NotFound
 from putplace_api.store.base import KeyRow, is_object_id
+from putplace_client.models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, MessageResponse, Scope
 
 router = APIRouter(prefix="/api_keys", tags=["api keys"])
 
 
 def to_info(row: KeyRow) -> ApiKeyInfo:
     return ApiKeyInfo(
-        _id=row.id,
+        id=row.id,
         name=row.name,
         description=row.description,
         scopes=[Scope(s) for s in row.scopes],

@@ -25,11 +25,13 @@ __all__ = ["LocalStorage"]
 READ_CHUNK = 1024 * 1024
 STALE_TEMP_SECONDS = 3600
 
+
 def _translate(exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         # Retrying later may succeed once space is freed: a 507-like condition, reported as 503.
         return BackendUnavailable("storage", "no space left on device")
     return BackendUnavailable("storage", exc.strerror or str(exc))
+
 
 class _LocalWriter:
     def __init__(self, final: Path, temp: Path, fsync: bool) -> None:
@@ -86,6 +88,7 @@ class _LocalWriter:
             self._done = True
             # Shielded: runs even when the request task is being cancelled (client gone).
             await anyio.to_thread.run_sync(self._abort, abandon_on_cancel=False)
+
 
 class LocalStorage:
     kind = "local"
@@ -167,4 +170,3 @@ class LocalStorage:
             return True
         except FileNotFoundError:
             return False
-

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aioboto3
-from botocore.config import Config
+from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from putplace_api.errors import BackendUnavailable
@@ -106,7 +106,7 @@ class S3Storage:
         region: str | None = None,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
-        addressing_style: str = "path",
+        addressing_style: Literal["auto", "path", "virtual"] = "path",
         timeout: float = 10.0,
     ) -> None:
         parts = urlsplit(url)
@@ -119,7 +119,7 @@ class S3Storage:
             aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
         )
         self._endpoint_url = endpoint_url
-        self._config = Config(
+        self._config = AioConfig(
             s3={"addressing_style": addressing_style},
             connect_timeout=timeout,
             read_timeout=max(timeout, 60.0),

@@ -57,7 +57,7 @@ import asyncio
 import functools
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -70,8 +70,6 @@ from pymongo.errors import (
     ExecutionTimeout,
     WTimeoutError,
 )
-
-from putplace_client.models import FileMetadata
 
 from putplace_api.errors import BackendUnavailable
 from putplace_api.store.base import (
@@ -88,6 +86,7 @@ from putplace_api.store.base import (
     new_id,
     record_changed,
 )
+from putplace_client.models import FileMetadata
 
 __all__ = ["MongoStore"]
 
@@ -178,8 +177,12 @@ def _version_id(file_id: str, rev: str | None) -> str:
 def _history_doc(old: FileRow, now: datetime, event: str, history_id: str) -> dict[str, Any]:
     # order: new_id() strings increase within a process, ordering versions of one instant.
     return {
-        "_id": history_id, "id": old.id, **_file_fields(old),
-        "superseded_at": now, "event": event, "order": new_id(),
+        "_id": history_id,
+        "id": old.id,
+        **_file_fields(old),
+        "superseded_at": now,
+        "event": event,
+        "order": new_id(),
     }
 
 
@@ -365,7 +368,7 @@ class MongoStore:
         for meta in files:  # like INSERT OR IGNORE: the first size announced for a sha256 wins
             first.setdefault(meta.sha256, meta.file_size)
         contents = await self._find_contents(set(first))
-        missing = [
+        missing: list[dict[str, Any]] = [
             {"_id": sha, "size": size, "stored": False, "first_seen_at": now}
             for sha, size in first.items()
             if sha not in contents
@@ -380,7 +383,7 @@ class MongoStore:
         by_host: dict[str, list[str]] = {}
         for host, path in keys:
             by_host.setdefault(host, []).append(path)
-        clauses = [
+        clauses: list[dict[str, Any]] = [
             {"hostname": host, "filepath": {"$in": list(chunk)}}
             for host, paths in by_host.items()
             for chunk in _chunks(paths, _QUERY_CHUNK)
@@ -533,9 +536,7 @@ class MongoStore:
         where: dict[str, Any] = {"hostname": hostname, "filepath": filepath}
         if before is not None:
             where["superseded_at"] = {"$lt": _ms(before)}
-        cursor = (
-            self._history.find(where).sort([("superseded_at", DESCENDING), ("order", DESCENDING)]).limit(limit)
-        )
+        cursor = self._history.find(where).sort([("superseded_at", DESCENDING), ("order", DESCENDING)]).limit(limit)
         return [
             HistoryRow(file=_file_row(doc, "id"), superseded_at=doc["superseded_at"], event=doc["event"])
             async for doc in cursor
@@ -546,7 +547,7 @@ class MongoStore:
         doc = await self._contents.find_one({"_id": sha256})
         return None if doc is None else _content_row(doc)
 
-    async def contents(self, shas: Collection[str]) -> dict[str, ContentRow]:
+    async def contents(self, shas: Iterable[str]) -> dict[str, ContentRow]:
         return await self._find_contents(set(shas))
 
     async def mark_stored(
@@ -626,7 +627,9 @@ class MongoStore:
 
     async def touch_keys(self, last_used: Mapping[str, datetime]) -> None:
         if last_used:
-            ops = [UpdateOne({"_id": key_id}, {"$max": {"last_used_at": _ms(when)}}) for key_id, when in last_used.items()]
+            ops = [
+                UpdateOne({"_id": key_id}, {"$max": {"last_used_at": _ms(when)}}) for key_id, when in last_used.items()
+            ]
             await _bulk(self._keys, ops, _UPDATE_CHUNK)
 
     async def claim(self, marker: str, now: datetime) -> bool:
@@ -649,7 +652,9 @@ class MongoStore:
             if not granted:
                 return TokenGrant(granted=0, retry_after=retry_after)
             try:
-                await self._buckets.insert_one({"_id": new_id(), "b": bucket, "seq": seq + 1, "tat": new_tat, "at": now})
+                await self._buckets.insert_one(
+                    {"_id": new_id(), "b": bucket, "seq": seq + 1, "tat": new_tat, "at": now}
+                )
             except DuplicateKeyError:  # another request (or replica) took from this state first
                 await _backoff(attempt)
                 continue

@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from putplace_client.models import FileMetadata
-
 from putplace_api.errors import BackendUnavailable
 from putplace_api.store.base import (
     FILE_FIELDS,
@@ -35,6 +33,7 @@ from putplace_api.store.base import (
     new_id,
     record_changed,
 )
+from putplace_client.models import FileMetadata
 
 __all__ = ["SqliteStore"]
 
@@ -232,7 +231,9 @@ class SqliteStore:
 
     def _delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
         with self._write() as c:
-            found = c.execute("SELECT * FROM files WHERE hostname = ? AND filepath = ?", (hostname, filepath)).fetchone()
+            found = c.execute(
+                "SELECT * FROM files WHERE hostname = ? AND filepath = ?", (hostname, filepath)
+            ).fetchone()
             if found is None:
                 return False
             self._archive(c, _file_row(found), now.timestamp(), "deleted")
@@ -342,9 +343,19 @@ class SqliteStore:
                     "rate_limit_burst, created_at, expires_at, is_active, revoked_at, last_used_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        key.id, key.name, key.description, key.key_hash, key.key_prefix, ",".join(key.scopes),
-                        key.rate_limit, key.rate_limit_burst, _ts(key.created_at), _ts(key.expires_at),
-                        int(key.is_active), _ts(key.revoked_at), _ts(key.last_used_at),
+                        key.id,
+                        key.name,
+                        key.description,
+                        key.key_hash,
+                        key.key_prefix,
+                        ",".join(key.scopes),
+                        key.rate_limit,
+                        key.rate_limit_burst,
+                        _ts(key.created_at),
+                        _ts(key.expires_at),
+                        int(key.is_active),
+                        _ts(key.revoked_at),
+                        _ts(key.last_used_at),
                     ),
                 )
 
