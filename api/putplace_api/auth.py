@@ -7,6 +7,7 @@ in memory and flushed in batches, so authentication costs no database write.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -87,12 +88,25 @@ class Authenticator:
     def __init__(self, store: MetadataStore) -> None:
         self._store = store
         self._last_used: dict[str, datetime] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRow | None]] = {}
+
+    async def _lookup(self, digest: str) -> KeyRow | None:
+        """Concurrent requests with one key share one database lookup. There is no cache:
+        a lookup only serves requests that arrived while it ran, so a revocation still
+        takes effect on the next request."""
+        pending = self._inflight.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._store.key_by_hash(digest))
+            self._inflight[digest] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(digest, None))
+        # Shielded: one client going away must not cancel the lookup the others wait on.
+        return await asyncio.shield(pending)
 
     async def authenticate(self, presented: str | None, now: datetime) -> Principal:
         if not presented:
             raise Unauthorized(MISSING_KEY)
         digest = hash_key(presented)
-        row = await self._store.key_by_hash(digest)
+        row = await self._lookup(digest)
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             raise Unauthorized(INVALID_KEY)
         if not row.is_active or (row.expires_at is not None and row.expires_at <= now):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,13 +16,17 @@ from putplace_client.models import Scope, is_sha256
 __all__ = ["StateDep", "ReadKey", "WriteKey", "AdminKey", "MetricsKey", "Sha256Path"]
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its
+# thread pool, a thread hop per request for what is a dictionary lookup.
+
+
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.putplace
     return state
 
 
-def require(scope: Scope) -> Callable[[Request], Principal]:
-    def check(request: Request) -> Principal:
+def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
+    async def check(request: Request) -> Principal:
         principal: Principal | None = request.scope.get(PRINCIPAL)
         if principal is None:  # a route mounted on a public path by mistake: still deny
             raise Unauthorized(MISSING_KEY)
@@ -40,7 +44,7 @@ AdminKey = Annotated[Principal, Depends(require(Scope.ADMIN))]
 MetricsKey = Annotated[Principal, Depends(require(Scope.METRICS))]
 
 
-def valid_sha256(sha256: str) -> str:
+async def valid_sha256(sha256: str) -> str:
     """The ``{sha256}`` path parameter; malformed is a 400 (as existing clients expect), not a 422."""
     if not is_sha256(sha256):
         raise BadRequest("Invalid SHA256 hash format: expected 64 lowercase hexadecimal characters")

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import anyio
 import anyio.to_thread
 
 from putplace_api import metrics
@@ -24,9 +25,12 @@ from putplace_api.store.base import MetadataStore
 
 __all__ = ["UploadResult", "receive_content", "WRITE_BLOCK"]
 
-# Bytes are gathered into blocks this large before one thread hop hashes them (hashlib
-# releases the GIL) and one hands them to storage: few hops, bounded memory per upload.
+# The upload is a pipeline: the event loop receives the body and gathers it into blocks of
+# WRITE_BLOCK bytes; a second task hashes each block in a worker thread (hashlib releases
+# the GIL) and hands it to storage, while the loop already receives the next ones. At most
+# PIPELINE_BLOCKS blocks wait between the two, which bounds memory per upload (~5 MiB).
 WRITE_BLOCK = 1024 * 1024
+PIPELINE_BLOCKS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,31 +66,44 @@ async def receive_content(
     size = 0
     head = bytearray()
     mime: str | None = None
-    block = bytearray()
+    send, receive = anyio.create_memory_object_stream[list[bytes]](PIPELINE_BLOCKS)
 
-    async def flush() -> None:
-        data = bytes(block)
-        block.clear()
-        await anyio.to_thread.run_sync(digest.update, data)
-        await writer.write(data)
+    async def hash_and_store() -> None:
+        async with receive:
+            async for pieces in receive:
+                data = b"".join(pieces)
+                # Hashing and writing one block run side by side: both release the GIL.
+                async with anyio.create_task_group() as both:
+                    both.start_soon(anyio.to_thread.run_sync, digest.update, data)
+                    await writer.write(data)
 
     try:
-        async for chunk in chunks:
-            size += len(chunk)
-            if max_bytes is not None and size > max_bytes:
-                metrics.UPLOADS.labels("too_large").inc()
-                raise PayloadTooLarge(f"Upload exceeds the limit of {max_bytes} bytes")
-            if mime is None:
-                head += chunk[: SNIFF_BYTES - len(head)]
-                if len(head) >= SNIFF_BYTES:
-                    mime = _check_mime(bytes(head), allowed_mime)
-            block += chunk
-            if len(block) >= WRITE_BLOCK:
-                await flush()
+        try:
+            async with anyio.create_task_group() as pipeline:
+                pipeline.start_soon(hash_and_store)
+                async with send:
+                    pieces: list[bytes] = []
+                    gathered = 0
+                    async for chunk in chunks:
+                        size += len(chunk)
+                        if max_bytes is not None and size > max_bytes:
+                            metrics.UPLOADS.labels("too_large").inc()
+                            raise PayloadTooLarge(f"Upload exceeds the limit of {max_bytes} bytes")
+                        if mime is None:
+                            head += chunk[: SNIFF_BYTES - len(head)]
+                            if len(head) >= SNIFF_BYTES:
+                                mime = _check_mime(bytes(head), allowed_mime)
+                        pieces.append(chunk)
+                        gathered += len(chunk)
+                        if gathered >= WRITE_BLOCK:
+                            await send.send(pieces)
+                            pieces, gathered = [], 0
+                    if pieces:
+                        await send.send(pieces)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         if mime is None:
             mime = _check_mime(bytes(head), allowed_mime)
-        if block:
-            await flush()
         calculated = digest.hexdigest()
         if calculated != sha256:
             metrics.UPLOADS.labels("hash_mismatch").inc()
@@ -99,6 +116,17 @@ async def receive_content(
     metrics.UPLOADS.labels("stored").inc()
     metrics.UPLOADED_BYTES.inc(size)
     return UploadResult(sha256, size, False, mime)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error that stopped the pipeline, unwrapped from anyio's exception group, so that
+    a PutPlaceError still becomes its 4xx/503 answer."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return group.exceptions[0]
 
 
 def _check_mime(head: bytes, allowed: list[str]) -> str:

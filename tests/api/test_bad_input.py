@@ -270,3 +270,20 @@ def test_unknown_routes_need_a_key_then_404(api: Api) -> None:
     assert httpx.get(f"{api.url}/nope").status_code == 401
     with api.http() as c:
         assert c.get("/nope").status_code == 404
+
+
+def test_mismatch_found_at_the_end_of_a_multi_block_upload_stores_nothing(api: Api) -> None:
+    from putplace_api.uploads import PIPELINE_BLOCKS, WRITE_BLOCK
+
+    announced = bytes(range(256)) * (WRITE_BLOCK * (PIPELINE_BLOCKS + 1) // 256)
+    sent = announced[:-1] + b"\x00"
+    body = meta(announced)
+    with api.http() as c:
+        c.post("/put_file", json=body)
+        r = c.post(f"/upload_file/{body['sha256']}", content=sent, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 400 and sha(sent) in r.json()["detail"]
+        ok = c.post(
+            f"/upload_file/{body['sha256']}", content=announced, headers={"content-type": "application/octet-stream"}
+        )
+        assert ok.status_code == 200 and ok.json()["size"] == str(len(announced))
+    assert [p.read_bytes() == announced for p in _objects(api)] == [True] and _temps(api) == []

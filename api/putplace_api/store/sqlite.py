@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +126,22 @@ def _key_row(row: sqlite3.Row) -> KeyRow:
     )
 
 
+@dataclass(slots=True)
+class _PutCall:
+    files: Sequence[FileMetadata]
+    now: datetime
+    result: asyncio.Future[list[PutResult]]
+
+
+def _settle(call: _PutCall, outcome: list[PutResult] | BaseException) -> None:
+    if call.result.done():  # its request was cancelled (client gone)
+        return
+    if isinstance(outcome, BaseException):
+        call.result.set_exception(outcome)
+    else:
+        call.result.set_result(outcome)
+
+
 class SqliteStore:
     kind = "sqlite"
 
@@ -133,6 +150,8 @@ class SqliteStore:
         self._timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="putplace-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._put_queue: list[_PutCall] = []
+        self._put_drainer: asyncio.Task[None] | None = None
 
     # -- plumbing ------------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -181,32 +200,35 @@ class SqliteStore:
         await self._run(lambda: self._c.execute("SELECT 1").fetchone())
 
     # -- files ---------------------------------------------------------------------------
-    def _put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
+    def _put_files_in(self, c: sqlite3.Connection, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
         ts = now.timestamp()
-        with self._write() as c:
-            c.executemany(
-                "INSERT OR IGNORE INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
-                [(f.sha256, f.file_size, ts) for f in files],
-            )
-            rows: list[FileRow] = []
-            for meta in files:
-                found = c.execute(
-                    "SELECT * FROM files WHERE hostname = ? AND filepath = ?", (meta.hostname, meta.filepath)
-                ).fetchone()
-                if found is None:
-                    file_id = new_id()
-                    c.execute(_INSERT_FILE, (file_id, *_file_values(meta), ts, ts))
-                    rows.append(FileRow(id=file_id, meta=meta, created_at=now, updated_at=now))
-                    continue
-                old = _file_row(found)
-                if not record_changed(old.meta, meta):
-                    rows.append(old)
-                    continue
-                self._archive(c, old, ts, "replaced")
-                c.execute(_UPDATE_FILE, (*_file_values(meta), ts, old.id))
-                rows.append(FileRow(id=old.id, meta=meta, created_at=old.created_at, updated_at=now))
-            contents = self._contents(c, {r.meta.sha256 for r in rows})
+        c.executemany(
+            "INSERT OR IGNORE INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
+            [(f.sha256, f.file_size, ts) for f in files],
+        )
+        rows: list[FileRow] = []
+        for meta in files:
+            found = c.execute(
+                "SELECT * FROM files WHERE hostname = ? AND filepath = ?", (meta.hostname, meta.filepath)
+            ).fetchone()
+            if found is None:
+                file_id = new_id()
+                c.execute(_INSERT_FILE, (file_id, *_file_values(meta), ts, ts))
+                rows.append(FileRow(id=file_id, meta=meta, created_at=now, updated_at=now))
+                continue
+            old = _file_row(found)
+            if not record_changed(old.meta, meta):
+                rows.append(old)
+                continue
+            self._archive(c, old, ts, "replaced")
+            c.execute(_UPDATE_FILE, (*_file_values(meta), ts, old.id))
+            rows.append(FileRow(id=old.id, meta=meta, created_at=old.created_at, updated_at=now))
+        contents = self._contents(c, {r.meta.sha256 for r in rows})
         return [PutResult(file=r, content=contents[r.meta.sha256]) for r in rows]
+
+    def _put_groups(self, calls: Sequence[_PutCall]) -> list[list[PutResult]]:
+        with self._write() as c:
+            return [self._put_files_in(c, call.files, call.now) for call in calls]
 
     @staticmethod
     def _archive(c: sqlite3.Connection, old: FileRow, ts: float, event: str) -> None:
@@ -227,7 +249,33 @@ class SqliteStore:
         return out
 
     async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
-        return await self._run(self._put_files, files, now)
+        """Group commit: calls that arrive while a transaction runs are written together in
+        the next one -- one thread hop and one commit for many concurrent requests."""
+        call = _PutCall(files, now, asyncio.get_running_loop().create_future())
+        self._put_queue.append(call)
+        if self._put_drainer is None or self._put_drainer.done():
+            self._put_drainer = asyncio.create_task(self._drain_puts())
+        return await call.result
+
+    async def _drain_puts(self) -> None:
+        while self._put_queue:
+            group, self._put_queue = self._put_queue, []
+            try:
+                results = await self._run(self._put_groups, group)
+            except Exception as exc:
+                if len(group) > 1 and not isinstance(exc, BackendUnavailable):
+                    # One call's failure must not fail its neighbours: retry each alone.
+                    for call in group:
+                        try:
+                            _settle(call, (await self._run(self._put_groups, [call]))[0])
+                        except Exception as own:
+                            _settle(call, own)
+                else:
+                    for call in group:
+                        _settle(call, exc)
+                continue
+            for call, result in zip(group, results, strict=True):
+                _settle(call, result)
 
     def _delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
         with self._write() as c:
