@@ -26,6 +26,7 @@ from putplace_client.models import (
     HistoryRecord,
     Page,
     PutFileResponse,
+    PutFileResult,
     PutFilesResponse,
     Scope,
     Stats,
@@ -90,7 +91,7 @@ class PutPlaceClient:
         r = await self._send("POST", "/put_file", json=meta.model_dump(mode="json"))
         return PutFileResponse.model_validate(r.json())
 
-    async def put_files(self, metas: Sequence[FileMetadata]) -> list[PutFileResponse]:
+    async def put_files(self, metas: Sequence[FileMetadata]) -> list[PutFileResult]:
         body = {"files": [m.model_dump(mode="json") for m in metas]}
         r = await self._send("POST", "/put_files", json=body)
         return PutFilesResponse.model_validate(r.json()).files

@@ -22,6 +22,7 @@ __all__ = [
     "FileRecord",
     "PutFileResponse",
     "PutFilesRequest",
+    "PutFileResult",
     "PutFilesResponse",
     "UploadResponse",
     "HistoryRecord",
@@ -143,8 +144,21 @@ class PutFilesRequest(BaseModel):
     files: list[FileMetadata] = Field(min_length=1, max_length=10_000)
 
 
+class PutFileResult(BaseModel):
+    """One record of a batch answer: what an agent needs to decide on uploads, no echo."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    hostname: str
+    filepath: str
+    sha256: str
+    upload_required: bool
+    upload_url: str | None = None
+
+
 class PutFilesResponse(BaseModel):
-    files: list[PutFileResponse]
+    files: list[PutFileResult] = Field(description="one result per record sent, in the same order")
 
 
 class HistoryRecord(FileRecord):

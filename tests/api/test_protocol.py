@@ -182,6 +182,8 @@ def test_put_files_batch_gives_per_record_upload_required(backend_api: Api) -> N
     files = r.json()["files"]
     assert [f["filepath"] for f in files] == [b["filepath"] for b in batch]
     assert [f["upload_required"] for f in files] == [False] + [True] * 50
+    assert set(files[1]) == {"_id", "hostname", "filepath", "sha256", "upload_required", "upload_url"}
+    assert files[1]["upload_url"] == f"/upload_file/{batch[1]['sha256']}" and files[0]["upload_url"] is None
 
 
 def test_listing_filters_and_cursor_pagination(backend_api: Api) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from putplace_api import metrics
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
 from putplace_api.errors import BadRequest, NotFound
-from putplace_api.store.base import FileQuery, FileRow, PutResult, is_object_id
+from putplace_api.store.base import ContentRow, FileQuery, FileRow, PutResult, is_object_id
 from putplace_client.models import (
     DeleteFileResponse,
     FileMetadata,
@@ -18,6 +18,7 @@ from putplace_client.models import (
     HistoryRecord,
     Page,
     PutFileResponse,
+    PutFileResult,
     PutFilesRequest,
     PutFilesResponse,
     Stats,
@@ -54,34 +55,51 @@ def to_put_response(result: PutResult) -> PutFileResponse:
         file_uploaded_at=content.stored_at if stored else None,
         storage_path=content.storage_path if stored else None,
         upload_required=not stored,
-        upload_url=None if stored else f"/upload_file/{content.sha256}",
+        upload_url=_upload_url(content),
     )
 
 
-async def _announce(state: StateDep, files: list[FileMetadata]) -> list[PutFileResponse]:
+async def _announce(state: StateDep, files: list[FileMetadata]) -> list[PutResult]:
     results = await state.store.put_files(files, datetime.now(UTC))
-    responses = [to_put_response(r) for r in results]
-    required = sum(r.upload_required for r in responses)
-    deduplicated = sum(r.file_size for r in responses if not r.upload_required)
+    required = sum(not r.content.stored for r in results)
+    deduplicated = sum(r.file.meta.file_size for r in results if r.content.stored)
     if required:
         metrics.ANNOUNCED_FILES.labels("true").inc(required)
-    if required < len(responses):
-        metrics.ANNOUNCED_FILES.labels("false").inc(len(responses) - required)
+    if required < len(results):
+        metrics.ANNOUNCED_FILES.labels("false").inc(len(results) - required)
     if deduplicated:
         metrics.DEDUP_BYTES.inc(deduplicated)
-    return responses
+    return results
+
+
+def _upload_url(content: ContentRow) -> str | None:
+    return None if content.stored else f"/upload_file/{content.sha256}"
 
 
 @router.post("/put_file", status_code=201, response_model=PutFileResponse)
 async def put_file(body: FileMetadata, state: StateDep, _: WriteKey) -> PutFileResponse:
     """Record one file; ``upload_required`` says whether its content must be uploaded."""
-    return (await _announce(state, [body]))[0]
+    return to_put_response((await _announce(state, [body]))[0])
 
 
 @router.post("/put_files", status_code=201, response_model=PutFilesResponse)
 async def put_files(body: PutFilesRequest, state: StateDep, _: WriteKey) -> PutFilesResponse:
-    """Record up to 10,000 files in one request, each with its own ``upload_required``."""
-    return PutFilesResponse.model_construct(files=await _announce(state, body.files))
+    """Record up to 10,000 files in one request; the answer says, per record and in order,
+    whether its content must be uploaded (without echoing the metadata back)."""
+    results = await _announce(state, body.files)
+    return PutFilesResponse.model_construct(
+        files=[
+            PutFileResult.model_construct(
+                id=r.file.id,
+                hostname=r.file.meta.hostname,
+                filepath=r.file.meta.filepath,
+                sha256=r.content.sha256,
+                upload_required=not r.content.stored,
+                upload_url=_upload_url(r.content),
+            )
+            for r in results
+        ]
+    )
 
 
 @router.get("/get_file/{sha256}", response_model=FileRecord)

@@ -208,4 +208,4 @@ def gcra(tat: float, now: float, rate: float, burst: int, want: int) -> tuple[in
 
 
 def record_changed(old: FileMetadata, new: FileMetadata) -> bool:
-    return old.model_dump() != new.model_dump()
+    return any(getattr(old, f) != getattr(new, f) for f in FILE_FIELDS)
