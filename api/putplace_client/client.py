@@ -106,16 +106,14 @@ class PutPlaceClient:
     ) -> UploadResponse:
         """Upload content as a raw streamed body (a file is read 1 MiB at a time)."""
         body: bytes | AsyncIterator[bytes]
+        headers = {"Content-Type": "application/octet-stream"}
         if isinstance(source, bytes):
             body = source
         else:
             path = Path(source)
             body = _file_chunks(path)
-            size = os.stat(path).st_size
+            headers["Content-Length"] = str(os.stat(path).st_size)  # a known length, not chunked
         params = {k: v for k, v in (("hostname", hostname), ("filepath", filepath)) if v is not None}
-        headers = {"Content-Type": "application/octet-stream"}
-        if not isinstance(source, bytes):
-            headers["Content-Length"] = str(size)
         r = await self._send("POST", f"/upload_file/{sha256}", params=params, content=body, headers=headers)
         return UploadResponse.model_validate(r.json())
 

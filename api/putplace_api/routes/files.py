@@ -31,31 +31,25 @@ router = APIRouter(tags=["files"])
 # (request models, store rows), and validating again costs more than the database write.
 
 
-def to_record(row: FileRow, stored_at: datetime | None = None, storage_path: str | None = None) -> FileRecord:
+def to_record(row: FileRow, content: ContentRow | None = None) -> FileRecord:
+    """A record as the protocol shows it; upload time and storage path only once stored."""
+    stored = content if content is not None and content.stored else None
     return FileRecord.model_construct(
         **dict(row.meta),
         id=row.id,
         created_at=row.created_at,
         updated_at=row.updated_at,
-        has_file_content=stored_at is not None,
-        file_uploaded_at=stored_at,
-        storage_path=storage_path,
+        has_file_content=stored is not None,
+        file_uploaded_at=stored.stored_at if stored else None,
+        storage_path=stored.storage_path if stored else None,
     )
 
 
 def to_put_response(result: PutResult) -> PutFileResponse:
-    content = result.content
-    stored = content.stored
     return PutFileResponse.model_construct(
-        **dict(result.file.meta),
-        id=result.file.id,
-        created_at=result.file.created_at,
-        updated_at=result.file.updated_at,
-        has_file_content=stored,
-        file_uploaded_at=content.stored_at if stored else None,
-        storage_path=content.storage_path if stored else None,
-        upload_required=not stored,
-        upload_url=_upload_url(content),
+        **dict(to_record(result.file, result.content)),
+        upload_required=not result.content.stored,
+        upload_url=_upload_url(result.content),
     )
 
 
@@ -107,9 +101,7 @@ async def get_file(sha256: Sha256Path, state: StateDep, _: ReadKey) -> FileRecor
     row = await state.store.file_by_sha(sha256)
     if row is None:
         raise NotFound(f"File with SHA256 {sha256} not found")
-    content = await state.store.get_content(sha256)
-    stored = content is not None and content.stored
-    return to_record(row, content.stored_at if stored else None, content.storage_path if stored else None)  # type: ignore[union-attr]
+    return to_record(row, await state.store.get_content(sha256))
 
 
 @router.get("/files", response_model=Page[FileRecord])
@@ -135,11 +127,7 @@ async def list_files(
     more = len(rows) > limit
     rows = rows[:limit]
     contents = await state.store.contents({r.meta.sha256 for r in rows})
-    items = []
-    for r in rows:
-        c = contents.get(r.meta.sha256)
-        stored = c is not None and c.stored
-        items.append(to_record(r, c.stored_at if stored else None, c.storage_path if stored else None))  # type: ignore[union-attr]
+    items = [to_record(r, contents.get(r.meta.sha256)) for r in rows]
     return Page[FileRecord](items=items, next_cursor=rows[-1].id if more and rows else None)
 
 
