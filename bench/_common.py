@@ -288,6 +288,17 @@ end
 SINGLE_BODY = "function make_body(n) return meta_json(n) end"
 
 
+def curl_upload(src: Path, url: str, *extra: str, key: str | None = ADMIN_KEY) -> list[str]:
+    """The curl command that *streams* ``src`` as a raw upload body: ``-T`` reads the file
+    as it sends (``--data-binary @file`` loads it whole into memory first), and an empty
+    ``Expect:`` skips the 100-continue round trip."""
+    argv = ["curl", "-sS", "-X", "POST", "-T", str(src), "-H", "Content-Type: application/octet-stream"]
+    argv += ["-H", "Expect:"]
+    if key is not None:
+        argv += ["-H", f"X-API-Key: {key}"]
+    return [*argv, *extra, url]
+
+
 def batch_body(batch: int) -> str:
     return f"""
 local BATCH = {batch}

@@ -31,6 +31,7 @@ from _common import (
     SINGLE_BODY,
     Server,
     batch_body,
+    curl_upload,
     http_json,
     need_tool,
     need_wrk,
@@ -107,25 +108,7 @@ def main() -> int:
             assert http_json("POST", server.base_url + "/put_file", meta)[0] == 201
             t0 = time.perf_counter()
             subprocess.run(
-                [
-                    "curl",
-                    "-sS",
-                    "--fail",
-                    "-X",
-                    "POST",
-                    "-T",
-                    str(src),
-                    "-H",
-                    "Content-Type: application/octet-stream",
-                    "-H",
-                    "Expect:",
-                    "-H",
-                    f"X-API-Key: {ADMIN_KEY}",
-                    "-o",
-                    "/dev/null",
-                    f"{server.base_url}/upload_file/{sha}",
-                ],
-                check=True,
+                curl_upload(src, f"{server.base_url}/upload_file/{sha}", "--fail", "-o", "/dev/null"), check=True
             )
             print(f"upload of {args.size_mib} MiB took {time.perf_counter() - t0:.2f}s under the profiler")
             src.unlink()

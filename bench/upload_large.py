@@ -40,10 +40,10 @@ import time
 from pathlib import Path
 
 from _common import (
-    ADMIN_KEY,
     bare_server,
     children_cpu_seconds,
     cpu_seconds,
+    curl_upload,
     http_json,
     machine_busy_seconds,
     machine_line,
@@ -157,26 +157,9 @@ def upload_run(src: Path, sha: str, size: int, work: Path, tag: str, fsync: bool
         watcher.start()
         started = time.perf_counter()
         elapsed, p = timed(
-            [
-                "curl",
-                "-sS",
-                "--fail-with-body",
-                "-X",
-                "POST",
-                "-T",
-                str(src),
-                "-H",
-                "Content-Type: application/octet-stream",
-                "-H",
-                "Expect:",
-                "-H",
-                f"X-API-Key: {ADMIN_KEY}",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-                f"{server.base_url}/upload_file/{sha}",
-            ]
+            curl_upload(
+                src, f"{server.base_url}/upload_file/{sha}", "--fail-with-body", "-o", "-", "-w", "\n%{http_code}"
+            )
         )
         server_cpu = cpu_seconds(server.pid) - cpu0
         threads = thread_cpu_delta(threads0, thread_cpu_seconds(server.pid))
@@ -216,22 +199,7 @@ def ceiling_run(src: Path, size: int, work: Path) -> float:
     sync_all()
     with bare_server(work) as server:
         elapsed, p = timed(
-            [
-                "curl",
-                "-sS",
-                "--fail-with-body",
-                "-X",
-                "POST",
-                "-T",
-                str(src),
-                "-H",
-                "Content-Type: application/octet-stream",
-                "-H",
-                "Expect:",
-                "-o",
-                "-",
-                f"{server.base_url}/upload_file/{'0' * 64}",
-            ]
+            curl_upload(src, f"{server.base_url}/upload_file/{'0' * 64}", "--fail-with-body", "-o", "-", key=None)
         )
     if json.loads(p.stdout)["size"] != size:
         raise RuntimeError(f"bare app received {p.stdout!r}")
