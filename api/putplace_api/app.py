@@ -17,12 +17,12 @@ from fastapi.responses import JSONResponse
 
 from putplace_api import __version__
 from putplace_api.errors import PutPlaceError, error_response, validation_response
-from putplace_api.logs import request_id
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
 from putplace_api.routes import content, files, health, keys
 from putplace_api.settings import Settings, get_settings
 from putplace_api.state import AppState, build_state
 from putplace_api.tracing import setup_tracing
+from putplace_common.logs import request_id
 
 __all__ = ["create_app"]
 

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    from putplace_api.logs import setup_logging
+    from putplace_common.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     try:

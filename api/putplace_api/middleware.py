@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from putplace_api import metrics
 from putplace_api.errors import BackendUnavailable, PayloadTooLarge, PutPlaceError, TooManyRequests, error_response
-from putplace_api.logs import request_id
+from putplace_common.logs import request_id
 
 if TYPE_CHECKING:
     from putplace_api.state import AppState

@@ -1,4 +1,7 @@
-"""The one logging setup: JSON lines (or text) on stderr, each carrying the request id."""
+"""The one logging setup of every PutPlace process: JSON lines (or text) on stderr.
+
+The API tags each line with the request id; the agent leaves it empty.
+"""
 
 from __future__ import annotations
 
@@ -39,4 +42,7 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    logging.getLogger("uvicorn.access").disabled = True  # the access line is ours, with request id
+    logging.getLogger("uvicorn.access").disabled = True
+    # One line per request is the server's job; one per batch of watch events is noise.
+    for name in ("httpx", "watchfiles"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # the access line is ours, with request id

@@ -1,0 +1,586 @@
+"""The agent's pipeline: find changes, hash them, announce them in batches, upload what the
+server asks for, delete what is gone -- and keep every step's debt in the index.
+
+    scans / watch events --> hash (thread pool) --> announce (POST /put_files, batched)
+                                                      |--> upload (bounded concurrency, streamed)
+    gone from disk ------------------------------------> delete (DELETE /files)
+
+Stages talk through in-memory queues; the index is the truth. A path leaves a state only when
+the server acknowledged it, so a crash, an outage or a SIGTERM at any point loses nothing: the
+next start re-sends whatever the index still owes. Producers (scans) slow down when too much
+work is in flight, which bounds memory whatever the size of the tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from putplace_agent import metrics
+from putplace_agent.hasher import BLOCK, FileChanged, NotCatalogued, hash_file
+from putplace_agent.index import Entry, Index, State
+from putplace_agent.metrics import Tally
+from putplace_agent.retry import call_with_retry, is_transient
+from putplace_agent.scanner import Excluder, changed, is_catalogued, pseudo_mounts, signature_of, walk
+from putplace_agent.settings import AgentSettings
+from putplace_agent.watcher import watch_tree
+from putplace_client import (
+    AuthenticationError,
+    FileMetadata,
+    NotFoundError,
+    PermissionDenied,
+    PutPlaceClient,
+    PutPlaceClientError,
+    StatusError,
+)
+
+__all__ = ["Agent", "Fatal"]
+
+log = logging.getLogger(__name__)
+
+MAX_OUTSTANDING = 20_000  # files in flight between a scan and the server: bounds memory
+HASH_BATCH_FILES = 64  # small files hashed per thread hand-off
+HASH_BATCH_BYTES = 4 * BLOCK
+ANNOUNCERS = 2
+DELETERS = 4
+PENDING_RETRY_SECONDS = 30.0
+CHANGING_RETRY_SECONDS = (1.0, 5.0, 30.0)  # a file that keeps changing is looked at again later
+
+
+class Fatal(Exception):
+    """The agent cannot go on: the server refuses its key."""
+
+
+class _Stale(Exception):
+    """The file changed after it was hashed: hash it again rather than upload it."""
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, client: PutPlaceClient, index: Index) -> None:
+        self.settings = settings
+        self.client = client
+        self.index = index
+        self.tally = Tally()
+        self.roots = [os.path.abspath(p) for p in settings.paths]
+        self.excluded = Excluder(settings.exclude)
+        self.skip = pseudo_mounts() | {os.path.abspath(settings.state_dir)}
+        self.scanning = False
+        self._hash_q: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        self._announce_q: asyncio.Queue[Entry] = asyncio.Queue()
+        self._upload_q: asyncio.Queue[Entry] = asyncio.Queue()
+        self._delete_q: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pool = ThreadPoolExecutor(settings.hash_workers, thread_name_prefix="putplace-hash")
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._announcing: set[bytes] = set()
+        self._deleting: set[bytes] = set()
+        self._event_time: dict[bytes, float] = {}
+        self._changing: dict[bytes, int] = {}
+        self._reported: set[str] = set()
+        # One upload per content: other paths with the same sha wait for it (a batch often has copies).
+        self._content: dict[str, asyncio.Future[bool]] = {}
+        for name, queue in (
+            ("hash", self._hash_q),
+            ("announce", self._announce_q),
+            ("upload", self._upload_q),
+            ("delete", self._delete_q),
+        ):
+            metrics.QUEUE_DEPTH.labels(name).set_function(queue.qsize)
+
+    # -- running ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, *, once: bool) -> None:
+        """Sync until done (``once``) or until ``stop`` is set, then drain for a while."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                workers = [group.create_task(self._hasher()) for _ in range(self.settings.hash_workers)]
+                workers += [group.create_task(self._announcer()) for _ in range(ANNOUNCERS)]
+                workers += [group.create_task(self._uploader()) for _ in range(self.settings.upload_concurrency)]
+                workers += [group.create_task(self._deleter()) for _ in range(DELETERS)]
+                await self._produce(stop, once=once)
+                await self._drain(once=once)
+                for task in workers:
+                    task.cancel()
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _produce(self, stop: asyncio.Event, *, once: bool) -> None:
+        self.resume_pending()
+        if once:
+            await self.scan_all()
+            await self._idle.wait()
+            return
+        async with asyncio.TaskGroup() as producers:
+            for root in self.roots:
+                producers.create_task(watch_tree(root, self.on_changes, stop))
+            await self.scan_all()
+            producers.create_task(self._every(self.settings.rescan_interval_seconds, self.scan_all, stop))
+            producers.create_task(self._every(PENDING_RETRY_SECONDS, self._retry_pending, stop))
+            await stop.wait()
+
+    async def _drain(self, *, once: bool) -> None:
+        if once or self._idle.is_set():
+            return
+        log.info("stopping: letting in-flight work finish for up to %.0f s", self.settings.drain_seconds)
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.settings.drain_seconds)
+        except TimeoutError:
+            log.info("stopping with work still pending; it stays in the index for the next start")
+
+    @staticmethod
+    async def _every(period: float, job: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+        if period <= 0:
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), period)
+            except TimeoutError:
+                await job()
+
+    async def _retry_pending(self) -> None:
+        if self._idle.is_set():  # only when nothing is in flight, so nothing is sent twice
+            self.resume_pending()
+
+    def resume_pending(self) -> None:
+        """Queue what the index still owes the server (after a restart, an outage, a failure)."""
+        for entry in self.index.pending(State.ANNOUNCE):
+            self._begin(1)
+            self._announce_q.put_nowait(entry)
+        for entry in self.index.pending(State.UPLOAD):
+            self._begin(1)
+            self._upload_q.put_nowait(entry)
+        for path in self.index.iter_pending_paths(State.DELETE):
+            self._begin(1)
+            self._delete_q.put_nowait(path)
+
+    # -- accounting ------------------------------------------------------------------------
+    def _begin(self, n: int) -> None:
+        self._outstanding += n
+        self._idle.clear()
+        if self._outstanding >= MAX_OUTSTANDING:
+            self._room.clear()
+
+    def _end(self, n: int = 1) -> None:
+        self._outstanding -= n
+        if self._outstanding < MAX_OUTSTANDING:
+            self._room.set()
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._idle.set()
+
+    def _report_once(self, kind: str, path: str, exc: BaseException | str, *, failed: bool = True) -> None:
+        self.tally.add_error(kind, failed=failed)
+        if path not in self._reported:
+            self._reported.add(path)
+            log.warning("%s: %s: %s", kind, path, exc)
+
+    def _catalogue_path(self, path: bytes) -> str:
+        return self.settings.catalogue_path(os.fsdecode(path))
+
+    def _caught_up(self, path: bytes) -> None:
+        started = self._event_time.pop(path, None)
+        if started is not None:
+            metrics.CHANGE_LATENCY.observe(time.monotonic() - started)
+
+    async def _hasher(self) -> None:
+        while True:
+            batch = await self._hash_q.get()
+            try:
+                await self._hash_batch(batch)
+            finally:
+                self._end(len(batch))
+
+    async def _uploader(self) -> None:
+        while True:
+            entry = await self._upload_q.get()
+            try:
+                await self._upload(entry)
+            finally:
+                self._end()
+
+    async def _deleter(self) -> None:
+        while True:
+            path = await self._delete_q.get()
+            try:
+                await self._delete(path)
+            finally:
+                self._end()
+
+    # -- finding changes -------------------------------------------------------------------
+    async def scan_all(self) -> None:
+        started, wall = time.monotonic(), time.time()
+        self.scanning = True
+        try:
+            for root in self.roots:
+                await self.scan_tree(root, full=True)
+        finally:
+            self.scanning = False
+        metrics.LAST_SCAN.set(wall + (time.monotonic() - started))
+        metrics.SCAN_SECONDS.set(time.monotonic() - started)
+        log.info("scan complete", extra={"seconds": round(time.monotonic() - started, 3), **self.tally.as_dict()})
+
+    async def scan_tree(self, root: str, *, full: bool) -> None:
+        """Walk ``root``; queue what changed; with ``full``, what the index has but the disk lacks is gone."""
+        loop = asyncio.get_running_loop()
+        known = self.index.signatures(os.fsencode(root))
+        unreadable: list[str] = []
+
+        def on_error(path: str, exc: OSError) -> None:  # called from the walking thread
+            unreadable.append(path)
+            loop.call_soon_threadsafe(self._report_once, "unreadable", path, exc)
+
+        chunks = changed(walk(root, excluded=self.excluded, skip=self.skip, on_error=on_error), known)
+        while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
+            seen, found = chunk
+            self.tally.add_seen(seen, seen - len(found))
+            for f in found:
+                self.tally.bytes_to_hash += f.stat.st_size
+            await self._queue_hash([os.fsencode(f.path) for f in found], [f.stat.st_size for f in found])
+        if full and known:
+            # Under a directory we could not read, absence proves nothing.
+            blind = tuple(os.fsencode(p.rstrip("/") + "/") for p in unreadable)
+            self._gone([p for p in known if not p.startswith(blind) and p not in blind])
+
+    async def _queue_hash(self, paths: list[bytes], sizes: list[int]) -> None:
+        batch: list[bytes] = []
+        batch_bytes = 0
+        for path, size in zip(paths, sizes, strict=True):
+            if size > BLOCK:  # a large file is a hand-off of its own
+                await self._put_hash([path])
+                continue
+            batch.append(path)
+            batch_bytes += size
+            if len(batch) >= HASH_BATCH_FILES or batch_bytes >= HASH_BATCH_BYTES:
+                await self._put_hash(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            await self._put_hash(batch)
+
+    async def _put_hash(self, batch: list[bytes]) -> None:
+        await self._room.wait()
+        self._begin(len(batch))
+        self._hash_q.put_nowait(batch)
+
+    async def on_changes(self, paths: set[str], when: float) -> None:
+        """Watch events: look at each path as it is now."""
+        to_hash: list[bytes] = []
+        sizes: list[int] = []
+        gone: list[bytes] = []
+        for path in paths:
+            root = self._root_of(path)
+            if root is None or self.excluded(path[len(root) + 1 :]) or any(path.startswith(s) for s in self.skip):
+                continue
+            key = os.fsencode(path)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                self._event_time.setdefault(key, when)
+                gone.append(key)
+                continue
+            except OSError as exc:
+                self._report_once("unreadable", path, exc)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if not self.index.under(key):  # a new (or moved-in) directory: its files may predate the watch
+                    await self.scan_tree(path, full=False)
+                continue
+            if not is_catalogued(st):
+                continue
+            known = self.index.get(key)
+            self.tally.add_seen(1, 0)
+            if known is not None and known[1] != State.DELETE and known[0].signature == signature_of(st):
+                self.tally.add_seen(0, 1)
+                continue
+            self._event_time.setdefault(key, when)
+            to_hash.append(key)
+            sizes.append(st.st_size)
+        if gone:
+            self._gone(gone)
+        if to_hash:
+            await self._queue_hash(to_hash, sizes)
+
+    def _root_of(self, path: str) -> str | None:
+        for root in self.roots:
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return root
+        return None
+
+    def _gone(self, paths: Iterable[bytes]) -> None:
+        """Paths no longer on disk (files, or whole directories): their records are to be deleted."""
+        doomed: set[bytes] = set()
+        for path in paths:
+            known = self.index.get(path)
+            if known is not None:
+                doomed.add(path)
+            doomed.update(self.index.under(path))
+        if not doomed:
+            return
+        self.index.set_state(doomed, State.DELETE)
+        for path in sorted(doomed):
+            self._begin(1)
+            self._delete_q.put_nowait(path)
+
+    # -- hashing ---------------------------------------------------------------------------
+    def _hash_many(self, paths: list[bytes]) -> list[Entry | BaseException]:
+        out: list[Entry | BaseException] = []
+        for path in paths:
+            try:
+                out.append(hash_file(path, follow_symlinks=self.settings.follow_symlinks))
+            except (OSError, FileChanged, NotCatalogued) as exc:
+                out.append(exc)
+        return out
+
+    async def _hash_batch(self, paths: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._pool, self._hash_many, paths)
+        entries: list[Entry] = []
+        gone: list[bytes] = []
+        for path, result in zip(paths, results, strict=True):
+            if isinstance(result, Entry):
+                entries.append(result)
+                self._changing.pop(path, None)
+            elif isinstance(result, FileNotFoundError | NotCatalogued):
+                gone.append(path)
+            elif isinstance(result, FileChanged):
+                self._look_again_later(path)
+            else:
+                self._report_once("unreadable", os.fsdecode(path), result)
+                self._event_time.pop(path, None)
+        if entries:
+            self.index.record_hashed(entries)
+            for entry in entries:
+                self.tally.add_hashed(entry.size)
+                self._begin(1)
+                self._announce_q.put_nowait(entry)
+        if gone:
+            self._gone(gone)
+
+    def _look_again_later(self, path: bytes) -> None:
+        tries = self._changing.get(path, 0)
+        self._changing[path] = tries + 1
+        delay = CHANGING_RETRY_SECONDS[min(tries, len(CHANGING_RETRY_SECONDS) - 1)]
+        self.tally.add_error("changed_while_hashing", failed=False)
+        log.info("%s changed while it was hashed; looking again in %.0f s", os.fsdecode(path), delay)
+        self._begin(1)  # owed until the second look: --once waits for it
+
+        def again() -> None:
+            self._end()
+            asyncio.ensure_future(self.on_changes({os.fsdecode(path)}, time.monotonic()))
+
+        asyncio.get_running_loop().call_later(delay, again)
+
+    # -- announcing ------------------------------------------------------------------------
+    async def _announcer(self) -> None:
+        loop = asyncio.get_running_loop()
+        size, linger = self.settings.batch_size, self.settings.batch_linger_seconds
+        while True:
+            batch = [await self._announce_q.get()]
+            deadline = loop.time() + linger
+            while len(batch) < size:
+                if not self._announce_q.empty():
+                    batch.append(self._announce_q.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._announce_q.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                await self._announce(batch)
+            finally:
+                self._end(len(batch))
+
+    def _metadata(self, e: Entry) -> FileMetadata:
+        return FileMetadata(
+            filepath=self._catalogue_path(e.path),
+            hostname=self.settings.node_name,
+            ip_address=self.settings.ip_address,
+            sha256=e.sha256,
+            file_size=e.size,
+            file_mode=e.mode,
+            file_uid=e.uid,
+            file_gid=e.gid,
+            file_mtime=e.mtime_ns / 1e9,
+            file_atime=e.atime_ns / 1e9,
+            file_ctime=e.ctime_ns / 1e9,
+        )
+
+    async def _announce(self, batch: list[Entry]) -> None:
+        latest = {e.path: e for e in batch}  # one record per path: the newest hash wins
+        entries = [e for e in latest.values() if e.path not in self._deleting]
+        for e in latest.values():
+            if e.path in self._deleting:  # announce after the delete lands, or the delete would win
+                self._begin(1)
+                asyncio.get_running_loop().call_later(0.2, self._announce_q.put_nowait, e)
+        if not entries:
+            return
+        paths = {e.path for e in entries}
+        self._announcing |= paths
+        try:
+            metas: list[FileMetadata] = []
+            valid: list[Entry] = []
+            for e in entries:
+                try:
+                    metas.append(self._metadata(e))
+                    valid.append(e)
+                except ValueError as exc:  # e.g. a path longer than the protocol allows
+                    self.index.set_failed(e.path, str(exc))
+                    self._report_once("rejected", os.fsdecode(e.path), exc)
+            if not metas:
+                return
+            try:
+                results = await call_with_retry(self.settings.retry_for_seconds, lambda: self.client.put_files(metas))
+            except (AuthenticationError, PermissionDenied) as exc:
+                raise Fatal(f"the server refuses the agent's key: {exc}") from None
+            except PutPlaceClientError as exc:
+                if is_transient(exc):
+                    self.tally.add_error("api_unavailable", failed=True)
+                    log.warning("announcing %d files failed, kept for the next pass: %s", len(metas), exc)
+                    return
+                await self._announce_one_by_one(valid, metas)
+                return
+            self._after_announce(valid, [r.upload_required for r in results])
+        finally:
+            self._announcing -= paths
+
+    async def _announce_one_by_one(self, entries: list[Entry], metas: list[FileMetadata]) -> None:
+        """A batch was refused: find the record the server will not take, keep the others."""
+        ok: list[Entry] = []
+        needed: list[bool] = []
+        for e, meta in zip(entries, metas, strict=True):
+            try:
+                r = await call_with_retry(self.settings.retry_for_seconds, partial(self.client.put_file, meta))
+            except (AuthenticationError, PermissionDenied) as exc:
+                raise Fatal(f"the server refuses the agent's key: {exc}") from None
+            except StatusError as exc:
+                if is_transient(exc):
+                    self.tally.add_error("api_unavailable")
+                    continue
+                self.index.set_failed(e.path, str(exc))
+                self._report_once("rejected", os.fsdecode(e.path), exc)
+                continue
+            except PutPlaceClientError:
+                self.tally.add_error("api_unavailable")
+                continue
+            ok.append(e)
+            needed.append(r.upload_required)
+        self._after_announce(ok, needed)
+
+    def _after_announce(self, entries: list[Entry], upload_required: list[bool]) -> None:
+        upload = [e for e, need in zip(entries, upload_required, strict=True) if need]
+        done = [e for e, need in zip(entries, upload_required, strict=True) if not need]
+        moved = self.index.advance(upload, State.ANNOUNCE, State.UPLOAD)
+        for e, ok in zip(upload, moved, strict=True):
+            if ok:  # else a newer version of the file is already on its way
+                self._begin(1)
+                self._upload_q.put_nowait(e)
+        moved = self.index.advance(done, State.ANNOUNCE, State.SYNCED)
+        for e, ok in zip(done, moved, strict=True):
+            if ok:
+                self.tally.add_deduplicated(e.size)
+                self._caught_up(e.path)
+
+    # -- uploading -------------------------------------------------------------------------
+    async def _upload(self, e: Entry) -> None:
+        pending = self._content.get(e.sha256)
+        if pending is not None and (not pending.done() or pending.result()):
+            if await asyncio.shield(pending):  # the same content went up for another path
+                if self.index.advance([e], State.UPLOAD, State.SYNCED)[0]:
+                    self.tally.add_deduplicated(e.size)
+                    self._caught_up(e.path)
+                return
+        future = self._content[e.sha256] = asyncio.get_running_loop().create_future()
+        if len(self._content) > 10_000:  # remember recent contents only
+            for sha in [s for s, f in self._content.items() if f.done()][:5_000]:
+                del self._content[sha]
+        uploaded = False
+        try:
+            uploaded = await self._upload_content(e)
+        finally:
+            future.set_result(uploaded)
+        if uploaded and self.index.advance([e], State.UPLOAD, State.SYNCED)[0]:
+            self.tally.add_uploaded(e.size)
+            self._caught_up(e.path)
+
+    async def _upload_content(self, e: Entry) -> bool:
+        """Upload ``e``'s content; False when it did not happen (the reason is already dealt with)."""
+
+        async def attempt() -> None:
+            st = os.lstat(e.path)
+            if signature_of(st) != e.signature:
+                raise _Stale
+            source: bytes | Path = os.readlink(e.path) if stat.S_ISLNK(st.st_mode) else Path(os.fsdecode(e.path))
+            await self.client.upload(
+                e.sha256, source, hostname=self.settings.node_name, filepath=self._catalogue_path(e.path)
+            )
+
+        try:
+            await call_with_retry(self.settings.retry_for_seconds, attempt)
+        except (_Stale, FileNotFoundError):
+            await self.on_changes({os.fsdecode(e.path)}, time.monotonic())
+            return False
+        except OSError as exc:
+            self._report_once("unreadable", os.fsdecode(e.path), exc)
+            return False
+        except (AuthenticationError, PermissionDenied) as exc:
+            raise Fatal(f"the server refuses the agent's key: {exc}") from None
+        except NotFoundError:  # the server no longer knows the announcement: announce again
+            self.index.set_state([e.path], State.ANNOUNCE, only_if=State.UPLOAD)
+            self._begin(1)
+            self._announce_q.put_nowait(e)
+            return False
+        except StatusError as exc:
+            if is_transient(exc):
+                self.tally.add_error("api_unavailable")
+                log.warning("uploading %s failed, kept for the next pass: %s", os.fsdecode(e.path), exc)
+            elif exc.status_code == 400:  # the content no longer matches the hash: it changed under us
+                await self.on_changes({os.fsdecode(e.path)}, time.monotonic())
+            else:  # 413, 415: the server will not take this content
+                self.index.set_failed(e.path, str(exc))
+                self._report_once("rejected", os.fsdecode(e.path), exc)
+            return False
+        except PutPlaceClientError as exc:
+            self.tally.add_error("api_unavailable")
+            log.warning("uploading %s failed, kept for the next pass: %s", os.fsdecode(e.path), exc)
+            return False
+        return True
+
+    # -- deleting --------------------------------------------------------------------------
+    async def _delete(self, path: bytes) -> None:
+        if path in self._announcing:  # let the announcement land first, then delete it
+            self._begin(1)
+            asyncio.get_running_loop().call_later(0.2, self._delete_q.put_nowait, path)
+            return
+        known = self.index.get(path)
+        if known is None or known[1] != State.DELETE:  # came back meanwhile
+            return
+        filepath = self._catalogue_path(path)
+        self._deleting.add(path)
+        try:
+            await call_with_retry(
+                self.settings.retry_for_seconds, lambda: self.client.delete_file(self.settings.node_name, filepath)
+            )
+        except NotFoundError:
+            pass  # never announced, or already deleted: the goal is met
+        except (AuthenticationError, PermissionDenied) as exc:
+            raise Fatal(f"the server refuses the agent's key: {exc}") from None
+        except PutPlaceClientError as exc:
+            self.tally.add_error("api_unavailable")
+            log.warning("deleting %s failed, kept for the next pass: %s", filepath, exc)
+            return
+        finally:
+            self._deleting.discard(path)
+        self.index.remove([path], only_if=State.DELETE)
+        self.tally.add_deleted()
+        self._caught_up(path)

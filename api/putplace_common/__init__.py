@@ -1,0 +1,1 @@
+"""What every PutPlace process shares apart from the protocol: the one logging setup."""
