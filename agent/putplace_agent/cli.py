@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--node-name", help="hostname recorded in the catalogue")
     sync.add_argument("--strip-prefix", type=Path, help="where the node's root is mounted, e.g. /host")
     sync.add_argument("--exclude", action="append", metavar="GLOB", help="skip matching paths (repeatable)")
+    sync.add_argument("--skip", action="append", type=Path, metavar="DIR", help="never descend DIR (repeatable)")
     sync.add_argument("--follow-symlinks", action="store_true", default=None, help="hash link targets")
     sync.add_argument("--rescan-interval", dest="rescan_interval_seconds", type=float, help="seconds; 0 = never")
     sync.add_argument("--hash-workers", type=int, help="threads hashing files")
@@ -110,7 +111,7 @@ async def _sync(settings: AgentSettings, *, once: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    index = Index(settings.state_dir)
+    index = Index(settings.state_dir, settings.identity)
     assert settings.api_key is not None
     try:
         async with PutPlaceClient(

@@ -11,6 +11,7 @@ file in the state directory, used only from the agent's event-loop thread.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from enum import IntEnum
 from pathlib import Path
 
 __all__ = ["Entry", "Index", "Signature", "State"]
+
+log = logging.getLogger(__name__)
 
 Signature = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 
@@ -57,6 +60,7 @@ CREATE TABLE IF NOT EXISTS files (
     atime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, state INTEGER NOT NULL, error TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_pending ON files (state) WHERE state != {State.SYNCED};
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _SCHEMA_VERSION = 1
 
@@ -67,7 +71,10 @@ def _upper_bound(prefix: bytes) -> bytes:
 
 
 class Index:
-    def __init__(self, state_dir: Path) -> None:
+    """``identity`` names the catalogue the index describes (server, node name, path mapping): an
+    index written for another identity says nothing about this one, so it starts afresh."""
+
+    def __init__(self, state_dir: Path, identity: str = "") -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "index.sqlite3"
         self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -78,6 +85,13 @@ class Index:
             raise RuntimeError(f"index {self.path} has schema {version}, this agent knows {_SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        if row is None or row[0] != identity:
+            with self._transaction():
+                if row is not None:
+                    log.warning("the index in %s was kept for %s; starting afresh for %s", state_dir, row[0], identity)
+                    self._db.execute("DELETE FROM files")
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (identity,))
 
     def close(self) -> None:
         self._db.close()

@@ -52,6 +52,9 @@ class AgentSettings(BaseSettings):
         default_factory=list,
         description="comma-separated globs; one matches the path relative to its tree or any component of it",
     )
+    skip: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="comma-separated directories never descended (absolute paths)"
+    )
     follow_symlinks: bool = Field(False, description="hash what symlinks point to instead of the link itself")
     rescan_interval_seconds: float = Field(
         3600.0, ge=0, description="full rescan period, catches what the watcher missed (0 = never)"
@@ -71,7 +74,7 @@ class AgentSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning, error")
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people")
 
-    @field_validator("paths", "exclude", mode="before")
+    @field_validator("paths", "exclude", "skip", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -106,6 +109,11 @@ class AgentSettings(BaseSettings):
         if config_file is not None:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
         return sources
+
+    @property
+    def identity(self) -> str:
+        """What the local index is an index *of*: the same files at another server or node are new work."""
+        return f"{self.server_url.rstrip('/')} node={self.node_name} strip={self.strip_prefix or ''}"
 
     def catalogue_path(self, local: str) -> str:
         """The path as the node sees it (``strip_prefix`` removed)."""

@@ -33,6 +33,7 @@ from putplace_agent.settings import AgentSettings
 from putplace_agent.watcher import watch_tree
 from putplace_client import (
     AuthenticationError,
+    ContentChanged,
     FileMetadata,
     NotFoundError,
     PermissionDenied,
@@ -51,7 +52,8 @@ HASH_BATCH_BYTES = 4 * BLOCK
 ANNOUNCERS = 2
 DELETERS = 4
 PENDING_RETRY_SECONDS = 30.0
-CHANGING_RETRY_SECONDS = (1.0, 5.0, 30.0)  # a file that keeps changing is looked at again later
+CHANGING_RETRY_SECONDS = (1.0, 5.0, 30.0)
+REHASH_SECONDS = 1.0  # a file that keeps changing is looked at again later
 
 
 class Fatal(Exception):
@@ -70,7 +72,7 @@ class Agent:
         self.tally = Tally()
         self.roots = [os.path.abspath(p) for p in settings.paths]
         self.excluded = Excluder(settings.exclude)
-        self.skip = pseudo_mounts() | {os.path.abspath(settings.state_dir)}
+        self.skip = pseudo_mounts() | frozenset(os.path.abspath(p) for p in (settings.state_dir, *settings.skip))
         self.scanning = False
         self._hash_q: asyncio.Queue[list[bytes]] = asyncio.Queue()
         self._announce_q: asyncio.Queue[Entry] = asyncio.Queue()
@@ -86,6 +88,8 @@ class Agent:
         self._deleting: set[bytes] = set()
         self._event_time: dict[bytes, float] = {}
         self._changing: dict[bytes, int] = {}
+        self._queued_at: dict[bytes, float] = {}  # when a watch event last queued the path for hashing
+        self._deferred: set[bytes] = set()
         self._reported: set[str] = set()
         # One upload per content: other paths with the same sha wait for it (a batch often has copies).
         self._content: dict[str, asyncio.Future[bool]] = {}
@@ -183,6 +187,11 @@ class Agent:
             self._reported.add(path)
             log.warning("%s: %s: %s", kind, path, exc)
 
+    def _unexpected(self) -> None:
+        """A bug, not a condition: keep syncing everything else; the work stays owed in the index."""
+        self.tally.add_error("internal")
+        log.exception("unexpected error; the work stays in the index for the next pass")
+
     def _catalogue_path(self, path: bytes) -> str:
         return self.settings.catalogue_path(os.fsdecode(path))
 
@@ -196,6 +205,10 @@ class Agent:
             batch = await self._hash_q.get()
             try:
                 await self._hash_batch(batch)
+            except Fatal:
+                raise
+            except Exception:
+                self._unexpected()
             finally:
                 self._end(len(batch))
 
@@ -204,6 +217,10 @@ class Agent:
             entry = await self._upload_q.get()
             try:
                 await self._upload(entry)
+            except Fatal:
+                raise
+            except Exception:
+                self._unexpected()
             finally:
                 self._end()
 
@@ -212,6 +229,10 @@ class Agent:
             path = await self._delete_q.get()
             try:
                 await self._delete(path)
+            except Fatal:
+                raise
+            except Exception:
+                self._unexpected()
             finally:
                 self._end()
 
@@ -277,7 +298,7 @@ class Agent:
         gone: list[bytes] = []
         for path in paths:
             root = self._root_of(path)
-            if root is None or self.excluded(path[len(root) + 1 :]) or any(path.startswith(s) for s in self.skip):
+            if root is None or self.excluded(path[len(root) + 1 :]) or self._skipped(path):
                 continue
             key = os.fsencode(path)
             try:
@@ -301,12 +322,39 @@ class Agent:
                 self.tally.add_seen(0, 1)
                 continue
             self._event_time.setdefault(key, when)
+            if self._cooling_down(key):
+                continue
             to_hash.append(key)
             sizes.append(st.st_size)
         if gone:
             self._gone(gone)
         if to_hash:
             await self._queue_hash(to_hash, sizes)
+
+    def _cooling_down(self, key: bytes) -> bool:
+        """A file changing all the time (a log being written) is hashed at most once per
+        ``REHASH_SECONDS``: its later events are folded into one look when that time is up."""
+        now = time.monotonic()
+        last = self._queued_at.get(key)
+        if last is not None and now - last < REHASH_SECONDS:
+            if key not in self._deferred:
+                self._deferred.add(key)
+                self._begin(1)
+
+                def again() -> None:
+                    self._deferred.discard(key)
+                    self._end()
+                    asyncio.ensure_future(self.on_changes({os.fsdecode(key)}, time.monotonic()))
+
+                asyncio.get_running_loop().call_later(last + REHASH_SECONDS - now, again)
+            return True
+        if len(self._queued_at) > 10_000:
+            self._queued_at = {k: t for k, t in self._queued_at.items() if now - t < REHASH_SECONDS}
+        self._queued_at[key] = now
+        return False
+
+    def _skipped(self, path: str) -> bool:
+        return any(path == s or path.startswith(s + "/") for s in self.skip)
 
     def _root_of(self, path: str) -> str | None:
         for root in self.roots:
@@ -398,6 +446,10 @@ class Agent:
                     break
             try:
                 await self._announce(batch)
+            except Fatal:
+                raise
+            except Exception:
+                self._unexpected()
             finally:
                 self._end(len(batch))
 
@@ -527,7 +579,7 @@ class Agent:
 
         try:
             await call_with_retry(self.settings.retry_for_seconds, attempt)
-        except (_Stale, FileNotFoundError):
+        except (_Stale, FileNotFoundError, ContentChanged):
             await self.on_changes({os.fsdecode(e.path)}, time.monotonic())
             return False
         except OSError as exc:

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from putplace_api import __version__
+from putplace_api.auth import AGENT_KEY_FILE
 from putplace_api.errors import PutPlaceError, error_response, validation_response
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
 from putplace_api.routes import content, files, health, keys
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await state.storage.open()
         admin = settings.admin_key.get_secret_value() if settings.admin_key else None
         await state.auth.bootstrap_admin(admin, settings.data_dir)
+        if settings.sync:
+            await state.auth.local_agent_key(settings.data_dir / AGENT_KEY_FILE)
         flusher = asyncio.create_task(_flush_last_used(state))
         log.info("PutPlace API ready: database=%s storage=%s", state.store.kind, state.storage.kind)
         try:

@@ -36,6 +36,7 @@ KEY_PREFIX = "pp_"
 MISSING_KEY = "API key required. Include X-API-Key header."
 INVALID_KEY = "Invalid or inactive API key"
 ADMIN_KEY_FILE = "admin-key"
+AGENT_KEY_FILE = "agent-key"
 
 
 def generate_key() -> str:
@@ -145,6 +146,22 @@ class Authenticator:
             flush=True,
         )
         return key
+
+    async def local_agent_key(self, path: Path) -> None:
+        """A write-only key for the agent the CLI runs beside the API (``--sync``), kept in ``path``.
+
+        Reused across restarts while it is still valid; replaced if it was revoked or deleted.
+        """
+        try:
+            key = path.read_text().strip()
+        except FileNotFoundError:
+            key = ""
+        row = await self._store.key_by_hash(hash_key(key)) if key else None
+        if row is not None and row.revoked_at is None and row.expires_at is None:
+            return
+        key = generate_key()
+        await self._store.insert_key(make_key_row(key, "local agent", (Scope.WRITE.value,)))
+        write_secret_file(path, key)
 
 
 def write_secret_file(path: Path, secret: str) -> None:

@@ -42,15 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="port to listen on (PUTPLACE_PORT)")
     parser.add_argument("--workers", type=int, help="worker processes (PUTPLACE_WORKERS)")
     parser.add_argument("--data-dir", help="data directory (PUTPLACE_DATA_DIR)")
+    parser.add_argument(
+        "--sync",
+        action="append",
+        metavar="PATH",
+        help="also run a putplace-agent keeping PATH catalogued (repeatable; PUTPLACE_SYNC)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    for flag in ("host", "port", "workers", "data_dir"):
+    for flag in ("host", "port", "workers", "data_dir", "sync"):
         value = getattr(args, flag)
         if value is not None:
-            os.environ[f"PUTPLACE_{flag.upper()}"] = str(value)
+            os.environ[f"PUTPLACE_{flag.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
     try:
         settings = Settings()
         settings.effective_database_url  # noqa: B018 - touch derived values early
@@ -64,9 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
+    from putplace_api.local_agent import LocalAgent
     from putplace_common.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
+    missing = [str(p) for p in settings.sync if not p.exists()]
+    if missing:
+        print(f"putplace-api: --sync: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    local_agent = LocalAgent(settings) if settings.sync else None
+    if local_agent is not None:
+        local_agent.start()
     try:
         if settings.workers > 1:
             uvicorn.run(
@@ -86,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # a bad URL scheme and the like, found while building the app
         print(f"putplace-api: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if local_agent is not None:
+            local_agent.stop()
     return 0
 
 

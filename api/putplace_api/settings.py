@@ -53,10 +53,14 @@ class Settings(BaseSettings):
     rate_limit_burst: int | None = Field(None, ge=1, description="default burst per key; unset = max(1, rate_limit)")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 when a backend is down")
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset = tracing off")
+    sync: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated trees that a local putplace-agent, started beside the API, keeps catalogued",
+    )
     log_level: str = Field("info", description="debug, info, warning, error")
     log_format: Literal["json", "text"] = Field("json", description="json for machines, text for people")
 
-    @field_validator("allowed_mime_types", mode="before")
+    @field_validator("allowed_mime_types", "sync", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

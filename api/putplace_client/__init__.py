@@ -6,6 +6,7 @@ Used by the agent and the operator alike; the API imports only the models.
 from putplace_client.client import PutPlaceClient
 from putplace_client.errors import (
     AuthenticationError,
+    ContentChanged,
     NotFoundError,
     PermissionDenied,
     PutPlaceClientError,
@@ -29,6 +30,7 @@ from putplace_client.models import (
 __all__ = [
     "PutPlaceClient",
     "PutPlaceClientError",
+    "ContentChanged",
     "TransportError",
     "StatusError",
     "AuthenticationError",

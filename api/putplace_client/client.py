@@ -7,7 +7,7 @@ in-process (``httpx.ASGITransport``) or to anything else httpx can.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +16,7 @@ from typing import Any, Self
 import anyio
 import httpx
 
-from putplace_client.errors import TransportError, status_error
+from putplace_client.errors import ContentChanged, TransportError, status_error
 from putplace_client.models import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -38,10 +38,18 @@ __all__ = ["PutPlaceClient", "UPLOAD_CHUNK"]
 UPLOAD_CHUNK = 1024 * 1024
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    async with await anyio.open_file(path, "rb") as f:
-        while chunk := await f.read(UPLOAD_CHUNK):
+async def _file_chunks(f: anyio.AsyncFile[bytes], size: int) -> AsyncGenerator[bytes, None]:
+    """Exactly ``size`` bytes (the declared Content-Length) of an open file, 1 MiB at a time."""
+    try:
+        left = size
+        while left > 0:
+            chunk = await f.read(min(UPLOAD_CHUNK, left))
+            if not chunk:
+                raise ContentChanged(f"{f.name} shrank while it was uploaded")
+            left -= len(chunk)
             yield chunk
+    finally:
+        await f.aclose()
 
 
 class PutPlaceClient:
@@ -104,17 +112,27 @@ class PutPlaceClient:
         hostname: str | None = None,
         filepath: str | None = None,
     ) -> UploadResponse:
-        """Upload content as a raw streamed body (a file is read 1 MiB at a time)."""
-        body: bytes | AsyncIterator[bytes]
+        """Upload content as a raw streamed body (a file is read 1 MiB at a time).
+
+        A file is sent at the size it had when opened: one that grows meanwhile is cut there
+        (the server's hash check then tells whether those bytes are still the announced
+        content); one that shrinks raises ``ContentChanged``.
+        """
+        body: bytes | AsyncGenerator[bytes, None]
         headers = {"Content-Type": "application/octet-stream"}
         if isinstance(source, bytes):
             body = source
         else:
-            path = Path(source)
-            body = _file_chunks(path)
-            headers["Content-Length"] = str(os.stat(path).st_size)  # a known length, not chunked
+            f = await anyio.open_file(source, "rb")
+            size = os.fstat(f.wrapped.fileno()).st_size
+            body = _file_chunks(f, size)
+            headers["Content-Length"] = str(size)  # a known length, not chunked
         params = {k: v for k, v in (("hostname", hostname), ("filepath", filepath)) if v is not None}
-        r = await self._send("POST", f"/upload_file/{sha256}", params=params, content=body, headers=headers)
+        try:
+            r = await self._send("POST", f"/upload_file/{sha256}", params=params, content=body, headers=headers)
+        finally:
+            if not isinstance(body, bytes):
+                await body.aclose()  # closes the file even if the body was never read
         return UploadResponse.model_validate(r.json())
 
     async def get_file(self, sha256: str) -> FileRecord:

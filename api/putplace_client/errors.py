@@ -1,6 +1,7 @@
 """Errors raised by the PutPlace client. One root, transport apart from status::
 
     PutPlaceClientError
+    ├── ContentChanged            a file being uploaded is no longer what was announced
     ├── TransportError            the server could not be reached (connect, read, timeout)
     └── StatusError               the server answered with an error status
         ├── AuthenticationError   401
@@ -18,6 +19,7 @@ import httpx
 
 __all__ = [
     "PutPlaceClientError",
+    "ContentChanged",
     "TransportError",
     "StatusError",
     "AuthenticationError",
@@ -30,6 +32,10 @@ __all__ = [
 
 
 class PutPlaceClientError(Exception):
+    pass
+
+
+class ContentChanged(PutPlaceClientError):
     pass
 
 

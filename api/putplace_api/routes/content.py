@@ -7,9 +7,10 @@ import re
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
-from putplace_api.errors import NotFound, RangeNotSatisfiable
+from putplace_api.errors import BadRequest, NotFound, RangeNotSatisfiable
 from putplace_api.formdata import file_field
 from putplace_api.uploads import receive_content
 from putplace_client.models import UploadResponse
@@ -35,14 +36,18 @@ async def upload_file(
     content_type = request.headers.get("content-type", "")
     body = request.stream()
     chunks = file_field(body, content_type) if content_type.startswith("multipart/form-data") else body
-    result = await receive_content(
-        store=state.store,
-        storage=state.storage,
-        sha256=sha256,
-        chunks=chunks,
-        max_bytes=state.settings.max_upload_bytes,
-        allowed_mime=state.settings.allowed_mime_types,
-    )
+    try:
+        result = await receive_content(
+            store=state.store,
+            storage=state.storage,
+            sha256=sha256,
+            chunks=chunks,
+            max_bytes=state.settings.max_upload_bytes,
+            allowed_mime=state.settings.allowed_mime_types,
+        )
+    except ClientDisconnect:
+        # Nothing was stored; nobody is left to read an answer. Not a server error.
+        raise BadRequest("The client disconnected before the upload was complete") from None
     return UploadResponse(
         message="File uploaded successfully",
         sha256=sha256,
