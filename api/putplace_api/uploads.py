@@ -22,8 +22,9 @@ from putplace_api.errors import BadRequest, NotFound, PayloadTooLarge, Unsupport
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
 from putplace_api.storage.base import ContentStorage
 from putplace_api.store.base import MetadataStore
+from putplace_client.models import BatchUploadItem, UploadStatus, is_sha256
 
-__all__ = ["UploadResult", "receive_content", "WRITE_BLOCK"]
+__all__ = ["UploadResult", "receive_batch", "receive_content", "WRITE_BLOCK"]
 
 # The upload is a pipeline: the event loop receives the body and gathers it into blocks of
 # WRITE_BLOCK bytes; a second task hashes each block in a worker thread (hashlib releases
@@ -135,3 +136,69 @@ def _check_mime(head: bytes, allowed: list[str]) -> str:
         metrics.UPLOADS.labels("unsupported_type").inc()
         raise UnsupportedMediaType(f"Content type {mime} is not allowed on this server")
     return mime
+
+
+async def receive_batch(
+    *,
+    store: MetadataStore,
+    storage: ContentStorage,
+    parts: list[tuple[str, bytes]],
+    max_bytes: int | None,
+    allowed_mime: list[str],
+) -> list[BatchUploadItem]:
+    """Many small contents in one request (the body is already in memory, under the request cap).
+
+    Each part is judged on its own -- one bad part never fails the others -- and the same order
+    of safety holds as for one upload: verify, store durably, then mark stored.
+    """
+    known = await store.contents({name for name, _ in parts if is_sha256(name)})
+    outcome: dict[str, UploadStatus] = {}
+    candidates: list[tuple[str, bytes]] = []
+    for name, data in parts:
+        if name in outcome:
+            continue  # a repeated part is answered like its first occurrence
+        row = known.get(name)
+        if not is_sha256(name):
+            outcome[name] = UploadStatus.INVALID
+        elif row is None:
+            outcome[name] = UploadStatus.NOT_ANNOUNCED
+        elif row.stored:
+            outcome[name] = UploadStatus.EXISTS
+        elif max_bytes is not None and len(data) > max_bytes:
+            outcome[name] = UploadStatus.TOO_LARGE
+        else:
+            outcome[name] = UploadStatus.UPLOADED  # unless the checks below say otherwise
+            candidates.append((name, data))
+
+    def verify() -> list[tuple[str, bytes, str]]:
+        good = []
+        for name, data in candidates:
+            if hashlib.sha256(data).hexdigest() != name:
+                outcome[name] = UploadStatus.MISMATCH
+                continue
+            mime = detect_mime(data[:SNIFF_BYTES])
+            if not mime_allowed(mime, allowed_mime):
+                outcome[name] = UploadStatus.UNSUPPORTED_TYPE
+                continue
+            good.append((name, data, mime))
+        return good
+
+    verified = await anyio.to_thread.run_sync(verify)
+    if verified:
+        await storage.put_many([(name, data) for name, data, _ in verified])
+        now = datetime.now(UTC)
+        async with anyio.create_task_group() as marks:  # side by side: the store commits them as a group
+            for name, data, mime in verified:
+                marks.start_soon(store.mark_stored, name, len(data), mime, storage.location(name), now)
+        metrics.UPLOADED_BYTES.inc(sum(len(data) for _, data, _ in verified))
+    for status in outcome.values():
+        metrics.UPLOADS.labels(_METRIC_OUTCOME.get(status, status.value)).inc()
+    return [BatchUploadItem(sha256=name, status=outcome[name], size=len(data)) for name, data in parts]
+
+
+_METRIC_OUTCOME = {
+    UploadStatus.UPLOADED: "stored",
+    UploadStatus.EXISTS: "already_stored",
+    UploadStatus.MISMATCH: "hash_mismatch",
+    UploadStatus.TOO_LARGE: "too_large",
+}

@@ -19,12 +19,14 @@ from putplace_client.models import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
+    BatchUploadItem,
     FileMetadata,
     FileRecord,
     PutFileResponse,
     Scope,
     Stats,
     UploadResponse,
+    UploadStatus,
 )
 
 __all__ = [
@@ -47,4 +49,6 @@ __all__ = [
     "Scope",
     "Stats",
     "UploadResponse",
+    "UploadStatus",
+    "BatchUploadItem",
 ]

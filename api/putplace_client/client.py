@@ -21,6 +21,8 @@ from putplace_client.models import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
+    BatchUploadItem,
+    BatchUploadResponse,
     FileMetadata,
     FileRecord,
     HistoryRecord,
@@ -134,6 +136,12 @@ class PutPlaceClient:
             if not isinstance(body, bytes):
                 await body.aclose()  # closes the file even if the body was never read
         return UploadResponse.model_validate(r.json())
+
+    async def upload_many(self, contents: Sequence[tuple[str, bytes]]) -> list[BatchUploadItem]:
+        """Upload many small contents in one request (``POST /upload_files``); one result per item."""
+        files = [(sha256, (sha256, data, "application/octet-stream")) for sha256, data in contents]
+        r = await self._send("POST", "/upload_files", files=files)
+        return BatchUploadResponse.model_validate(r.json()).files
 
     async def get_file(self, sha256: str) -> FileRecord:
         return FileRecord.model_validate((await self._send("GET", f"/get_file/{sha256}")).json())

@@ -25,6 +25,9 @@ __all__ = [
     "PutFileResult",
     "PutFilesResponse",
     "UploadResponse",
+    "UploadStatus",
+    "BatchUploadItem",
+    "BatchUploadResponse",
     "HistoryRecord",
     "Page",
     "DeleteFileResponse",
@@ -183,6 +186,26 @@ class UploadResponse(BaseModel):
     hostname: str | None
     filepath: str | None
     status: str
+
+
+class UploadStatus(StrEnum):
+    UPLOADED = "uploaded"  # stored now
+    EXISTS = "exists"  # already stored: nothing to do
+    MISMATCH = "mismatch"  # the bytes do not hash to the part's sha256: nothing stored
+    NOT_ANNOUNCED = "not_announced"  # no record names this sha256: announce it first
+    TOO_LARGE = "too_large"  # over the server's upload limit
+    UNSUPPORTED_TYPE = "unsupported_type"  # outside the server's MIME allow-list
+    INVALID = "invalid"  # the part's name is not a sha256
+
+
+class BatchUploadItem(BaseModel):
+    sha256: str
+    status: UploadStatus
+    size: int = Field(description="bytes received for this part")
+
+
+class BatchUploadResponse(BaseModel):
+    files: list[BatchUploadItem] = Field(description="one result per part, in the order sent")
 
 
 class DeleteFileResponse(BaseModel):

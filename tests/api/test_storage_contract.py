@@ -13,6 +13,7 @@ import pytest
 from putplace_api.errors import BackendUnavailable
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
+from putplace_api.storage.local import LocalStorage
 from putplace_api.storage.s3 import PART_SIZE
 from tests.api.conftest import s3_settings
 from tests.servers.base import free_ports
@@ -103,6 +104,16 @@ async def test_concurrent_writers_of_one_sha_leave_one_object(storage: ContentSt
     data = os.urandom(200_000)
     await asyncio.gather(*(_put(storage, data) for _ in range(5)))
     assert await _read(storage, _sha(data)) == data
+
+
+async def test_put_many_stores_each_content_under_its_sha(storage: ContentStorage) -> None:
+    contents = [os.urandom(n) for n in (0, 1, 4096, 70_000)] + [b"twice", b"twice"]
+    await storage.put_many([(_sha(c), c) for c in contents])
+    for c in contents:
+        assert await _read(storage, _sha(c)) == c
+        assert await storage.size(_sha(c)) == len(c)
+    if isinstance(storage, LocalStorage):
+        assert list(storage._tmp.iterdir()) == []  # no temp file left behind
 
 
 async def test_delete(storage: ContentStorage) -> None:

@@ -10,14 +10,15 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
-from putplace_api.errors import BadRequest, NotFound, RangeNotSatisfiable
-from putplace_api.formdata import file_field
-from putplace_api.uploads import receive_content
-from putplace_client.models import UploadResponse
+from putplace_api.errors import BadRequest, NotFound, RangeNotSatisfiable, UnsupportedMediaType
+from putplace_api.formdata import all_fields, file_field
+from putplace_api.uploads import receive_batch, receive_content
+from putplace_client.models import BatchUploadResponse, UploadResponse
 
 router = APIRouter(tags=["content"])
 log = logging.getLogger("putplace.content")
 
+MAX_BATCH_PARTS = 10_000
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -56,6 +57,29 @@ async def upload_file(
         filepath=filepath,
         status="uploaded",
     )
+
+
+@router.post("/upload_files", response_model=BatchUploadResponse)
+async def upload_files(request: Request, state: StateDep, _: WriteKey) -> BatchUploadResponse:
+    """Upload many small contents at once: ``multipart/form-data`` with one part per content,
+    each named by its sha256 (``curl -F <sha256>=@file …``). Each part gets its own answer;
+    the body is capped like a JSON request (``max_request_bytes``): send large files alone."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaType("Send multipart/form-data with one part per content, named by its sha256")
+    parts = await all_fields(request.stream(), content_type)
+    if not parts:
+        raise BadRequest("The body has no parts")
+    if len(parts) > MAX_BATCH_PARTS:
+        raise BadRequest(f"At most {MAX_BATCH_PARTS} parts per request")
+    files = await receive_batch(
+        store=state.store,
+        storage=state.storage,
+        parts=parts,
+        max_bytes=state.settings.max_upload_bytes,
+        allowed_mime=state.settings.allowed_mime_types,
+    )
+    return BatchUploadResponse(files=files)
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:

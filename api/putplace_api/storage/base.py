@@ -8,7 +8,7 @@ One contract suite (``tests/api/test_storage_contract.py``) runs against every b
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 __all__ = ["ContentStorage", "ContentWriter", "object_name"]
@@ -46,6 +46,10 @@ class ContentStorage(Protocol):
     async def size(self, sha256: str) -> int | None: ...
 
     async def writer(self, sha256: str) -> ContentWriter: ...
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Store small contents, already verified, all at once: each becomes visible under its
+        sha256 atomically (never partial), and all are durable when this returns."""
 
     def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) of the content (end None = to the end)."""

@@ -7,11 +7,12 @@ older than an hour are swept at start-up (a younger one may belong to another wo
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +25,30 @@ __all__ = ["LocalStorage"]
 
 READ_CHUNK = 1024 * 1024
 STALE_TEMP_SECONDS = 3600
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def _sync_filesystem(anchor: Path, paths: Sequence[Path]) -> None:
+    """Make ``paths`` (files or directories) durable: one syncfs(2) of the filesystem that holds
+    ``anchor`` where Linux has it (one journal commit for a whole batch), else an fsync each."""
+    if _syncfs is not None:
+        fd = os.open(anchor, os.O_RDONLY)
+        try:
+            if _syncfs(fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _translate(exc: OSError) -> Exception:
@@ -142,6 +167,34 @@ class LocalStorage:
         w = _LocalWriter(self._path(sha256), self._tmp / f"{sha256}.{uuid.uuid4().hex}", self._fsync)
         await w._start()
         return w
+
+    def _put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        # One flush for the whole batch instead of two fsyncs per object: write every temp
+        # file, make them durable together, rename them into place, make the renames durable.
+        temps: list[tuple[Path, Path]] = []
+        try:
+            for sha256, data in items:
+                temp = self._tmp / f"{sha256}.{uuid.uuid4().hex}"
+                with open(temp, "xb") as f:
+                    f.write(data)
+                temps.append((temp, self._path(sha256)))
+            if self._fsync:
+                _sync_filesystem(self._tmp, [t for t, _ in temps])
+            for temp, final in temps:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, final)
+            if self._fsync:
+                _sync_filesystem(self.root, sorted({final.parent for _, final in temps}))
+        except BaseException:
+            for temp, _ in temps:
+                temp.unlink(missing_ok=True)
+            raise
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._put_many, items, abandon_on_cancel=False)
+        except OSError as exc:
+            raise _translate(exc) from exc
 
     async def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         try:

@@ -8,7 +8,8 @@ upload stays at one part, whatever the size.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -164,6 +165,21 @@ class S3Storage:
 
     async def writer(self, sha256: str) -> _S3Writer:
         return _S3Writer(self._client, self.bucket, self._key(sha256))
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        # PutObject is atomic and durable on return; a bounded number run side by side.
+        limit = asyncio.Semaphore(16)
+
+        async def put(sha256: str, data: bytes) -> None:
+            async with limit:
+                await self._client.put_object(Bucket=self.bucket, Key=self._key(sha256), Body=data)
+
+        outcomes = await asyncio.gather(*(put(sha, data) for sha, data in items), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BotoCoreError | ClientError):
+                raise _unavailable(outcome) from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(sha256)}

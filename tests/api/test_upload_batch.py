@@ -1,0 +1,99 @@
+"""``POST /upload_files``: many small contents in one request, each part answered on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.api.conftest import ADMIN_KEY, Api, meta, sha
+
+
+def announce(api: Api, *contents: bytes) -> None:
+    with api.http() as c:
+        files = [meta(data, filepath=f"/f/{i}") for i, data in enumerate(contents)]
+        r = c.post("/put_files", json={"files": files})
+        assert r.status_code == 201, r.text
+
+
+def upload(api: Api, parts: list[tuple[str, bytes]], key: str | None = ADMIN_KEY) -> httpx.Response:
+    with api.http(key) as c:
+        return c.post("/upload_files", files=[(name, (name, data, "application/octet-stream")) for name, data in parts])
+
+
+def test_each_part_is_judged_on_its_own(backend_api: Api) -> None:
+    good, corrupt, other, unknown = os.urandom(5000), os.urandom(6000), b"", os.urandom(10)
+    announce(backend_api, good, corrupt, other)
+    parts = [
+        (sha(good), good),
+        (sha(corrupt), corrupt[:-1] + b"X"),
+        (sha(other), other),
+        (sha(unknown), unknown),
+        ("not-a-sha", b"whatever"),
+        (sha(good), good),
+    ]
+    r = upload(backend_api, parts)
+    assert r.status_code == 200, r.text
+    statuses = [(f["sha256"], f["status"], f["size"]) for f in r.json()["files"]]
+    assert statuses == [
+        (sha(good), "uploaded", 5000),
+        (sha(corrupt), "mismatch", 6000),
+        (sha(other), "uploaded", 0),
+        (sha(unknown), "not_announced", 10),
+        ("not-a-sha", "invalid", 8),
+        (sha(good), "uploaded", 5000),
+    ]
+    with backend_api.http() as c:
+        assert c.get(f"/content/{sha(good)}").content == good
+        assert c.get(f"/content/{sha(other)}").content == b""
+        assert c.get(f"/content/{sha(corrupt)}").status_code == 404
+        assert c.get(f"/get_file/{sha(corrupt)}").json()["has_file_content"] is False
+        assert c.get(f"/get_file/{sha(good)}").json()["has_file_content"] is True
+    again = upload(backend_api, [(sha(good), good)]).json()["files"]
+    assert again[0]["status"] == "exists"
+
+
+def test_limits_of_the_server_apply_per_part(start_api: Callable[..., Api]) -> None:
+    api = start_api(max_upload_bytes=100, allowed_mime_types="image/png,text/plain")
+    small, big, pdf = b"small text\n", b"x" * 101, b"%PDF-1.4\n" + b"\x00" * 50
+    announce(api, small, big, pdf)
+    r = upload(api, [(sha(small), small), (sha(big), big), (sha(pdf), pdf)])
+    assert [f["status"] for f in r.json()["files"]] == ["uploaded", "too_large", "unsupported_type"]
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [
+        (lambda api: api.http().post("/upload_files", json={"a": 1}), 415),
+        (lambda api: upload(api, [("a" * 64, b"")], key=None), 401),
+        (lambda api: upload(api, [("a" * 64, b"")], key=api.new_key("read")), 403),
+        (
+            lambda api: api.http().post(
+                "/upload_files", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=x"}
+            ),
+            400,
+        ),
+        (
+            lambda api: api.http().post(
+                "/upload_files", content=b"--x--\r\n", headers={"Content-Type": "multipart/form-data; boundary=x"}
+            ),
+            400,
+        ),
+    ],
+    ids=["not-multipart", "no-key", "read-key", "malformed", "no-parts"],
+)
+def test_bad_requests(api: Api, make: Callable[[Api], httpx.Response], status: int) -> None:
+    r = make(api)
+    assert r.status_code == status, r.text
+    assert "detail" in r.json()
+
+
+def test_a_body_over_the_request_cap_is_refused(start_api: Callable[..., Api]) -> None:
+    api = start_api(max_request_bytes=64 * 1024)
+    data = os.urandom(100_000)
+    announce(api, data)
+    r = upload(api, [(hashlib.sha256(data).hexdigest(), data)])
+    assert r.status_code == 413, r.text
