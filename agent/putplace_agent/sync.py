@@ -2,7 +2,8 @@
 server asks for, delete what is gone -- and keep every step's debt in the index.
 
     scans / watch events --> hash (thread pool) --> announce (POST /put_files, batched)
-                                                      |--> upload (bounded concurrency, streamed)
+                                                      |--> bundle small contents (POST /upload_files)
+                                                      |--> upload large ones (bounded concurrency, streamed)
     gone from disk ------------------------------------> delete (DELETE /files)
 
 Stages talk through in-memory queues; the index is the truth. A path leaves a state only when
@@ -40,6 +41,7 @@ from putplace_client import (
     PutPlaceClient,
     PutPlaceClientError,
     StatusError,
+    UploadStatus,
 )
 
 __all__ = ["Agent", "Fatal"]
@@ -51,6 +53,10 @@ HASH_BATCH_FILES = 64  # small files hashed per thread hand-off
 HASH_BATCH_BYTES = 4 * BLOCK
 ANNOUNCERS = 2
 DELETERS = 4
+BUNDLERS = 2
+BUNDLE_FILE_BYTES = 256 * 1024  # contents up to this size travel many to a request (POST /upload_files)
+BUNDLE_FILES = 1000
+BUNDLE_BYTES = 8 * 1024 * 1024  # well under the server's default request cap (32 MiB)
 PENDING_RETRY_SECONDS = 30.0
 CHANGING_RETRY_SECONDS = (1.0, 5.0, 30.0)
 REHASH_SECONDS = 1.0  # a file that keeps changing is looked at again later
@@ -77,6 +83,7 @@ class Agent:
         self._hash_q: asyncio.Queue[list[bytes]] = asyncio.Queue()
         self._announce_q: asyncio.Queue[Entry] = asyncio.Queue()
         self._upload_q: asyncio.Queue[Entry] = asyncio.Queue()
+        self._bundle_q: asyncio.Queue[Entry] = asyncio.Queue()
         self._delete_q: asyncio.Queue[bytes] = asyncio.Queue()
         self._pool = ThreadPoolExecutor(settings.hash_workers, thread_name_prefix="putplace-hash")
         self._outstanding = 0
@@ -97,6 +104,7 @@ class Agent:
             ("hash", self._hash_q),
             ("announce", self._announce_q),
             ("upload", self._upload_q),
+            ("bundle", self._bundle_q),
             ("delete", self._delete_q),
         ):
             metrics.QUEUE_DEPTH.labels(name).set_function(queue.qsize)
@@ -109,6 +117,7 @@ class Agent:
                 workers = [group.create_task(self._hasher()) for _ in range(self.settings.hash_workers)]
                 workers += [group.create_task(self._announcer()) for _ in range(ANNOUNCERS)]
                 workers += [group.create_task(self._uploader()) for _ in range(self.settings.upload_concurrency)]
+                workers += [group.create_task(self._bundler()) for _ in range(BUNDLERS)]
                 workers += [group.create_task(self._deleter()) for _ in range(DELETERS)]
                 await self._produce(stop, once=once)
                 await self._drain(once=once)
@@ -160,8 +169,7 @@ class Agent:
             self._begin(1)
             self._announce_q.put_nowait(entry)
         for entry in self.index.pending(State.UPLOAD):
-            self._begin(1)
-            self._upload_q.put_nowait(entry)
+            self._queue_upload(entry)
         for path in self.index.iter_pending_paths(State.DELETE):
             self._begin(1)
             self._delete_q.put_nowait(path)
@@ -427,23 +435,29 @@ class Agent:
         asyncio.get_running_loop().call_later(delay, again)
 
     # -- announcing ------------------------------------------------------------------------
-    async def _announcer(self) -> None:
+    async def _gather(self, queue: asyncio.Queue[Entry], max_items: int, max_bytes: int | None = None) -> list[Entry]:
+        """Wait for one entry, then take more for up to ``batch_linger_seconds``, within the bounds."""
         loop = asyncio.get_running_loop()
-        size, linger = self.settings.batch_size, self.settings.batch_linger_seconds
-        while True:
-            batch = [await self._announce_q.get()]
-            deadline = loop.time() + linger
-            while len(batch) < size:
-                if not self._announce_q.empty():
-                    batch.append(self._announce_q.get_nowait())
-                    continue
+        batch = [await queue.get()]
+        total = batch[0].size
+        deadline = loop.time() + self.settings.batch_linger_seconds
+        while len(batch) < max_items and (max_bytes is None or total < max_bytes):
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+            else:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._announce_q.get(), remaining))
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
                 except TimeoutError:
                     break
+            total += batch[-1].size
+        return batch
+
+    async def _announcer(self) -> None:
+        while True:
+            batch = await self._gather(self._announce_q, self.settings.batch_size)
             try:
                 await self._announce(batch)
             except Fatal:
@@ -535,8 +549,7 @@ class Agent:
         moved = self.index.advance(upload, State.ANNOUNCE, State.UPLOAD)
         for e, ok in zip(upload, moved, strict=True):
             if ok:  # else a newer version of the file is already on its way
-                self._begin(1)
-                self._upload_q.put_nowait(e)
+                self._queue_upload(e)
         moved = self.index.advance(done, State.ANNOUNCE, State.SYNCED)
         for e, ok in zip(done, moved, strict=True):
             if ok:
@@ -544,6 +557,98 @@ class Agent:
                 self._caught_up(e.path)
 
     # -- uploading -------------------------------------------------------------------------
+    def _queue_upload(self, e: Entry) -> None:
+        self._begin(1)
+        # Small contents go many to a request: one HTTP round trip and one storage flush per
+        # bundle instead of per file, which is what makes a first sync of many small files fast.
+        (self._bundle_q if e.size <= BUNDLE_FILE_BYTES else self._upload_q).put_nowait(e)
+
+    async def _bundler(self) -> None:
+        while True:
+            batch = await self._gather(self._bundle_q, BUNDLE_FILES, BUNDLE_BYTES)
+            try:
+                await self._upload_bundle(batch)
+            except Fatal:
+                raise
+            except Exception:
+                self._unexpected()
+            finally:
+                self._end(len(batch))
+
+    @staticmethod
+    def _read_small(batch: list[Entry]) -> list[bytes | None]:
+        """The bytes of each entry as announced, or None if the file is no longer that version."""
+        out: list[bytes | None] = []
+        for e in batch:
+            try:
+                if stat.S_ISLNK(e.mode):
+                    before, data, after = os.lstat(e.path), os.readlink(e.path), os.lstat(e.path)
+                else:
+                    with open(e.path, "rb", buffering=0) as f:
+                        before = os.fstat(f.fileno())
+                        data = f.read(e.size + 1)
+                        after = os.fstat(f.fileno())
+            except OSError:
+                out.append(None)
+                continue
+            same = signature_of(before) == signature_of(after) == e.signature and len(data) == e.size
+            out.append(data if same else None)
+        return out
+
+    async def _upload_bundle(self, batch: list[Entry]) -> None:
+        loop = asyncio.get_running_loop()
+        contents = await loop.run_in_executor(None, self._read_small, batch)
+        parts: dict[str, bytes] = {}
+        ready: list[Entry] = []
+        for e, data in zip(batch, contents, strict=True):
+            if data is None:  # changed or gone since it was hashed: look again
+                await self.on_changes({os.fsdecode(e.path)}, time.monotonic())
+            else:
+                parts.setdefault(e.sha256, data)
+                ready.append(e)
+        if not parts:
+            return
+        try:
+            results = await call_with_retry(
+                self.settings.retry_for_seconds, lambda: self.client.upload_many(list(parts.items()))
+            )
+        except (AuthenticationError, PermissionDenied) as exc:
+            raise Fatal(f"the server refuses the agent's key: {exc}") from None
+        except PutPlaceClientError as exc:
+            if is_transient(exc):
+                self.tally.add_error("api_unavailable")
+                log.warning("uploading %d files failed, kept for the next pass: %s", len(ready), exc)
+            else:  # e.g. a server with a smaller request cap: send these one by one
+                for e in ready:
+                    self._begin(1)
+                    self._upload_q.put_nowait(e)
+            return
+        status = {r.sha256: r.status for r in results}
+        counted: set[str] = set()
+        done: list[Entry] = []
+        for e in ready:
+            outcome = status.get(e.sha256)
+            if outcome in (UploadStatus.UPLOADED, UploadStatus.EXISTS):
+                done.append(e)
+            elif outcome == UploadStatus.MISMATCH:
+                await self.on_changes({os.fsdecode(e.path)}, time.monotonic())
+            elif outcome == UploadStatus.NOT_ANNOUNCED:
+                self.index.set_state([e.path], State.ANNOUNCE, only_if=State.UPLOAD)
+                self._begin(1)
+                self._announce_q.put_nowait(e)
+            else:
+                self.index.set_failed(e.path, f"upload refused: {outcome}")
+                self._report_once("rejected", os.fsdecode(e.path), f"upload refused: {outcome}")
+        for e, moved in zip(done, self.index.advance(done, State.UPLOAD, State.SYNCED), strict=True):
+            if not moved:
+                continue
+            if status[e.sha256] == UploadStatus.UPLOADED and e.sha256 not in counted:
+                counted.add(e.sha256)
+                self.tally.add_uploaded(e.size)
+            else:
+                self.tally.add_deduplicated(e.size)
+            self._caught_up(e.path)
+
     async def _upload(self, e: Entry) -> None:
         pending = self._content.get(e.sha256)
         if pending is not None and (not pending.done() or pending.result()):

@@ -27,8 +27,12 @@ STEP_MS = 50
 POLL_DELAY_MS = 2000  # a polled tree is walked whole each time: keep it cheap
 
 
-def _is_watch_limit(exc: OSError) -> bool:
-    return "watch limit" in str(exc).lower() or exc.errno in (28, 24)  # ENOSPC, EMFILE from inotify
+def _is_watch_limit(exc: Exception) -> bool:
+    # watchfiles reports inotify's watch limit (ENOSPC) as OSError("OS file watch limit reached. ...")
+    # without an errno, and its instance limit (EMFILE) as a RuntimeError "... (os error 24)".
+    text = str(exc).lower()
+    said = any(words in text for words in ("watch limit", "(os error 28)", "(os error 24)"))
+    return said or getattr(exc, "errno", None) in (28, 24)
 
 
 async def watch_tree(
@@ -40,6 +44,10 @@ async def watch_tree(
 ) -> None:
     """Watch ``root`` until ``stop`` is set."""
     WATCH_POLLING.labels(root).set(1 if force_polling else 0)
+    # With ignore_permission_denied, watchfiles drops every error of the initial watch, the watch
+    # limit included, and then watches part of the tree without a word. So the first try is strict;
+    # only when it fails for another reason (an unreadable or vanished directory) is the next lenient.
+    lenient = False
     while not stop.is_set():
         try:
             async for changes in awatch(
@@ -50,19 +58,23 @@ async def watch_tree(
                 step=STEP_MS,
                 force_polling=force_polling,
                 poll_delay_ms=POLL_DELAY_MS,
-                ignore_permission_denied=True,
+                ignore_permission_denied=lenient,
             ):
                 await on_changes({path for _, path in changes}, time.monotonic())
             return
-        except OSError as exc:
-            if force_polling or not _is_watch_limit(exc):
+        except (OSError, RuntimeError) as exc:  # watchfiles' own errors are RuntimeErrors
+            if not force_polling and _is_watch_limit(exc):
+                log.warning(
+                    "the OS watch limit is reached watching %s; polling it every %.1f s instead. Raise"
+                    " fs.inotify.max_user_watches (or max_user_instances) on the node to get events again",
+                    root,
+                    POLL_DELAY_MS / 1000,
+                )
+                ERRORS.labels("watch_limit").inc()
+                force_polling = True
+                WATCH_POLLING.labels(root).set(1)
+            elif isinstance(exc, PermissionError | FileNotFoundError) and not lenient:
+                log.warning("cannot watch all of %s (%s); changes there are found by rescans only", root, exc)
+                lenient = True
+            else:
                 raise
-            log.warning(
-                "the OS watch limit is reached watching %s; polling it every %.1f s instead."
-                " Raise fs.inotify.max_user_watches on the node to get events again",
-                root,
-                POLL_DELAY_MS / 1000,
-            )
-            ERRORS.labels("watch_limit").inc()
-            force_polling = True
-            WATCH_POLLING.labels(root).set(1)

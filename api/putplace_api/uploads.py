@@ -170,14 +170,16 @@ async def receive_batch(
             outcome[name] = UploadStatus.UPLOADED  # unless the checks below say otherwise
             candidates.append((name, data))
 
-    def verify() -> list[tuple[str, bytes, str]]:
+    def verify() -> list[tuple[str, bytes, str | None]]:
         good = []
         for name, data in candidates:
             if hashlib.sha256(data).hexdigest() != name:
                 outcome[name] = UploadStatus.MISMATCH
                 continue
-            mime = detect_mime(data[:SNIFF_BYTES])
-            if not mime_allowed(mime, allowed_mime):
+            # Sniffing costs more than hashing a small file: only an allow-list needs it now;
+            # otherwise the type is found when the content is first read.
+            mime = detect_mime(data[:SNIFF_BYTES]) if allowed_mime else None
+            if mime is not None and not mime_allowed(mime, allowed_mime):
                 outcome[name] = UploadStatus.UNSUPPORTED_TYPE
                 continue
             good.append((name, data, mime))

@@ -48,7 +48,8 @@ def test_each_part_is_judged_on_its_own(backend_api: Api) -> None:
     ]
     with backend_api.http() as c:
         assert c.get(f"/content/{sha(good)}").content == good
-        assert c.get(f"/content/{sha(other)}").content == b""
+        empty = c.get(f"/content/{sha(other)}")
+        assert (empty.content, empty.headers["content-type"]) == (b"", "application/x-empty")  # sniffed on read
         assert c.get(f"/content/{sha(corrupt)}").status_code == 404
         assert c.get(f"/get_file/{sha(corrupt)}").json()["has_file_content"] is False
         assert c.get(f"/get_file/{sha(good)}").json()["has_file_content"] is True

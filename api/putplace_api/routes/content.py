@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
 from putplace_api.errors import BadRequest, NotFound, RangeNotSatisfiable, UnsupportedMediaType
 from putplace_api.formdata import all_fields, file_field
+from putplace_api.mime import SNIFF_BYTES, detect_mime
 from putplace_api.uploads import receive_batch, receive_content
 from putplace_client.models import BatchUploadResponse, UploadResponse
 
@@ -118,9 +119,13 @@ async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: 
     headers["Content-Length"] = str(end - start)
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    mime = content.mime_type
+    if mime is None:  # batch uploads skip sniffing when no allow-list needs it: sniff on first read
+        head = b"".join([chunk async for chunk in state.storage.read(sha256, 0, min(size, SNIFF_BYTES))])
+        mime = detect_mime(head)
     return StreamingResponse(
         state.storage.read(sha256, start, end),
         status_code=206 if span is not None else 200,
-        media_type=content.mime_type or "application/octet-stream",
+        media_type=mime,
         headers=headers,
     )

@@ -7,12 +7,13 @@ older than an hour are swept at start-up (a younger one may belong to another wo
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,28 +28,24 @@ READ_CHUNK = 1024 * 1024
 STALE_TEMP_SECONDS = 3600
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syncfs = getattr(_libc, "syncfs", None)
+# fsyncs of a batch run side by side: the filesystem folds them into a few journal commits,
+# and unlike syncfs(2) they never wait for other programs' dirty data.
+_FLUSHERS = ThreadPoolExecutor(16, thread_name_prefix="putplace-fsync")
 
 
-def _sync_filesystem(anchor: Path, paths: Sequence[Path]) -> None:
-    """Make ``paths`` (files or directories) durable: one syncfs(2) of the filesystem that holds
-    ``anchor`` where Linux has it (one journal commit for a whole batch), else an fsync each."""
-    if _syncfs is not None:
-        fd = os.open(anchor, os.O_RDONLY)
-        try:
-            if _syncfs(fd) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code))
-        finally:
-            os.close(fd)
-        return
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(temp: Path, data: bytes, fsync: bool) -> None:
+    with open(temp, "xb") as f:
+        f.write(data)
+        if fsync:
+            os.fsync(f.fileno())
 
 
 def _translate(exc: OSError) -> Exception:
@@ -169,22 +166,18 @@ class LocalStorage:
         return w
 
     def _put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        # One flush for the whole batch instead of two fsyncs per object: write every temp
-        # file, make them durable together, rename them into place, make the renames durable.
-        temps: list[tuple[Path, Path]] = []
+        # The single-upload order, for a whole batch at once: every temp file written and
+        # fsynced, then renamed into place, then every directory that gained a name fsynced.
+        temps = [(self._tmp / f"{sha256}.{uuid.uuid4().hex}", self._path(sha256)) for sha256, _ in items]
         try:
-            for sha256, data in items:
-                temp = self._tmp / f"{sha256}.{uuid.uuid4().hex}"
-                with open(temp, "xb") as f:
-                    f.write(data)
-                temps.append((temp, self._path(sha256)))
-            if self._fsync:
-                _sync_filesystem(self._tmp, [t for t, _ in temps])
+            list(_FLUSHERS.map(_write_durably, [t for t, _ in temps], [d for _, d in items], repeat(self._fsync)))
+            parents = {final.parent for _, final in temps}
+            for parent in parents:
+                parent.mkdir(parents=True, exist_ok=True)
             for temp, final in temps:
-                final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(temp, final)
             if self._fsync:
-                _sync_filesystem(self.root, sorted({final.parent for _, final in temps}))
+                list(_FLUSHERS.map(_fsync_path, parents))
         except BaseException:
             for temp, _ in temps:
                 temp.unlink(missing_ok=True)
