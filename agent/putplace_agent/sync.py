@@ -95,8 +95,10 @@ class Agent:
         self._deleting: set[bytes] = set()
         self._event_time: dict[bytes, float] = {}
         self._changing: dict[bytes, int] = {}
+        self._once = False
         self._queued_at: dict[bytes, float] = {}  # when a watch event last queued the path for hashing
         self._deferred: set[bytes] = set()
+        self._timers = 0  # owed looks waiting on a timer (counted in _outstanding too)
         self._reported: set[str] = set()
         # One upload per content: other paths with the same sha wait for it (a batch often has copies).
         self._content: dict[str, asyncio.Future[bool]] = {}
@@ -112,6 +114,7 @@ class Agent:
     # -- running ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, once: bool) -> None:
         """Sync until done (``once``) or until ``stop`` is set, then drain for a while."""
+        self._once = once
         try:
             async with asyncio.TaskGroup() as group:
                 workers = [group.create_task(self._hasher()) for _ in range(self.settings.hash_workers)]
@@ -144,9 +147,12 @@ class Agent:
         if once or self._idle.is_set():
             return
         log.info("stopping: letting in-flight work finish for up to %.0f s", self.settings.drain_seconds)
-        try:
-            await asyncio.wait_for(self._idle.wait(), self.settings.drain_seconds)
-        except TimeoutError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_seconds
+        # Looks scheduled for later (a file that kept changing) are not in flight: no waiting for them.
+        while self._outstanding > self._timers and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._outstanding:
             log.info("stopping with work still pending; it stays in the index for the next start")
 
     @staticmethod
@@ -348,11 +354,11 @@ class Agent:
             if key not in self._deferred:
                 self._deferred.add(key)
                 self._begin(1)
+                self._timers += 1
 
                 def again() -> None:
                     self._deferred.discard(key)
-                    self._end()
-                    asyncio.ensure_future(self.on_changes({os.fsdecode(key)}, time.monotonic()))
+                    self._look_again(key)
 
                 asyncio.get_running_loop().call_later(last + REHASH_SECONDS - now, again)
             return True
@@ -422,17 +428,25 @@ class Agent:
 
     def _look_again_later(self, path: bytes) -> None:
         tries = self._changing.get(path, 0)
+        if self._once and tries >= len(CHANGING_RETRY_SECONDS):  # never still: this pass fails it
+            self._report_once("changing", os.fsdecode(path), "it kept changing while it was hashed")
+            return
         self._changing[path] = tries + 1
         delay = CHANGING_RETRY_SECONDS[min(tries, len(CHANGING_RETRY_SECONDS) - 1)]
         self.tally.add_error("changed_while_hashing", failed=False)
         log.info("%s changed while it was hashed; looking again in %.0f s", os.fsdecode(path), delay)
         self._begin(1)  # owed until the second look: --once waits for it
+        self._timers += 1
 
-        def again() -> None:
-            self._end()
-            asyncio.ensure_future(self.on_changes({os.fsdecode(path)}, time.monotonic()))
+        asyncio.get_running_loop().call_later(delay, self._look_again, path)
 
-        asyncio.get_running_loop().call_later(delay, again)
+    def _look_again(self, path: bytes) -> None:
+        """Take an owed look (``_begin``), settling the debt only once the look has queued its work
+        (the look's first step runs first): the other way round the agent is idle in between, and
+        ``--once`` ends without the file. Not after the look is done: that may wait for room."""
+        self._timers -= 1
+        asyncio.ensure_future(self.on_changes({os.fsdecode(path)}, time.monotonic()))
+        asyncio.get_running_loop().call_soon(self._end)
 
     # -- announcing ------------------------------------------------------------------------
     async def _gather(self, queue: asyncio.Queue[Entry], max_items: int, max_bytes: int | None = None) -> list[Entry]:
@@ -595,19 +609,51 @@ class Agent:
             out.append(data if same else None)
         return out
 
+    def _in_flight(self, sha256: str) -> asyncio.Future[bool] | None:
+        """The upload of this content another task is doing (or did successfully), if any."""
+        future = self._content.get(sha256)
+        return future if future is not None and (not future.done() or future.result()) else None
+
+    def _claim(self, sha256: str) -> asyncio.Future[bool]:
+        """Say this task uploads ``sha256``; others with the same content wait for its result."""
+        if len(self._content) > 10_000:  # remember recent contents only
+            for sha in [s for s, f in self._content.items() if f.done()][:5_000]:
+                del self._content[sha]
+        future = self._content[sha256] = asyncio.get_running_loop().create_future()
+        return future
+
     async def _upload_bundle(self, batch: list[Entry]) -> None:
         loop = asyncio.get_running_loop()
         contents = await loop.run_in_executor(None, self._read_small, batch)
         parts: dict[str, bytes] = {}
         ready: list[Entry] = []
+        followers: list[tuple[Entry, asyncio.Future[bool]]] = []
         for e, data in zip(batch, contents, strict=True):
             if data is None:  # changed or gone since it was hashed: look again
                 await self.on_changes({os.fsdecode(e.path)}, time.monotonic())
+            elif e.sha256 not in parts and (other := self._in_flight(e.sha256)) is not None:
+                followers.append((e, other))  # another bundle or upload carries this content
             else:
                 parts.setdefault(e.sha256, data)
                 ready.append(e)
-        if not parts:
-            return
+        claims = {sha: self._claim(sha) for sha in parts}
+        try:
+            if parts:
+                await self._send_bundle(parts, ready)
+        finally:
+            for future in claims.values():
+                if not future.done():
+                    future.set_result(False)
+        for e, other in followers:
+            if await asyncio.shield(other):
+                if self.index.advance([e], State.UPLOAD, State.SYNCED)[0]:
+                    self.tally.add_deduplicated(e.size)
+                    self._caught_up(e.path)
+            else:  # that upload failed: this path tries on its own
+                self._begin(1)
+                self._upload_q.put_nowait(e)
+
+    async def _send_bundle(self, parts: dict[str, bytes], ready: list[Entry]) -> None:
         try:
             results = await call_with_retry(
                 self.settings.retry_for_seconds, lambda: self.client.upload_many(list(parts.items()))
@@ -624,6 +670,10 @@ class Agent:
                     self._upload_q.put_nowait(e)
             return
         status = {r.sha256: r.status for r in results}
+        for sha, result in status.items():
+            future = self._content.get(sha)
+            if future is not None and not future.done():
+                future.set_result(result in (UploadStatus.UPLOADED, UploadStatus.EXISTS))
         counted: set[str] = set()
         done: list[Entry] = []
         for e in ready:
@@ -650,17 +700,14 @@ class Agent:
             self._caught_up(e.path)
 
     async def _upload(self, e: Entry) -> None:
-        pending = self._content.get(e.sha256)
-        if pending is not None and (not pending.done() or pending.result()):
+        pending = self._in_flight(e.sha256)
+        if pending is not None:
             if await asyncio.shield(pending):  # the same content went up for another path
                 if self.index.advance([e], State.UPLOAD, State.SYNCED)[0]:
                     self.tally.add_deduplicated(e.size)
                     self._caught_up(e.path)
                 return
-        future = self._content[e.sha256] = asyncio.get_running_loop().create_future()
-        if len(self._content) > 10_000:  # remember recent contents only
-            for sha in [s for s, f in self._content.items() if f.done()][:5_000]:
-                del self._content[sha]
+        future = self._claim(e.sha256)
         uploaded = False
         try:
             uploaded = await self._upload_content(e)

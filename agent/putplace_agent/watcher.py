@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 DEBOUNCE_MS = 200
 STEP_MS = 50
 POLL_DELAY_MS = 2000  # a polled tree is walked whole each time: keep it cheap
+RESTART_SECONDS = 10.0  # after an unexpected watch error
 
 
 def _is_watch_limit(exc: Exception) -> bool:
@@ -77,4 +78,15 @@ async def watch_tree(
                 log.warning("cannot watch all of %s (%s); changes there are found by rescans only", root, exc)
                 lenient = True
             else:
-                raise
+                await _pause_after_error(root, exc, stop)
+        except Exception as exc:  # e.g. an ExceptionGroup from a polled tree: never fatal to the agent
+            await _pause_after_error(root, exc, stop)
+
+
+async def _pause_after_error(root: str, exc: BaseException, stop: asyncio.Event) -> None:
+    ERRORS.labels("watch").inc()
+    log.warning("watching %s failed (%s); watching again in %.0f s, rescans go on", root, exc, RESTART_SECONDS)
+    try:
+        await asyncio.wait_for(stop.wait(), RESTART_SECONDS)
+    except TimeoutError:
+        pass
