@@ -1,9 +1,10 @@
-"""Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3).
+"""Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3),
+and a Kubernetes control plane with kwok fake nodes (kube).
 
 One mechanism, three entry points:
 
 - the pytest plugin ``tests.servers.fixtures`` (fixtures ``mongodb_url``, ``seaweedfs``,
-  ``minio``), registered for the whole suite by ``tests/conftest.py``;
+  ``minio``, ``kube``), registered for the whole suite by ``tests/conftest.py``;
 - the command line ``python -m tests.servers install|start|stop|env [NAME...]``;
 - this API: ``SERVERS[name].install()`` and ``SERVERS[name].start(workdir)``.
 
@@ -17,8 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import ferretdb, minio, seaweedfs
+from . import ferretdb, kube, minio, seaweedfs
 from .base import Server, ServerError, cache_dir
+from .kube import KubeCluster
 from .s3 import S3Server
 
 
@@ -41,6 +43,7 @@ SERVERS: dict[str, ServerModule] = {
     "ferretdb": _spec(ferretdb),
     "seaweedfs": _spec(seaweedfs),
     "minio": _spec(minio),
+    "kube": _spec(kube),
 }
 
 
@@ -54,4 +57,4 @@ def select(names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["SERVERS", "S3Server", "Server", "ServerError", "ServerModule", "cache_dir", "select"]
+__all__ = ["SERVERS", "KubeCluster", "S3Server", "Server", "ServerError", "ServerModule", "cache_dir", "select"]

@@ -21,31 +21,41 @@ from pathlib import Path
 from typing import Any
 
 from . import SERVERS, select
-from .base import Process, ServerError, make_workdir, run_dir, scratch_root
+from .base import Process, ServerError, make_workdir, run_dir, scratch_root, stop_all
 
 
 def _state_file(name: str) -> Path:
     return run_dir() / f"{name}.json"
 
 
-def _load(name: str) -> tuple[Process, dict[str, Any]] | None:
-    """The detached server ``name`` if it is still running (stale state is removed)."""
-    path = _state_file(name)
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    process = Process(
+def _process(name: str, state: dict[str, Any]) -> Process:
+    return Process(
         name,
         int(state["pid"]),
         state["executable"],
         Path(state["log"]),
         float(state.get("grace", 10.0)),
     )
-    if not process.alive():
+
+
+def _load(name: str) -> tuple[list[Process], dict[str, Any]] | None:
+    """The processes of detached server ``name`` if all are still running.
+
+    Stale state is removed; when only some processes of a multi-process server (kube) are left,
+    those are stopped first.
+    """
+    path = _state_file(name)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    processes = [_process(name, state)]
+    processes += [_process(extra["name"], extra) for extra in state.get("extra", [])]
+    if not all(process.alive() for process in processes):
+        stop_all(processes)
         _forget(name, state)
         return None
-    return process, state
+    return processes, state
 
 
 def _forget(name: str, state: dict[str, Any]) -> None:
@@ -86,6 +96,16 @@ def cmd_start(names: list[str]) -> int:
                 "grace": server.process.stop_grace,
                 "workdir": str(workdir),
                 "env": server.env,
+                "extra": [
+                    {
+                        "name": extra.name,
+                        "pid": extra.pid,
+                        "executable": extra.executable,
+                        "log": str(extra.log_path),
+                        "grace": extra.stop_grace,
+                    }
+                    for extra in server.extra
+                ],
             }
             _state_file(name).write_text(json.dumps(state, indent=2) + "\n")
             print(f"started {name} (pid {server.process.pid}, log {log})", file=sys.stderr)
@@ -113,10 +133,10 @@ def cmd_stop(names: list[str]) -> int:
         running = _load(name)
         if running is None:
             continue
-        process, state = running
-        process.stop()
+        processes, state = running
+        stop_all(processes)
         _forget(name, state)
-        print(f"stopped {name} (pid {process.pid})", file=sys.stderr)
+        print(f"stopped {name} (pid {', '.join(str(p.pid) for p in processes)})", file=sys.stderr)
     return 0
 
 

@@ -80,6 +80,8 @@ def go_build(
     package: str,
     binary: str,
     tags: Iterable[str] = (),
+    ldflags: Iterable[str] = (),
+    replace: Mapping[str, str] | None = None,
     prepare: Callable[[Path, Mapping[str, str]], None] | None = None,
     minutes: str = "a few",
 ) -> Path:
@@ -87,10 +89,13 @@ def go_build(
 
     Skips everything when the binary already exists. Uses a throwaway main module under
     ``build/<name>-<version>/`` (``go install pkg@version`` does not work with this machine's
-    proxy), GOTOOLCHAIN=local and CGO_ENABLED=0. ``prepare(build_dir, env)`` runs after
-    ``go get`` and before ``go build`` (e.g. to patch the source through a ``replace``).
-    The binary is written under a temporary name and renamed, so an interrupted build never
-    looks installed.
+    proxy), GOTOOLCHAIN=local and CGO_ENABLED=0. ``replace`` (module -> module@version or
+    path) goes into that go.mod before ``go get`` (Kubernetes: its staging modules).
+    ``prepare(build_dir, env)`` runs after ``go get`` and before ``go build`` (e.g. to patch the
+    source through a ``replace``). ``ldflags`` are added after ``-s -w`` (e.g. ``-X`` version
+    stamps). Several binaries may share one ``name``/``version`` (one build module, one bin dir).
+    While a Go command runs, a progress line is printed every minute. The binary is written
+    under a temporary name and renamed, so an interrupted build never looks installed.
     """
     target = bin_dir(name, version) / binary
     if target.is_file():
@@ -106,35 +111,46 @@ def go_build(
     target.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
     log = build / "build.log"
-    progress(f"building {name} {version} with Go: {minutes} minutes on a cold Go cache; log: {log}")
+    progress(f"building {binary} {version} with Go: {minutes} minutes on a cold Go cache; log: {log}")
     started = time.monotonic()
     with log.open("a") as out:
 
         def go_cmd(*args: str) -> None:
             out.write(f"$ go {' '.join(args)}\n")
             out.flush()
-            result = subprocess.run(
+            step_started = time.monotonic()
+            with subprocess.Popen(
                 [go, *args],
                 cwd=build,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                check=False,
-            )
-            if result.returncode != 0:
+            ) as child:
+                while True:
+                    try:
+                        code = child.wait(timeout=60)
+                        break
+                    except subprocess.TimeoutExpired:
+                        minutes_so_far = (time.monotonic() - step_started) / 60
+                        progress(f"  still at `go {args[0]}` for {binary}: {minutes_so_far:.0f} min so far")
+                    except BaseException:
+                        child.kill()
+                        raise
+            if code != 0:
                 raise ServerError(
-                    f"building {name} failed at `go {' '.join(args)}` (exit {result.returncode}); "
-                    f"last log lines: {tail(log, 8)}"
+                    f"building {name} failed at `go {' '.join(args)}` (exit {code}); last log lines: {tail(log, 8)}"
                 )
 
         if not (build / "go.mod").is_file():
             go_cmd("mod", "init", f"local/{name}-build")
+        if replace:
+            go_cmd("mod", "edit", *(f"-replace={old}={new}" for old, new in replace.items()))
         go_cmd("get", f"{module}@{module_version}")
         if prepare is not None:
             prepare(build, env)
         partial = target.with_name(f".{binary}.partial")
-        flags = ["-trimpath", "-ldflags", "-s -w"]
+        flags = ["-trimpath", "-ldflags", " ".join(["-s", "-w", *ldflags])]
         if tags:
             flags += ["-tags", ",".join(tags)]
         go_cmd("build", *flags, "-o", str(partial), package)
@@ -314,15 +330,26 @@ class Process:
 
 @dataclass
 class Server:
-    """A running server: its process, its data dir and the PUTPLACE_TEST_* variables for it."""
+    """A running server: its process, its data dir and the PUTPLACE_TEST_* variables for it.
+
+    A server made of several processes (the Kubernetes control plane) lists the ones started
+    after ``process`` in ``extra``; they are stopped first, in reverse order.
+    """
 
     name: str
     process: Process
     workdir: Path
     env: dict[str, str]
+    extra: list[Process] = field(default_factory=list)
 
     def stop(self) -> None:
-        self.process.stop()
+        stop_all([self.process, *self.extra])
+
+
+def stop_all(processes: Iterable[Process]) -> None:
+    """Stop processes in reverse start order (dependants before what they depend on)."""
+    for process in reversed(list(processes)):
+        process.stop()
 
 
 def make_workdir(name: str, parent: Path | None = None) -> Path:

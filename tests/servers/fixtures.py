@@ -3,6 +3,8 @@
 - ``mongodb_url`` (str): ``mongodb://127.0.0.1:PORT/`` of a FerretDB (SQLite backend).
 - ``seaweedfs`` / ``minio`` (``S3Server``): endpoint_url, access_key, secret_key, region, plus
   ``client()`` (boto3) and ``create_bucket(prefix)`` for a fresh, uniquely named bucket.
+- ``kube`` (``KubeCluster``): a Kubernetes control plane with two kwok fake nodes: kubeconfig,
+  server, plus ``kubectl(...)``, ``apply(*objects)``, ``get(...)`` and ``env()``.
 
 A server starts only when a test first asks for its fixture and stops at the end of the session.
 When the matching PUTPLACE_TEST_* variable is set (``python -m tests.servers start`` prints
@@ -24,6 +26,7 @@ import pytest
 from . import SERVERS
 from .base import Server, ServerError, make_workdir
 from .ferretdb import ENV_URL
+from .kube import KubeCluster
 from .s3 import S3Server
 
 T = TypeVar("T")
@@ -96,3 +99,16 @@ def seaweedfs(request: pytest.FixtureRequest) -> Iterator[S3Server]:
 def minio(request: pytest.FixtureRequest) -> Iterator[S3Server]:
     """A MinIO S3 endpoint, or the one in $PUTPLACE_TEST_MINIO_*."""
     yield from _s3(request, "minio")
+
+
+@pytest.fixture(scope="session")
+def kube(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
+    """A Kubernetes control plane with kwok fake nodes, or the one in $PUTPLACE_TEST_KUBECONFIG."""
+    reused = _or_fail("kube", lambda: KubeCluster.from_env(os.environ))
+    if reused is not None:
+        yield reused
+        return
+    with _running(request, "kube") as server:
+        started = KubeCluster.from_env(server.env)
+        assert started is not None  # start() always returns PUTPLACE_TEST_KUBECONFIG
+        yield started
