@@ -21,7 +21,7 @@ from putplace_api import metrics
 from putplace_api.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
 from putplace_api.storage.base import ContentStorage
-from putplace_api.store.base import MetadataStore
+from putplace_api.store.base import MetadataStore, StoredContent
 from putplace_client.models import BatchUploadItem, UploadStatus, is_sha256
 
 __all__ = ["UploadResult", "receive_batch", "receive_content", "WRITE_BLOCK"]
@@ -188,10 +188,10 @@ async def receive_batch(
     verified = await anyio.to_thread.run_sync(verify)
     if verified:
         await storage.put_many([(name, data) for name, data, _ in verified])
-        now = datetime.now(UTC)
-        async with anyio.create_task_group() as marks:  # side by side: the store commits them as a group
-            for name, data, mime in verified:
-                marks.start_soon(store.mark_stored, name, len(data), mime, storage.location(name), now)
+        await store.mark_stored_many(
+            [StoredContent(name, len(data), mime, storage.location(name)) for name, data, mime in verified],
+            datetime.now(UTC),
+        )
         metrics.UPLOADED_BYTES.inc(sum(len(data) for _, data, _ in verified))
     for status in outcome.values():
         metrics.UPLOADS.labels(_METRIC_OUTCOME.get(status, status.value)).inc()

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.store.base import FileQuery, KeyRow, MetadataStore, is_object_id
+from putplace_api.store.base import FileQuery, KeyRow, MetadataStore, StoredContent, is_object_id
 from putplace_api.store.mongo import MongoStore
 from putplace_api.store.sqlite import SqliteStore
 from putplace_client.models import FileMetadata
@@ -326,6 +326,24 @@ async def test_content_created_unstored_then_mark_stored(store: MetadataStore) -
     # Stored without ever being announced: the record is created.
     direct = await store.mark_stored(sha("direct"), 5, None, "x/y", at(11))
     assert direct.first_seen_at == at(11) and direct.stored_at == at(11) and direct.stored is True
+
+
+async def test_mark_stored_many(store: MetadataStore) -> None:
+    announced = meta("/batch/a", content="announced", size=9)
+    await store.put_files([announced], T0)
+    await store.mark_stored(sha("earlier"), 7, None, "e", at(1))
+    items = [
+        StoredContent(announced.sha256, 9, None, "a/path"),
+        StoredContent(sha("earlier"), 7, "text/plain", "e2"),
+        StoredContent(sha("never announced"), 3, None, "n"),
+    ]
+    await store.mark_stored_many(items, at(5))
+    rows = await store.contents({i.sha256 for i in items})
+    assert {s: (r.stored, r.size, r.storage_path) for s, r in rows.items()} == {
+        i.sha256: (True, i.size, i.storage_path) for i in items
+    }
+    assert rows[announced.sha256].first_seen_at == T0 and rows[announced.sha256].stored_at == at(5)
+    assert rows[sha("earlier")].stored_at == at(1)  # the first upload keeps stored_at
 
 
 async def test_contents_in_one_call(store: MetadataStore) -> None:

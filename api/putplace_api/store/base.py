@@ -16,6 +16,7 @@ from typing import Protocol
 from putplace_client.models import FileMetadata
 
 __all__ = [
+    "StoredContent",
     "FILE_FIELDS",
     "ContentRow",
     "FileRow",
@@ -30,6 +31,16 @@ __all__ = [
 
 # The client-owned fields of a file record, in wire order.
 FILE_FIELDS: tuple[str, ...] = tuple(FileMetadata.model_fields)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredContent:
+    """One content a batch upload has just stored."""
+
+    sha256: str
+    size: int
+    mime_type: str | None
+    storage_path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,9 @@ class MetadataStore(Protocol):
     async def mark_stored(
         self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime
     ) -> ContentRow: ...
+
+    async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
+        """``mark_stored`` for a batch of contents, in as few round trips as the backend allows."""
 
     async def stats(self) -> StatsRow: ...
 

@@ -81,6 +81,7 @@ from putplace_api.store.base import (
     KeyRow,
     PutResult,
     StatsRow,
+    StoredContent,
     TokenGrant,
     gcra,
     new_id,
@@ -570,6 +571,10 @@ class MongoStore:
             )
         assert doc is not None  # content records are never deleted
         return _content_row(doc)
+
+    async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
+        # Each one is a compare-and-set (FerretDB v1 has no atomic multi-document update): side by side.
+        await asyncio.gather(*(self.mark_stored(i.sha256, i.size, i.mime_type, i.storage_path, now) for i in items))
 
     async def stats(self) -> StatsRow:
         # One $sum per $group: FerretDB v1 answers 0 for a second accumulator in a stage.

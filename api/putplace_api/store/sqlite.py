@@ -30,6 +30,7 @@ from putplace_api.store.base import (
     KeyRow,
     PutResult,
     StatsRow,
+    StoredContent,
     TokenGrant,
     gcra,
     new_id,
@@ -420,6 +421,19 @@ class SqliteStore:
                 return self._contents(c, {sha256})[sha256]
 
         return await self._run(run)
+
+    async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
+        def run() -> None:
+            with self._write() as c:
+                c.executemany(
+                    "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path) "
+                    "VALUES (?, ?, 1, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+                    "size = excluded.size, stored = 1, stored_at = COALESCE(stored_at, excluded.stored_at), "
+                    "mime_type = excluded.mime_type, storage_path = excluded.storage_path",
+                    [(i.sha256, i.size, now.timestamp(), now.timestamp(), i.mime_type, i.storage_path) for i in items],
+                )
+
+        await self._run(run)
 
     async def stats(self) -> StatsRow:
         def run() -> StatsRow:
