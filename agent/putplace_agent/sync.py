@@ -199,7 +199,9 @@ class Agent:
         self.tally.add_error(kind, failed=failed)
         if path not in self._reported:
             self._reported.add(path)
-            log.warning("%s: %s: %s", kind, path, exc)
+            # An OSError's text repeats the path: its strerror says the same once.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            log.warning("%s: %s: %s", kind, path, reason)
 
     def _unexpected(self) -> None:
         """A bug, not a condition: keep syncing everything else; the work stays owed in the index."""
