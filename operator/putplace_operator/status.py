@@ -1,0 +1,79 @@
+"""The conditions of a PutPlaceInstance, in one place: Ready, Progressing, Degraded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["instance_status"]
+
+
+def _condition(kind: str, status: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A condition's lastTransitionTime moves only when its status does."""
+    before = {c.get("type"): c for c in old}
+    for c in new:
+        prior = before.get(c["type"])
+        if prior is not None and prior.get("status") == c["status"] and prior.get("lastTransitionTime"):
+            c["lastTransitionTime"] = prior["lastTransitionTime"]
+    return new
+
+
+def _observed(child: dict[str, Any] | None) -> bool:
+    """Whether the child's controller has looked at its current spec (else its status is stale or empty)."""
+    if child is None:
+        return False
+    seen = (child.get("status") or {}).get("observedGeneration")
+    return seen is not None and seen >= (child.get("metadata") or {}).get("generation", 0)
+
+
+def instance_status(
+    *,
+    generation: int,
+    endpoint: str,
+    deployment: dict[str, Any] | None,
+    daemon_set: dict[str, Any] | None,
+    agents_enabled: bool,
+    error: str | None,
+    previous: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Status from what the children report (``None`` = not there yet)."""
+    dep = (deployment or {}).get("status") or {}
+    want = ((deployment or {}).get("spec") or {}).get("replicas", 0)
+    ready = dep.get("readyReplicas") or 0
+    ds = (daemon_set or {}).get("status") or {}
+    agents_desired = ds.get("desiredNumberScheduled") or 0
+    agents_ready = ds.get("numberReady") or 0
+    api_ready = _observed(deployment) and want > 0 and ready >= want
+    agents_ok = not agents_enabled or (_observed(daemon_set) and agents_ready >= agents_desired)
+    is_ready = api_ready and agents_ok and error is None
+    if error is not None:
+        reason, message = "ReconcileFailed", error
+    elif is_ready:
+        reason, message = "Available", f"{ready}/{want} API replicas and {agents_ready}/{agents_desired} agents ready"
+    else:
+        reason = "Progressing"
+        message = f"{ready}/{want} API replicas and {agents_ready}/{agents_desired} agents ready"
+    conditions = [
+        _condition("Ready", is_ready, reason, message, generation),
+        _condition("Progressing", not is_ready and error is None, reason, message, generation),
+        _condition("Degraded", error is not None, reason if error else "AsExpected", message, generation),
+    ]
+    return {
+        "observedGeneration": generation,
+        "endpoint": endpoint,
+        "readyReplicas": ready,
+        "agentsReady": agents_ready,
+        "agentsDesired": agents_desired,
+        "conditions": _keep_transition_times(conditions, previous),
+    }
