@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from putplace_agent import metrics
 from putplace_agent.hasher import BLOCK, FileChanged, NotCatalogued, hash_file
@@ -117,11 +118,16 @@ class Agent:
         self._once = once
         try:
             async with asyncio.TaskGroup() as group:
-                workers = [group.create_task(self._hasher()) for _ in range(self.settings.hash_workers)]
-                workers += [group.create_task(self._announcer()) for _ in range(ANNOUNCERS)]
-                workers += [group.create_task(self._uploader()) for _ in range(self.settings.upload_concurrency)]
-                workers += [group.create_task(self._bundler()) for _ in range(BUNDLERS)]
-                workers += [group.create_task(self._deleter()) for _ in range(DELETERS)]
+                announce = partial(self._gather, self._announce_q, self.settings.batch_size)
+                bundle = partial(self._gather, self._bundle_q, BUNDLE_FILES, BUNDLE_BYTES)
+                stages: list[tuple[int, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]]] = [
+                    (self.settings.hash_workers, self._hash_q.get, self._hash_batch),
+                    (ANNOUNCERS, announce, self._announce),
+                    (self.settings.upload_concurrency, self._upload_q.get, self._upload),
+                    (BUNDLERS, bundle, self._upload_bundle),
+                    (DELETERS, self._delete_q.get, self._delete),
+                ]
+                workers = [group.create_task(self._work(take, handle)) for n, take, handle in stages for _ in range(n)]
                 await self._produce(stop, once=once)
                 await self._drain(once=once)
                 for task in workers:
@@ -216,41 +222,18 @@ class Agent:
         if started is not None:
             metrics.CHANGE_LATENCY.observe(time.monotonic() - started)
 
-    async def _hasher(self) -> None:
+    async def _work(self, take: Callable[[], Awaitable[Any]], handle: Callable[[Any], Awaitable[None]]) -> None:
+        """One worker of a stage: take an item (a list counts as its length), handle it, settle its debt."""
         while True:
-            batch = await self._hash_q.get()
+            item = await take()
             try:
-                await self._hash_batch(batch)
+                await handle(item)
             except Fatal:
                 raise
             except Exception:
                 self._unexpected()
             finally:
-                self._end(len(batch))
-
-    async def _uploader(self) -> None:
-        while True:
-            entry = await self._upload_q.get()
-            try:
-                await self._upload(entry)
-            except Fatal:
-                raise
-            except Exception:
-                self._unexpected()
-            finally:
-                self._end()
-
-    async def _deleter(self) -> None:
-        while True:
-            path = await self._delete_q.get()
-            try:
-                await self._delete(path)
-            except Fatal:
-                raise
-            except Exception:
-                self._unexpected()
-            finally:
-                self._end()
+                self._end(len(item) if isinstance(item, list) else 1)
 
     # -- finding changes -------------------------------------------------------------------
     async def scan_all(self) -> None:
@@ -471,18 +454,6 @@ class Agent:
             total += batch[-1].size
         return batch
 
-    async def _announcer(self) -> None:
-        while True:
-            batch = await self._gather(self._announce_q, self.settings.batch_size)
-            try:
-                await self._announce(batch)
-            except Fatal:
-                raise
-            except Exception:
-                self._unexpected()
-            finally:
-                self._end(len(batch))
-
     def _metadata(self, e: Entry) -> FileMetadata:
         return FileMetadata(
             filepath=self._catalogue_path(e.path),
@@ -578,18 +549,6 @@ class Agent:
         # Small contents go many to a request: one HTTP round trip and one storage flush per
         # bundle instead of per file, which is what makes a first sync of many small files fast.
         (self._bundle_q if e.size <= BUNDLE_FILE_BYTES else self._upload_q).put_nowait(e)
-
-    async def _bundler(self) -> None:
-        while True:
-            batch = await self._gather(self._bundle_q, BUNDLE_FILES, BUNDLE_BYTES)
-            try:
-                await self._upload_bundle(batch)
-            except Fatal:
-                raise
-            except Exception:
-                self._unexpected()
-            finally:
-                self._end(len(batch))
 
     @staticmethod
     def _read_small(batch: list[Entry]) -> list[bytes | None]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.agent.conftest import wait_until
 from tests.servers.base import free_ports
 from tests.test_readme import _commands
+from tests.waiting import wait_until
 
 
 def test_the_readme_run_command_syncs_a_folder_continuously(tmp_path: Path) -> None:

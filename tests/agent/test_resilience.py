@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from putplace_agent.hasher import FileChanged, hash_file
-from tests.agent.conftest import Agent, ApiProcess, summary_of, wait_until
+from tests.agent.conftest import Agent, ApiProcess, summary_of
 from tests.servers.base import scratch_root
+from tests.waiting import wait_until
 
 NOBODY = 65534
 MIB = 1024 * 1024

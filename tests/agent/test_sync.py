@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.agent.conftest import Agent, ApiProcess, wait_until
+from tests.agent.conftest import Agent, ApiProcess
+from tests.waiting import wait_until
 
 TIMELY = 2.0  # seconds from a change on disk to the catalogue (the promise)
 

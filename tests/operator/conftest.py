@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from tests.servers import KubeCluster
-
-T = TypeVar("T")
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
 CRD_NAMES = ("putplaceinstances.putplace.io", "apikeys.putplace.io")
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what} not reached within {timeout:.0f} s")
-        time.sleep(0.25)
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +22,7 @@ def crds(kube: KubeCluster) -> KubeCluster:
     kube.kubectl("apply", "-f", str(CRD_DIR))
     kube.kubectl("wait", "--for=condition=Established", *(f"crd/{name}" for name in CRD_NAMES), "--timeout=60s")
     resources = ",".join(CRD_NAMES)  # discovery has caught up once kubectl resolves the names
-    eventually(
+    wait_until(
         lambda: kube.kubectl("get", resources, "--all-namespaces", check=False).returncode == 0,
         what=f"{resources} served",
     )

@@ -16,8 +16,9 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]; no stubs installed
 
 from tests.servers import KubeCluster
+from tests.waiting import wait_until
 
-from .conftest import CRD_DIR, CRD_NAMES, eventually
+from .conftest import CRD_DIR, CRD_NAMES
 
 GROUP = "putplace.io"
 API_VERSION = f"{GROUP}/v1alpha1"
@@ -450,7 +451,7 @@ def test_explain_shows_descriptions(crds: KubeCluster) -> None:
         result = crds.kubectl("explain", field, check=False)
         return result.stdout if result.returncode == 0 else None
 
-    database = eventually(lambda: explain("ppi.spec.database"), what="kubectl explain ppi.spec.database")
+    database = wait_until(lambda: explain("ppi.spec.database"), what="kubectl explain ppi.spec.database")
     text = " ".join(database.split())  # explain wraps lines
     assert "FIELD: database <Object>" in text
     assert "Where the catalogue (file records, API keys) lives: exactly one of mongodb or sqlite" in text

@@ -15,8 +15,9 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from putplace_operator.manifests import Instance, Manifest, agent, api, children
-from tests.operator.conftest import CRD_DIR, eventually
+from tests.operator.conftest import CRD_DIR
 from tests.servers import KubeCluster
+from tests.waiting import wait_until
 
 EXAMPLES = CRD_DIR / "examples"
 
@@ -154,4 +155,4 @@ def test_production_children_run_on_fake_nodes(crds: KubeCluster, namespace: str
             and daemon_set.get("status", {}).get("numberReady") == nodes
         )
 
-    eventually(ready, timeout=60, what="3 API pods and one agent per node ready")
+    wait_until(ready, timeout=60, what="3 API pods and one agent per node ready")

@@ -11,8 +11,9 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from kopf.testing import KopfRunner
 
-from tests.operator.conftest import CRD_DIR, eventually
+from tests.operator.conftest import CRD_DIR
 from tests.servers import KubeCluster
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_an_instance_is_reconciled_to_ready_and_kept_so(
     def instance() -> dict[str, Any]:
         return dict(crds.get("ppi", "putplace-prod", "-n", namespace))
 
-    eventually(lambda: condition(instance(), "Ready") == "True", timeout=90, what="Ready")
+    wait_until(lambda: condition(instance(), "Ready") == "True", timeout=90, what="Ready")
     ready = instance()
     status = ready["status"]
     assert (status["readyReplicas"], status["agentsReady"], status["agentsDesired"]) == (3, nodes, nodes)
@@ -63,13 +64,13 @@ def test_an_instance_is_reconciled_to_ready_and_kept_so(
 
     # Drift: a child deleted by hand comes back; a field edited by hand is put back.
     crds.kubectl("delete", "service", "putplace-prod-api", "-n", namespace)
-    eventually(
+    wait_until(
         lambda: crds.kubectl("get", "service", "putplace-prod-api", "-n", namespace, check=False).returncode == 0,
         timeout=30,
         what="the deleted Service to come back",
     )
     crds.kubectl("scale", "deployment", "putplace-prod-api", "--replicas=1", "-n", namespace)
-    eventually(
+    wait_until(
         lambda: crds.get("deployment", "putplace-prod-api", "-n", namespace)["spec"]["replicas"] == 3,
         timeout=30,
         what="the scaled Deployment to be put back to 3 replicas",
@@ -85,7 +86,7 @@ def test_an_instance_is_reconciled_to_ready_and_kept_so(
         "patch", "ppi", "putplace-prod", "-n", namespace, "--type=merge",
         "-p", '{"spec": {"rateLimit": {"requestsPerSecond": 5, "burst": 10}}}',
     )  # fmt: skip
-    eventually(lambda: checksum() != before, timeout=30, what="the new configuration to roll out")
+    wait_until(lambda: checksum() != before, timeout=30, what="the new configuration to roll out")
     config = crds.get("configmap", "putplace-prod-api", "-n", namespace)["data"]
     assert (config["PUTPLACE_RATE_LIMIT"], config["PUTPLACE_RATE_LIMIT_BURST"]) == ("5", "10")
     secret = crds.get("secret", "putplace-prod-admin-key", "-n", namespace)
@@ -93,7 +94,7 @@ def test_an_instance_is_reconciled_to_ready_and_kept_so(
 
     # Deletion cascades to every child (the garbage collector follows the owner references).
     crds.kubectl("delete", "ppi", "putplace-prod", "-n", namespace, "--wait=true", "--timeout=60s")
-    eventually(
+    wait_until(
         lambda: crds.kubectl("get", "deployment,daemonset,service,configmap", "-n", namespace, "-l",
                              "app.kubernetes.io/instance=putplace-prod", "-o", "name").stdout.strip() == "",
         timeout=60,

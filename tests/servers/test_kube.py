@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.servers import KubeCluster
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{what} not reached within {timeout:.0f} s")
-        time.sleep(0.25)
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -73,7 +59,7 @@ def test_namespace_is_created_and_active(kube: KubeCluster, namespace: str) -> N
 
 def test_deployment_pods_run_on_fake_nodes(kube: KubeCluster, namespace: str) -> None:
     kube.apply(workload("Deployment", "web", replicas=2), namespace=namespace)
-    pods = eventually(lambda: running_pods(kube, namespace, "web", 2), what="2 Running pods of Deployment web")
+    pods = wait_until(lambda: running_pods(kube, namespace, "web", 2), what="2 Running pods of Deployment web")
     assert {p["spec"]["nodeName"] for p in pods} <= fake_nodes(kube)
     assert all(p["status"].get("podIP") for p in pods)
     kube.kubectl("rollout", "status", "deployment/web", f"--namespace={namespace}", "--timeout=60s")
@@ -84,7 +70,7 @@ def test_daemonset_runs_one_pod_per_fake_node(kube: KubeCluster, namespace: str)
     nodes = fake_nodes(kube)
     assert len(nodes) == 2
     kube.apply(workload("DaemonSet", "agent"), namespace=namespace)
-    pods = eventually(
+    pods = wait_until(
         lambda: running_pods(kube, namespace, "agent", len(nodes)), what="one Running DaemonSet pod per fake node"
     )
     assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(nodes)
