@@ -1,11 +1,11 @@
-"""The conditions of a PutPlaceInstance, in one place: Ready, Progressing, Degraded."""
+"""The conditions of PutPlaceInstance and ApiKey objects, in one place: Ready, Progressing, Degraded."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["instance_status"]
+__all__ = ["instance_status", "key_status"]
 
 
 def _condition(kind: str, status: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -64,16 +64,64 @@ def instance_status(
     else:
         reason = "Progressing"
         message = f"{ready}/{want} API replicas and {agents_ready}/{agents_desired} agents ready"
-    conditions = [
-        _condition("Ready", is_ready, reason, message, generation),
-        _condition("Progressing", not is_ready and error is None, reason, message, generation),
-        _condition("Degraded", error is not None, reason if error else "AsExpected", message, generation),
-    ]
     return {
         "observedGeneration": generation,
         "endpoint": endpoint,
         "readyReplicas": ready,
         "agentsReady": agents_ready,
         "agentsDesired": agents_desired,
-        "conditions": _keep_transition_times(conditions, previous),
-    }
+        "conditions": _conditions(
+            ready=is_ready, degraded=error is not None, reason=reason, message=message,
+            generation=generation, previous=previous,
+        ),
+    }  # fmt: skip
+
+
+def _conditions(
+    *, ready: bool, degraded: bool, reason: str, message: str, generation: int, previous: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Ready, Progressing (neither ready nor failed: still on its way) and Degraded."""
+    conditions = [
+        _condition("Ready", ready, reason, message, generation),
+        _condition("Progressing", not ready and not degraded, reason, message, generation),
+        _condition("Degraded", degraded, reason if degraded else "AsExpected", message, generation),
+    ]
+    return _keep_transition_times(conditions, previous)
+
+
+def key_status(
+    *,
+    generation: int,
+    previous: list[dict[str, Any]],
+    key_id: str | None = None,
+    secret_name: str | None = None,
+    rotation: int | None = None,
+    previous_key_id: str | None = None,
+    revoke_after: str | None = None,
+    waiting: tuple[str, str] | None = None,
+    failed: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """An ApiKey's status: ready with its key, ``waiting`` (reason, message) to retry, or ``failed``."""
+    if failed is not None:
+        reason, message = failed
+    elif waiting is not None:
+        reason, message = waiting
+    else:
+        reason, message = "KeyIssued", f"key {key_id} is in Secret {secret_name}"
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": _conditions(
+            ready=failed is None and waiting is None, degraded=failed is not None, reason=reason, message=message,
+            generation=generation, previous=previous,
+        ),
+    }  # fmt: skip
+    if key_id is not None:
+        # None values remove the fields in kopf's merge patch (no previous key any more).
+        status |= {
+            "keyId": key_id,
+            "secretName": secret_name,
+            "rotation": rotation,
+            "previousKeyId": previous_key_id,
+            "revokeAfter": revoke_after,
+        }
+    return status

@@ -20,97 +20,11 @@ import httpx
 import pytest
 
 from tests.api.conftest import ADMIN_KEY
-from tests.servers.base import Process, free_ports, tail
+from tests.processes import ApiProcess, metric
+from tests.servers.base import free_ports, tail
 from tests.waiting import wait_until
 
-
-@dataclass
-class ApiProcess:
-    """``putplace-api`` on a fixed port and data dir, so it can be stopped and started again."""
-
-    workdir: Path
-    port: int = field(default_factory=lambda: free_ports(1)[0])
-    env: dict[str, str] = field(default_factory=dict)
-    process: Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {
-            "PUTPLACE_DATA_DIR": str(self.workdir / "data"),
-            "PUTPLACE_ADMIN_KEY": ADMIN_KEY,
-            "PUTPLACE_PORT": str(self.port),
-            "PUTPLACE_LOG_LEVEL": "warning",
-            **self.env,
-        }
-        self.process = Process.spawn(
-            "api", [sys.executable, "-m", "putplace_api.cli"], cwd=self.workdir, log_path=self.workdir / "api.log",
-            env=env,
-        )  # fmt: skip
-        self.process.wait_ready(self._healthy, timeout=30)
-
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": ADMIN_KEY}, timeout=30)
-
-    def new_key(self, *scopes: str) -> str:
-        with self.http() as c:
-            r = c.post("/api_keys", json={"name": "agent", "scopes": list(scopes) or ["write"]})
-            assert r.status_code == 201, r.text
-            return str(r.json()["api_key"])
-
-    def catalogue(self, hostname: str) -> dict[str, str]:
-        """Current records of a host: filepath -> sha256."""
-        out: dict[str, str] = {}
-        cursor = None
-        with self.http() as c:
-            while True:
-                params: dict[str, Any] = {"hostname": hostname, "limit": 1000}
-                if cursor:
-                    params["cursor"] = cursor
-                page = c.get("/files", params=params).raise_for_status().json()
-                out.update({i["filepath"]: i["sha256"] for i in page["items"]})
-                cursor = page["next_cursor"]
-                if cursor is None:
-                    return out
-
-    def stats(self) -> dict[str, Any]:
-        with self.http() as c:
-            return dict(c.get("/stats").raise_for_status().json())
-
-
-@pytest.fixture
-def api_process(tmp_path: Path) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "api")
-    api.workdir.mkdir()
-    api.start()
-    yield api
-    api.stop()
-
-
-def metric(text: str, name: str) -> float:
-    """Sum of every sample of ``name`` (all label sets) in a Prometheus text exposition."""
-    total = 0.0
-    found = False
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-            found = True
-    if not found:
-        raise KeyError(name)
-    return total
+__all__ = ["Agent", "ApiProcess", "metric", "summary_of"]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from kopf.testing import KopfRunner
 
-from tests.operator.conftest import CRD_DIR
+from tests.operator.conftest import CRD_DIR, condition
 from tests.servers import KubeCluster
 from tests.waiting import wait_until
 
@@ -34,13 +34,6 @@ def production(namespace: str) -> dict[str, Any]:
     return body
 
 
-def condition(obj: dict[str, Any], kind: str) -> str | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == kind:
-            return str(c["status"])
-    return None
-
-
 def test_an_instance_is_reconciled_to_ready_and_kept_so(
     operator: KopfRunner, crds: KubeCluster, namespace: str
 ) -> None:
@@ -50,13 +43,13 @@ def test_an_instance_is_reconciled_to_ready_and_kept_so(
     def instance() -> dict[str, Any]:
         return dict(crds.get("ppi", "putplace-prod", "-n", namespace))
 
-    wait_until(lambda: condition(instance(), "Ready") == "True", timeout=90, what="Ready")
+    wait_until(lambda: condition(instance(), "Ready") == ("True", "Available"), timeout=90, what="Ready")
     ready = instance()
     status = ready["status"]
     assert (status["readyReplicas"], status["agentsReady"], status["agentsDesired"]) == (3, nodes, nodes)
     assert status["endpoint"] == f"http://putplace-prod-api.{namespace}.svc:80"
     assert status["observedGeneration"] == ready["metadata"]["generation"]
-    assert condition(ready, "Degraded") == "False"
+    assert condition(ready, "Degraded") == ("False", "AsExpected")
 
     secret = crds.get("secret", "putplace-prod-admin-key", "-n", namespace)
     admin_key = base64.b64decode(secret["data"]["api-key"]).decode()

@@ -10,13 +10,14 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "API_PORT",
     "AGENT_METRICS_PORT",
     "Instance",
     "Manifest",
+    "Resource",
     "checksum",
     "container_security",
     "labels",
@@ -35,8 +36,8 @@ MANAGED_BY = "putplace-operator"
 
 
 @dataclass(frozen=True)
-class Instance:
-    """A PutPlaceInstance as the operator reads it (defaults already applied by the API server)."""
+class Resource:
+    """A namespaced custom object as the operator reads it (defaults already applied by the API server)."""
 
     name: str
     namespace: str
@@ -44,9 +45,14 @@ class Instance:
     spec: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Instance:
+    def from_body(cls, body: Mapping[str, Any]) -> Self:
         meta = body["metadata"]
         return cls(meta["name"], meta["namespace"], meta["uid"], body.get("spec") or {})
+
+
+@dataclass(frozen=True)
+class Instance(Resource):
+    """A PutPlaceInstance."""
 
     # Names of the children (the CRD caps instance names at 40 characters so these fit in 63).
     @property

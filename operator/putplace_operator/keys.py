@@ -1,0 +1,206 @@
+"""ApiKey reconciliation: exactly one live key per ApiKey at its instance's API, in a Secret.
+
+Called by the kopf handlers (``handlers.py``); talks to Kubernetes through ``Kube`` and to the
+instance's API through the shared protocol client, authenticated with the instance's admin key.
+
+Convergence after a crash anywhere: the operator finds its keys at the API by name (they begin
+with the ApiKey's uid) and keeps only the one the Secret records as current, plus a rotated-out
+one during its grace period; any other live key of this ApiKey is an orphan of an interrupted
+reconcile and is revoked. A key is made anew when the Secret does not hold a working one (gone,
+edited by hand, or revoked at the API), when ``spec.rotation`` grows (the old key then keeps
+working for the grace period), or when what the key is made with changes (scopes, rate limit,
+expiry, description: keys are immutable at the API, and the old key is revoked at once, since
+the change may take a permission away).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from putplace_client import PutPlaceClient
+from putplace_client.errors import NotFoundError, PutPlaceClientError, StatusError
+from putplace_client.models import ApiKeyInfo
+from putplace_operator.kube import Kube, KubeError
+from putplace_operator.manifests import Instance
+from putplace_operator.manifests.api import KEY_FIELD
+from putplace_operator.manifests.apikey import ApiKeyObject, KeyRecord, controlled_by, key_secret
+from putplace_operator.manifests.common import GROUP, VERSION
+from putplace_operator.settings import OperatorSettings
+
+__all__ = ["Issued", "NotReady", "reconcile_key", "revoke_all"]
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """The key cannot be made ready now. ``permanent``: retrying without a spec change is useless."""
+
+    def __init__(self, reason: str, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.permanent = reason, message, permanent
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What a reconcile leaves: the current key (by id) and the rotated-out one, if any."""
+
+    record: KeyRecord
+    secret_name: str
+    issued: bool  # a new key was made by this reconcile
+
+
+@dataclass(frozen=True)
+class _Target:
+    instance: Instance
+    deleting: bool  # the instance is being deleted (and its API with it)
+    url: str  # where the operator reaches the API
+    admin_key: str
+
+
+async def _target(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> _Target:
+    body = await kube.get(f"{GROUP}/{VERSION}", "PutPlaceInstance", k.instance, k.namespace)
+    if body is None:
+        raise NotReady("InstanceNotFound", f"PutPlaceInstance {k.instance} does not exist in {k.namespace}")
+    instance = Instance.from_body(body)
+    secret = await kube.get("v1", "Secret", instance.admin_secret, k.namespace)
+    try:
+        admin_key = base64.b64decode((secret or {})["data"][KEY_FIELD]).decode()
+    except (KeyError, TypeError, ValueError):
+        raise NotReady(
+            "AdminKeyMissing", f"Secret {instance.admin_secret} has no {KEY_FIELD} (the instance is not set up yet)"
+        ) from None
+    url = instance.service_url
+    if settings.api_url_template:
+        url = settings.api_url_template.format(
+            name=instance.name, namespace=instance.namespace, service=instance.api_name
+        )
+    return _Target(instance, bool(body["metadata"].get("deletionTimestamp")), url, admin_key)
+
+
+def _api_error(exc: PutPlaceClientError, url: str) -> NotReady:
+    """A client error as a reason a user can act on."""
+    if isinstance(exc, StatusError) and exc.status_code in (401, 403):
+        return NotReady("AdminKeyRejected", f"the API at {url} refused the instance's admin key: {exc.detail}")
+    if isinstance(exc, StatusError) and 400 <= exc.status_code < 500 and exc.status_code != 429:
+        return NotReady("KeyRejected", f"the API at {url} refused the key: {exc.detail}", permanent=True)
+    return NotReady("ApiUnreachable", f"cannot reach the API at {url}: {exc}")
+
+
+async def _revoke(api: PutPlaceClient, key_id: str) -> None:
+    try:
+        await api.revoke_key(key_id)
+    except NotFoundError:
+        pass  # already gone: what we wanted
+
+
+async def _mine(api: PutPlaceClient, k: ApiKeyObject) -> dict[str, ApiKeyInfo]:
+    return {info.id: info for info in await api.list_keys() if k.owns(info.name) and info.is_active}
+
+
+def _works(found: tuple[KeyRecord, str] | None, live: dict[str, ApiKeyInfo]) -> bool:
+    """Whether the Secret holds a key the API still takes (the prefix check catches a hand edit)."""
+    if found is None:
+        return False
+    record, key = found
+    info = live.get(record.key_id)
+    return info is not None and key.startswith(info.key_prefix)
+
+
+def _expires(k: ApiKeyObject) -> datetime | None:
+    value = k.spec.get("expiresAt")
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
+async def reconcile_key(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, now: datetime | None = None) -> Issued:
+    """Make the ApiKey's Secret hold a working key as the spec asks; revoke what is due. Idempotent."""
+    try:
+        return await _reconcile(k, kube, settings, now or datetime.now(UTC))
+    except KubeError as exc:
+        raise NotReady("KubernetesError", f"the Kubernetes API said: {exc}") from None
+
+
+async def _reconcile(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, now: datetime) -> Issued:
+    target = await _target(k, kube, settings)
+    secret = await kube.get("v1", "Secret", k.secret_name, k.namespace)
+    if secret is not None and not controlled_by(secret, k.uid):
+        raise NotReady(
+            "SecretConflict",
+            f"Secret {k.secret_name} exists and does not belong to this ApiKey; choose another spec.secretName",
+            permanent=True,
+        )
+    found = KeyRecord.from_secret(secret)
+    try:
+        async with PutPlaceClient(target.url, target.admin_key, timeout=settings.api_timeout_seconds) as api:
+            live = await _mine(api, k)
+            working = found if _works(found, live) else None
+            issued = working is None or working[0].rotation != k.rotation or working[0].checksum != k.checksum
+            if issued:
+                working = await _issue(api, k, kube, target, working, settings, now)
+            assert working is not None
+            record, key = working
+            if record.previous_key_id and record.revoke_after and record.revoke_after <= now:
+                await _revoke(api, record.previous_key_id)
+                record = replace(record, previous_key_id=None, revoke_after=None)
+            # Re-applied every time: puts back a Secret edited by hand (labels, URL, annotations).
+            await kube.apply(key_secret(k, key, target.instance.service_url, record))
+            for orphan in set(live) - {record.key_id, record.previous_key_id}:
+                log.info("revoking key %s of ApiKey %s/%s: no longer current", orphan, k.namespace, k.name)
+                await _revoke(api, orphan)
+    except PutPlaceClientError as exc:
+        raise _api_error(exc, target.url) from None
+    return Issued(record, k.secret_name, issued)
+
+
+async def _issue(
+    api: PutPlaceClient,
+    k: ApiKeyObject,
+    kube: Kube,
+    target: _Target,
+    working: tuple[KeyRecord, str] | None,
+    settings: OperatorSettings,
+    now: datetime,
+) -> tuple[KeyRecord, str]:
+    """A new key at the API, recorded in the Secret at once (before anything can interrupt us)."""
+    rate: dict[str, Any] = k.spec.get("rateLimit") or {}
+    created = await api.create_key(
+        k.api_name,
+        k.scopes,
+        description=k.spec.get("description"),
+        rate_limit=rate.get("requestsPerSecond"),
+        rate_limit_burst=rate.get("burst"),
+        expires_at=_expires(k),
+    )
+    previous, revoke_after = None, None
+    if working is not None:
+        old = working[0]
+        rotated_only = k.rotation > old.rotation and k.checksum == old.checksum
+        if rotated_only and settings.rotation_grace_seconds > 0:
+            previous, revoke_after = old.key_id, now + timedelta(seconds=settings.rotation_grace_seconds)
+        # else: the old key is an orphan from now on and is revoked below
+    record = KeyRecord(created.id, k.rotation, k.checksum, previous, revoke_after)
+    await kube.apply(key_secret(k, created.api_key, target.instance.service_url, record))
+    log.info("issued key %s for ApiKey %s/%s (rotation %d)", created.id, k.namespace, k.name, k.rotation)
+    return record, created.api_key
+
+
+async def revoke_all(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> bool:
+    """Revoke every key of a deleted ApiKey. False: nothing to revoke at (the instance is gone)."""
+    try:
+        target = await _target(k, kube, settings)
+    except NotReady:
+        return False
+    except KubeError as exc:
+        raise NotReady("KubernetesError", f"the Kubernetes API said: {exc}") from None
+    if target.deleting:
+        return False  # its API goes with it
+    try:
+        async with PutPlaceClient(target.url, target.admin_key, timeout=settings.api_timeout_seconds) as api:
+            for key_id in await _mine(api, k):
+                await _revoke(api, key_id)
+    except PutPlaceClientError as exc:
+        raise _api_error(exc, target.url) from None
+    return True

@@ -1,0 +1,141 @@
+"""An ApiKey object as the operator reads it, and the Secret that delivers its key.
+
+The Secret is the record of which key is current: besides the key and the API URL it carries, as
+annotations, the key's id at the API, the rotation and spec checksum the key was made for, and the
+rotated-out key still to be revoked. The operator writes it right after creating a key at the
+API, before anything else, so a restart anywhere in a reconcile finds what it did (see
+``putplace_operator.keys``).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from putplace_operator.manifests.api import KEY_FIELD
+from putplace_operator.manifests.common import GROUP, MANAGED_BY, VERSION, Manifest, Resource, checksum
+
+__all__ = ["URL_FIELD", "ApiKeyObject", "KeyRecord", "controlled_by", "key_secret"]
+
+URL_FIELD = "api-url"  # beside KEY_FIELD: where the key works (the in-cluster Service URL)
+_PREFIX = "putplace.io/"
+_KEY_ID, _ROTATION, _CHECKSUM = _PREFIX + "key-id", _PREFIX + "rotation", _PREFIX + "spec-checksum"
+_PREVIOUS, _REVOKE_AFTER = _PREFIX + "previous-key-id", _PREFIX + "revoke-after"
+
+
+@dataclass(frozen=True)
+class ApiKeyObject(Resource):
+    """An ApiKey."""
+
+    @property
+    def instance(self) -> str:
+        return str(self.spec["instanceRef"]["name"])
+
+    @property
+    def secret_name(self) -> str:
+        return str(self.spec.get("secretName") or self.name)
+
+    @property
+    def rotation(self) -> int:
+        return int(self.spec.get("rotation", 0))
+
+    @property
+    def scopes(self) -> list[str]:
+        return list(self.spec["scopes"])
+
+    @property
+    def checksum(self) -> str:
+        """What a key is made with, beside the rotation: a change needs a new key (keys are immutable)."""
+        made_with = {k: self.spec.get(k) for k in ("scopes", "rateLimit", "expiresAt", "description")}
+        made_with["scopes"] = sorted(self.scopes)
+        return checksum(made_with)[:16]
+
+    @property
+    def api_name(self) -> str:
+        """The key's name at the API: the uid first, which is how the operator finds its keys there."""
+        return f"{self.uid} {self.namespace}/{self.name}"[:100]
+
+    def owns(self, name: str) -> bool:
+        return name.startswith(self.uid + " ")
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """Which key a Secret holds, from its annotations."""
+
+    key_id: str
+    rotation: int
+    checksum: str
+    previous_key_id: str | None = None
+    revoke_after: datetime | None = None
+
+    @classmethod
+    def from_secret(cls, secret: Mapping[str, Any] | None) -> tuple[KeyRecord, str] | None:
+        """The record and the key of a Secret written by ``key_secret``; None if it is not one."""
+        if secret is None:
+            return None
+        notes = (secret.get("metadata") or {}).get("annotations") or {}
+        data = secret.get("data") or {}
+        try:
+            record = cls(
+                key_id=notes[_KEY_ID],
+                rotation=int(notes[_ROTATION]),
+                checksum=notes[_CHECKSUM],
+                previous_key_id=notes.get(_PREVIOUS) or None,
+                revoke_after=datetime.fromisoformat(notes[_REVOKE_AFTER]) if notes.get(_REVOKE_AFTER) else None,
+            )
+            key = base64.b64decode(data[KEY_FIELD]).decode()
+        except (KeyError, ValueError):
+            return None
+        return record, key
+
+    def annotations(self) -> dict[str, str]:
+        notes = {_KEY_ID: self.key_id, _ROTATION: str(self.rotation), _CHECKSUM: self.checksum}
+        if self.previous_key_id:
+            notes[_PREVIOUS] = self.previous_key_id
+        if self.revoke_after:
+            notes[_REVOKE_AFTER] = self.revoke_after.isoformat()
+        return notes
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+def key_secret(k: ApiKeyObject, key: str, url: str, record: KeyRecord) -> Manifest:
+    """The Secret with the key, owned by its ApiKey (deleting the ApiKey deletes it)."""
+
+    def b64(value: str) -> str:
+        return base64.b64encode(value.encode()).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": k.secret_name,
+            "namespace": k.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "putplace",
+                "app.kubernetes.io/instance": k.instance,
+                "app.kubernetes.io/component": "api-key",
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+            },
+            "annotations": record.annotations(),
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "ApiKey",
+                    "name": k.name,
+                    "uid": k.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "type": "Opaque",
+        "data": {KEY_FIELD: b64(key), URL_FIELD: b64(url)},
+    }
