@@ -61,6 +61,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
     settings.persistence.finalizer = "putplace.io/operator"
+    # An object being deleted waits for its timers to stop; one caught mid-run would otherwise be
+    # looked at again only after 60 s, holding the deletion that long.
+    settings.background.instant_exit_timeout = 2.0
+    settings.background.cancellation_polling = 1.0
     settings.posting.level = logging.WARNING
 
 
@@ -83,19 +87,15 @@ async def _ensure_admin_secret(i: Instance) -> None:
         await kube().create(api.admin_secret(i, "pp_" + secrets.token_urlsafe(32)))
 
 
-async def reconcile_instance(body: kopf.Body, patch: kopf.Patch) -> None:
+async def reconcile_instance(body: kopf.Body, patch: kopf.Patch, *, apply: bool = True) -> None:
+    """Apply the children (unless ``apply`` is False: status only), then report what they say."""
     i = Instance.from_body(body)
     async with _exclusive(i.uid):
         with metrics.reconciling("PutPlaceInstance") as outcome:
             error: str | None = None
             try:
-                await _ensure_admin_secret(i)
-                for manifest in children(i):
-                    await kube().apply(manifest)
-                if (i.spec.get("metrics") or {}).get("serviceMonitor") and await kube().served(
-                    "monitoring.coreos.com/v1", "ServiceMonitor"
-                ):
-                    await kube().apply(api.service_monitor(i))
+                if apply:
+                    await _apply_children(i)
             except KubeError as exc:  # reported in status; the timer tries again, never a tight loop
                 error = f"the Kubernetes API said: {exc}"[:500]
                 outcome.reason = "KubernetesError"
@@ -119,6 +119,25 @@ async def reconcile_instance(body: kopf.Body, patch: kopf.Patch) -> None:
             metrics.set_ready("PutPlaceInstance", i.uid, status["conditions"][0]["status"] == "True")
 
 
+async def _apply_children(i: Instance) -> None:
+    await _ensure_admin_secret(i)
+    for manifest in children(i):
+        await kube().apply(manifest)
+    if (i.spec.get("metrics") or {}).get("serviceMonitor") and await kube().served(
+        "monitoring.coreos.com/v1", "ServiceMonitor"
+    ):
+        await kube().apply(api.service_monitor(i))
+
+
+def _progressing(body: kopf.Body) -> bool:
+    """On its way to Ready: not Ready for the current spec, and not failed (a failure stands until
+    the next full reconcile, which alone can tell whether it is over)."""
+    status = body.get("status") or {}
+    current = status.get("observedGeneration") == body["metadata"].get("generation")
+    true = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
+    return not (current and "Ready" in true) and "Degraded" not in true
+
+
 @kopf.on.create(GROUP, VERSION, INSTANCES)
 @kopf.on.update(GROUP, VERSION, INSTANCES, field="spec")
 @kopf.on.resume(GROUP, VERSION, INSTANCES)
@@ -129,6 +148,14 @@ async def instance_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None
 @kopf.timer(GROUP, VERSION, INSTANCES, interval=SETTINGS.reconcile_seconds, initial_delay=5.0, idle=0)
 async def instance_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     await reconcile_instance(body, patch)
+
+
+@kopf.timer(GROUP, VERSION, INSTANCES, interval=SETTINGS.progress_seconds, idle=0)
+async def instance_progress(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """While an instance is on its way, its status follows its pods closely (then the full
+    reconcile's period takes over): two reads, nothing applied."""
+    if _progressing(body):
+        await reconcile_instance(body, patch, apply=False)
 
 
 @kopf.on.delete(GROUP, VERSION, INSTANCES, optional=True)

@@ -20,6 +20,9 @@ class OperatorSettings(BaseSettings):
     reconcile_seconds: float = Field(
         30.0, gt=0, description="period of the full reconcile that repairs drift and refreshes status"
     )
+    progress_seconds: float = Field(
+        1.0, gt=0, description="how often the status of an instance that is not Ready yet is refreshed"
+    )
     api_url_template: str | None = Field(
         None,
         description=(
