@@ -5,8 +5,9 @@ manifests are built in ``manifests/``, keys handled in ``keys.py``, conditions c
 Each object is reconciled on create, update and resume, and again every ``reconcile_seconds``
 by a timer: re-applying the same manifests with one field manager is a no-op, except that a
 child edited or deleted by hand is put back (drift repair); for an ApiKey the timer also revokes
-a rotated-out key once its grace period is over. A per-object lock keeps the timer and a change
-handler from reconciling one object at once.
+a rotated-out key once its grace period is over. While an instance is on its way to Ready, a
+second timer refreshes its status every ``progress_seconds``. A per-object lock keeps the
+timers and a change handler from reconciling one object at once.
 
 Retries never storm: a failing change handler is retried with exponential backoff (capped), a
 permanent error (e.g. a Secret name taken by someone else) is not retried until the spec
