@@ -58,11 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespaces = [] if args.all_namespaces else (args.namespaces or settings.namespaces)
     setup_logging(settings.log_level, settings.log_format)
 
-    # Imported late: the handlers read their settings (timer periods) when registered.
     import kopf
     from prometheus_client import start_http_server
 
     import putplace_operator.handlers  # noqa: F401  (registers the handlers)
+    from putplace_operator import reconcile
+
+    reconcile.SETTINGS.namespaces = namespaces  # the periodic pass watches what kopf watches
 
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.bind_address)

@@ -117,6 +117,26 @@ class Kube:
         return await asyncio.to_thread(self._get, api_version, kind, name, namespace)
 
     @_translated
+    def _list(self, api_version: str, kind: str) -> list[dict[str, Any]]:
+        return [dict(item) for item in self._resource(api_version, kind).get().to_dict().get("items", [])]
+
+    async def list(self, api_version: str, kind: str) -> list[dict[str, Any]]:
+        """Every object of a kind, in all namespaces."""
+        return await asyncio.to_thread(self._list, api_version, kind)
+
+    @_translated
+    def _patch_status(self, api_version: str, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
+        self._resource(api_version, kind).status.patch(
+            body={"status": status}, name=name, namespace=namespace, content_type="application/merge-patch+json"
+        )
+
+    async def patch_status(
+        self, api_version: str, kind: str, name: str, namespace: str, status: dict[str, Any]
+    ) -> None:
+        """Merge ``status`` into an object's status subresource (None values remove fields)."""
+        await asyncio.to_thread(self._patch_status, api_version, kind, name, namespace, status)
+
+    @_translated
     def _create(self, manifest: Manifest) -> None:
         resource = self._resource(manifest["apiVersion"], manifest["kind"])
         resource.create(body=manifest, namespace=manifest["metadata"].get("namespace"))

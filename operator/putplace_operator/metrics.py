@@ -65,6 +65,7 @@ def set_ready(kind: str, uid: str, ready: bool) -> None:
     _publish(kind)
 
 
-def forget(kind: str, uid: str) -> None:
-    _ready.get(kind, {}).pop(uid, None)
-    _publish(kind)
+def forget(uid: str) -> None:
+    for kind, states in _ready.items():
+        if states.pop(uid, None) is not None:
+            _publish(kind)

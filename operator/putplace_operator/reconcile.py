@@ -1,0 +1,169 @@
+"""One reconcile of one object, as a status to write: called by the kopf change handlers
+(``handlers.py``) and by the periodic pass (``resync.py``), which write it each their own way.
+
+A per-object lock keeps the two from reconciling one object at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from putplace_operator import keys, metrics
+from putplace_operator.kube import Kube, KubeError
+from putplace_operator.manifests import Instance, api, children
+from putplace_operator.manifests.apikey import ApiKeyObject
+from putplace_operator.settings import OperatorSettings
+from putplace_operator.status import instance_status, key_status
+
+__all__ = [
+    "SETTINGS", "KeyResult", "delete_apikey", "forget", "kube", "last_full", "progressing", "reconcile_apikey",
+    "reconcile_instance",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+SETTINGS = OperatorSettings()
+_kube: Kube | None = None
+_locks: dict[str, asyncio.Lock] = {}
+# When each object (by uid) was last fully reconciled (monotonic): the periodic pass skips
+# objects a change handler has just done.
+last_full: dict[str, float] = {}
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        _kube = Kube(served_ttl=SETTINGS.reconcile_seconds)
+    return _kube
+
+
+@asynccontextmanager
+async def _exclusive(uid: str) -> AsyncIterator[None]:
+    lock = _locks.setdefault(uid, asyncio.Lock())
+    async with lock:
+        yield
+
+
+def forget(uid: str) -> None:
+    """An object is gone: drop what the operator kept about it."""
+    metrics.forget(uid)
+    _locks.pop(uid, None)
+    last_full.pop(uid, None)
+
+
+def _conditions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list((body.get("status") or {}).get("conditions") or [])
+
+
+def progressing(body: Mapping[str, Any]) -> bool:
+    """On its way to Ready: not Ready for the current spec, and not failed (a failure stands until
+    the next full reconcile, which alone can tell whether it is over)."""
+    status = body.get("status") or {}
+    current = status.get("observedGeneration") == body["metadata"].get("generation")
+    true = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
+    return not (current and "Ready" in true) and "Degraded" not in true
+
+
+# -- PutPlaceInstance --------------------------------------------------------------------------
+
+
+async def _ensure_admin_secret(i: Instance) -> None:
+    """Generated once; never replaced (a new key would lock out whoever holds the old one)."""
+    if await kube().get("v1", "Secret", i.admin_secret, i.namespace) is None:
+        await kube().create(api.admin_secret(i, "pp_" + secrets.token_urlsafe(32)))
+
+
+async def _apply_children(i: Instance) -> None:
+    await _ensure_admin_secret(i)
+    for manifest in children(i):
+        await kube().apply(manifest)
+    if (i.spec.get("metrics") or {}).get("serviceMonitor") and await kube().served(
+        "monitoring.coreos.com/v1", "ServiceMonitor"
+    ):
+        await kube().apply(api.service_monitor(i))
+
+
+async def reconcile_instance(body: Mapping[str, Any], *, apply: bool = True) -> dict[str, Any]:
+    """Apply the children (unless ``apply`` is False: status only); the status they make."""
+    i = Instance.from_body(body)
+    async with _exclusive(i.uid):
+        with metrics.reconciling("PutPlaceInstance") as outcome:
+            error: str | None = None
+            try:
+                if apply:
+                    await _apply_children(i)
+                    last_full[i.uid] = time.monotonic()
+            except KubeError as exc:  # reported in status; the next pass tries again, never a tight loop
+                error = f"the Kubernetes API said: {exc}"[:500]
+                outcome.reason = "KubernetesError"
+                log.warning("reconciling %s/%s failed: %s", i.namespace, i.name, error)
+            try:
+                deployment = await kube().get("apps/v1", "Deployment", i.api_name, i.namespace)
+                daemon_set = await kube().get("apps/v1", "DaemonSet", i.agent_name, i.namespace)
+            except KubeError as exc:
+                deployment = daemon_set = None
+                error = error or f"the Kubernetes API said: {exc}"[:500]
+            status = instance_status(
+                generation=body["metadata"].get("generation", 0),
+                endpoint=i.service_url,
+                deployment=deployment,
+                daemon_set=daemon_set,
+                agents_enabled=bool((i.spec.get("agent") or {}).get("enabled", True)),
+                error=error,
+                previous=_conditions(body),
+            )
+            metrics.set_ready("PutPlaceInstance", i.uid, status["conditions"][0]["status"] == "True")
+            return status
+
+
+# -- ApiKey ------------------------------------------------------------------------------------
+
+KeyResult = tuple[dict[str, Any], keys.NotReady | None]
+
+
+async def reconcile_apikey(body: Mapping[str, Any]) -> KeyResult:
+    """One attempt: the status to write, and why the key is not ready (None: it is)."""
+    k = ApiKeyObject.from_body(body)
+    generation = body["metadata"].get("generation", 0)
+    async with _exclusive(k.uid):
+        with metrics.reconciling("ApiKey") as outcome:
+            last_full[k.uid] = time.monotonic()
+            try:
+                done = await keys.reconcile_key(k, kube(), SETTINGS)
+            except keys.NotReady as exc:
+                outcome.reason = exc.reason
+                why = (exc.reason, exc.message)
+                status = key_status(
+                    generation=generation,
+                    previous=_conditions(body),
+                    failed=why if exc.permanent else None,
+                    waiting=None if exc.permanent else why,
+                )
+                metrics.set_ready("ApiKey", k.uid, False)
+                return status, exc
+            record = done.record
+            status = key_status(
+                generation=generation,
+                previous=_conditions(body),
+                key_id=record.key_id,
+                secret_name=done.secret_name,
+                rotation=record.rotation,
+                previous_key_id=record.previous_key_id,
+                revoke_after=record.revoke_after.strftime("%Y-%m-%dT%H:%M:%SZ") if record.revoke_after else None,
+            )
+            metrics.set_ready("ApiKey", k.uid, True)
+            return status, None
+
+
+async def delete_apikey(body: Mapping[str, Any]) -> bool:
+    """Revoke a deleted ApiKey's keys (see ``keys.revoke_all``); raises ``keys.NotReady``."""
+    k = ApiKeyObject.from_body(body)
+    forget(k.uid)
+    async with _exclusive(k.uid):
+        return await keys.revoke_all(k, kube(), SETTINGS)
