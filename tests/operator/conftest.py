@@ -5,7 +5,6 @@ to the ClusterRole the chart ships (``operator/deploy/clusterrole.yaml``), RBAC 
 from __future__ import annotations
 
 import base64
-import json
 import signal
 import sys
 import uuid
@@ -66,21 +65,8 @@ def operator_kubeconfig(crds: KubeCluster, tmp_path_factory: pytest.TempPathFact
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
          "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}]},
     )  # fmt: skip
-    token = crds.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=6h").stdout.strip()
-    admin = json.loads(crds.kubeconfig.read_text())
-    cluster = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": OPERATOR_ACCOUNT}}],
-        "current-context": "operator",
-    }
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
-    return path
+    return crds.token_kubeconfig(OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, path)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3),
-and a Kubernetes control plane with kwok fake nodes (kube).
+and a Kubernetes control plane with kwok fake nodes (kube); and the real command-line tools the
+tests drive (helm), installed and cached the same way.
 
 One mechanism, three entry points:
 
@@ -14,17 +15,18 @@ details, versions and measurements.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import ferretdb, kube, minio, seaweedfs
+from . import ferretdb, helm, kube, minio, seaweedfs
 from .base import Server, ServerError, cache_dir
 from .kube import KubeCluster
 from .s3 import S3Server
 
 
-class ServerModule(Protocol):
+class ToolModule(Protocol):
     NAME: str
     VERSION: str
 
@@ -32,6 +34,8 @@ class ServerModule(Protocol):
 
     def install(self) -> Path: ...
 
+
+class ServerModule(ToolModule, Protocol):
     def start(self, workdir: Path, *, log_path: Path | None = None, timeout: float = ...) -> Server: ...
 
 
@@ -47,14 +51,21 @@ SERVERS: dict[str, ServerModule] = {
 }
 
 
-def select(names: list[str] | None) -> list[str]:
-    """Validate server names; no names means all of them."""
+TOOLS: dict[str, ToolModule] = {"helm": cast(ToolModule, helm)}
+INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS}
+
+
+def select(names: list[str] | None, known: Mapping[str, ToolModule] = SERVERS) -> list[str]:
+    """Validate names (of servers, or of anything installable); no names means all of them."""
     if not names:
-        return list(SERVERS)
-    unknown = [n for n in names if n not in SERVERS]
+        return list(known)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ServerError(f"unknown server {', '.join(unknown)} (known: {', '.join(SERVERS)})")
+        raise ServerError(f"unknown name {', '.join(unknown)} (known: {', '.join(known)})")
     return list(dict.fromkeys(names))
 
 
-__all__ = ["SERVERS", "KubeCluster", "S3Server", "Server", "ServerError", "ServerModule", "cache_dir", "select"]
+__all__ = [
+    "INSTALLABLE", "SERVERS", "TOOLS", "KubeCluster", "S3Server", "Server", "ServerError", "ServerModule",
+    "ToolModule", "cache_dir", "select",
+]  # fmt: skip

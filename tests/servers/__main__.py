@@ -1,6 +1,6 @@
 """Command line for the test servers: install them, or run them detached for a dev shell.
 
-    python -m tests.servers install [NAME...]   build/install into the cache (default: all)
+    python -m tests.servers install [NAME...]   build/install into the cache (default: all, helm too)
     python -m tests.servers start [NAME...]     start detached, print `export` lines
     python -m tests.servers env [NAME...]       print `export` lines of the running ones
     python -m tests.servers stop [NAME...]      stop them and delete their data
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import SERVERS, select
+from . import INSTALLABLE, SERVERS, select
 from .base import Process, ServerError, make_workdir, run_dir, scratch_root, stop_all
 
 
@@ -69,8 +69,8 @@ def _exports(env: dict[str, str]) -> str:
 
 def cmd_install(names: list[str]) -> int:
     for name in names:
-        exe = SERVERS[name].install()
-        print(f"{name} {SERVERS[name].VERSION}: {exe}")
+        exe = INSTALLABLE[name].install()
+        print(f"{name} {INSTALLABLE[name].VERSION}: {exe}")
     return 0
 
 
@@ -146,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Real servers for PutPlace's tests.",
     )
     parser.add_argument("command", choices=["install", "start", "stop", "env"])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of: {', '.join(SERVERS)}")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"any of: {', '.join(INSTALLABLE)} (helm: install only)"
+    )
     args = parser.parse_args(argv)
     try:
-        names = select(args.names)
         if args.command == "install":
-            return cmd_install(names)
+            return cmd_install(select(args.names, INSTALLABLE))
+        names = select(args.names)
         if args.command == "start":
             return cmd_start(names)
         if args.command == "env":

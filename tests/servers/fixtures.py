@@ -5,6 +5,7 @@
   ``client()`` (boto3) and ``create_bucket(prefix)`` for a fresh, uniquely named bucket.
 - ``kube`` (``KubeCluster``): a Kubernetes control plane with two kwok fake nodes: kubeconfig,
   server, plus ``kubectl(...)``, ``apply(*objects)``, ``get(...)`` and ``env()``.
+- ``helm`` (Path): the helm binary.
 
 A server starts only when a test first asks for its fixture and stops at the end of the session.
 When the matching PUTPLACE_TEST_* variable is set (``python -m tests.servers start`` prints
@@ -19,11 +20,12 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from . import SERVERS
+from . import INSTALLABLE, SERVERS
 from .base import Server, ServerError, make_workdir
 from .ferretdb import ENV_URL
 from .kube import KubeCluster
@@ -45,10 +47,10 @@ def _install(request: pytest.FixtureRequest, name: str) -> None:
     """Install with pytest's output capture off, so build progress reaches the terminal."""
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if capture is None:
-        _or_fail(name, SERVERS[name].install)
+        _or_fail(name, INSTALLABLE[name].install)
         return
     with capture.global_and_fixture_disabled():
-        _or_fail(name, SERVERS[name].install)
+        _or_fail(name, INSTALLABLE[name].install)
 
 
 @contextmanager
@@ -112,3 +114,10 @@ def kube(request: pytest.FixtureRequest) -> Iterator[KubeCluster]:
         started = KubeCluster.from_env(server.env)
         assert started is not None  # start() always returns PUTPLACE_TEST_KUBECONFIG
         yield started
+
+
+@pytest.fixture(scope="session")
+def helm(request: pytest.FixtureRequest) -> Path:
+    """The helm command line (built once into the cache)."""
+    _install(request, "helm")
+    return INSTALLABLE["helm"].binary()

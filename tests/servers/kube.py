@@ -579,3 +579,20 @@ class KubeCluster:
     def get(self, *args: str) -> Any:
         """``kubectl get ... -o json``, parsed."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def token_kubeconfig(self, account: str, namespace: str, path: Path) -> Path:
+        """A kubeconfig at ``path`` that authenticates as ServiceAccount ``namespace/account``
+        (a token from the TokenRequest API, valid 6 h): what that account may do, and no more."""
+        token = self.kubectl("create", "token", account, "-n", namespace, "--duration=6h").stdout.strip()
+        cluster = json.loads(self.kubeconfig.read_text())["clusters"][0]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account}}],
+            "current-context": account,
+        }
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        return path
