@@ -15,12 +15,12 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint() -> None:
-    r = _run(str(BIN / "ruff"), "check", "api", "agent", "operator", "tests", "bench")
+    r = _run(str(BIN / "ruff"), "check", "api", "agent", "operator", "tests", "bench", "charts")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_ruff_format() -> None:
-    r = _run(str(BIN / "ruff"), "format", "--check", "api", "agent", "operator", "tests", "bench")
+    r = _run(str(BIN / "ruff"), "format", "--check", "api", "agent", "operator", "tests", "bench", "charts")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
