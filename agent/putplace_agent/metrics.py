@@ -24,6 +24,11 @@ BYTES_HASHED = Counter(_P + "bytes_hashed_total", "bytes read and hashed")
 BYTES_UPLOADED = Counter(_P + "bytes_uploaded_total", "content bytes uploaded")
 BYTES_DEDUPLICATED = Counter(_P + "bytes_deduplicated_total", "bytes not uploaded because the server had them")
 ERRORS = Counter(_P + "errors_total", "errors by kind", ["kind"])
+# Exported as 0 from the start, so alerts and dashboards see a series before the first error.
+ERROR_KINDS = ("unreadable", "changing", "changed_while_hashing", "rejected", "api_unavailable", "watch",
+               "watch_limit", "internal")  # fmt: skip
+for _kind in ERROR_KINDS:
+    ERRORS.labels(_kind)
 QUEUE_DEPTH = Gauge(_P + "queue_depth", "work waiting, by stage", ["queue"])
 LAST_SCAN = Gauge(_P + "last_scan_completed_timestamp_seconds", "when the last full scan completed (unix time)")
 SCAN_SECONDS = Gauge(_P + "last_scan_duration_seconds", "how long the last full scan took")

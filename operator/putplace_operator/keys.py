@@ -31,9 +31,21 @@ from putplace_operator.manifests.apikey import ApiKeyObject, KeyRecord, controll
 from putplace_operator.manifests.common import GROUP, VERSION
 from putplace_operator.settings import OperatorSettings
 
-__all__ = ["Issued", "NotReady", "reconcile_key", "revoke_all"]
+__all__ = ["REASONS", "Issued", "NotReady", "reconcile_key", "revoke_all"]
 
 log = logging.getLogger(__name__)
+
+
+# Why a key may not be ready (NotReady.reason): what alerts and dashboards can expect.
+REASONS = (
+    "AdminKeyMissing",
+    "AdminKeyRejected",
+    "ApiUnreachable",
+    "InstanceNotFound",
+    "KeyRejected",
+    "KubernetesError",
+    "SecretConflict",
+)
 
 
 class NotReady(Exception):

@@ -7,12 +7,12 @@ readiness behind ``putplace_operator_objects``. Served by ``cli.py`` on ``metric
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["forget", "reconciling", "set_ready"]
+__all__ = ["declare", "forget", "reconciling", "set_ready"]
 
 RECONCILES = Counter(
     "putplace_operator_reconciles_total", "Reconciles of PutPlace objects, by kind and result", ["kind", "result"]
@@ -29,6 +29,16 @@ DURATION = Histogram(
 OBJECTS = Gauge("putplace_operator_objects", "PutPlace objects watched, by kind and Ready condition", ["kind", "ready"])
 
 _ready: dict[str, dict[str, bool]] = {}  # kind -> uid -> Ready
+
+
+def declare(kind: str, reasons: Iterable[str]) -> None:
+    """Export 0 for a kind's results and known failure reasons before they happen, so alerts and
+    dashboards see a series rather than nothing."""
+    for result in ("success", "error"):
+        RECONCILES.labels(kind, result)
+    for reason in reasons:
+        ERRORS.labels(kind, reason)
+    _publish(kind)
 
 
 class Outcome:

@@ -34,6 +34,8 @@ _locks: dict[str, asyncio.Lock] = {}
 # When each object (by uid) was last fully reconciled (monotonic): the periodic pass skips
 # objects a change handler has just done.
 last_full: dict[str, float] = {}
+metrics.declare("PutPlaceInstance", ["KubernetesError"])
+metrics.declare("ApiKey", keys.REASONS)
 
 
 def kube() -> Kube:

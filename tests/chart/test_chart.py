@@ -11,17 +11,15 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from tests.chart.conftest import CHART, ROOT, find, render, run_helm
 from tests.operator.conftest import CLUSTER_ROLE, CRD_DIR, CRD_NAMES, OperatorProcess, condition
 from tests.servers import KubeCluster
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "putplace"
 MONITORING_CRDS = [
     {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -37,24 +35,6 @@ MONITORING_CRDS = [
     }
     for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules"))
 ]  # fmt: skip
-
-
-def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert r.returncode == 0, f"helm {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
-    return r
-
-
-def render(helm: Path, *sets: str, namespace: str = "putplace-system") -> list[dict[str, Any]]:
-    args = ["template", "pp", str(CHART), "-n", namespace, "--kube-version", "1.36.0"]
-    for s in sets:
-        args += ["--set", s]
-    return [d for d in yaml.safe_load_all(run_helm(helm, *args).stdout) if d]
-
-
-def find(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 def test_the_chart_copies_are_the_sources() -> None:

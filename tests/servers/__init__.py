@@ -1,6 +1,7 @@
 """Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3),
 and a Kubernetes control plane with kwok fake nodes (kube); and the real command-line tools the
-tests drive (helm), installed and cached the same way.
+tests drive (helm, and Prometheus, which tests start with their own config), installed and
+cached the same way.
 
 One mechanism, three entry points:
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import ferretdb, helm, kube, minio, seaweedfs
+from . import ferretdb, helm, kube, minio, prometheus, seaweedfs
 from .base import Server, ServerError, cache_dir
 from .kube import KubeCluster
 from .s3 import S3Server
@@ -51,7 +52,7 @@ SERVERS: dict[str, ServerModule] = {
 }
 
 
-TOOLS: dict[str, ToolModule] = {"helm": cast(ToolModule, helm)}
+TOOLS: dict[str, ToolModule] = {"helm": cast(ToolModule, helm), "prometheus": cast(ToolModule, prometheus)}
 INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS}
 
 

@@ -1,6 +1,6 @@
 """Command line for the test servers: install them, or run them detached for a dev shell.
 
-    python -m tests.servers install [NAME...]   build/install into the cache (default: all, helm too)
+    python -m tests.servers install [NAME...]   build/install into the cache (default: all, tools too)
     python -m tests.servers start [NAME...]     start detached, print `export` lines
     python -m tests.servers env [NAME...]       print `export` lines of the running ones
     python -m tests.servers stop [NAME...]      stop them and delete their data
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["install", "start", "stop", "env"])
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"any of: {', '.join(INSTALLABLE)} (helm: install only)"
+        "names", nargs="*", metavar="NAME", help=f"any of: {', '.join(INSTALLABLE)} (helm, prometheus: install only)"
     )
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,147 @@
+"""The chart's alerts and dashboards against a real Prometheus (Debian's 2.42) that scraped a real
+API, a real agent and the real operator during a short workload: the rules pass promtool and
+evaluate without error, every metric they and the dashboards name is really exported, and every
+dashboard query returns data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml  # type: ignore[import-untyped]
+
+from tests.agent.conftest import Agent
+from tests.api.conftest import ADMIN_KEY
+from tests.chart.conftest import CHART, find, render
+from tests.operator.conftest import OperatorProcess, admin_secret, condition
+from tests.processes import ApiProcess
+from tests.servers import KubeCluster
+from tests.servers.prometheus import Target, promtool, run
+from tests.waiting import wait_until
+
+WINDOW = "30s"  # stands for Grafana's $__rate_interval
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard, panel, PromQL) of every target of every dashboard, variables filled in."""
+    out = []
+    for path in sorted((CHART / "files" / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", WINDOW).replace("$namespace", ".*")
+                out.append((path.stem, panel["title"], expr))
+    return out
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    r = httpx.get(prometheus + "/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert r["status"] == "success", (expr, r)
+    return list(r["data"]["result"])
+
+
+def workload(api: ApiProcess, tree: Path) -> None:
+    """What makes every panel move: files (some duplicated) for the agent, a key that keeps
+    hitting its rate limit, an upload whose bytes do not match what was announced."""
+    for n in range(30):
+        (tree / f"f{n}.txt").write_text(f"content {n % 10}\n" * (n + 1))
+    with api.http() as admin:
+        noisy = admin.post("/api_keys", json={"name": "noisy", "scopes": ["read"], "rate_limit": 1,
+                                              "rate_limit_burst": 1}).json()["api_key"]  # fmt: skip
+        for _ in range(10):
+            httpx.get(api.url + "/files", headers={"X-API-Key": noisy}, timeout=5)
+        sha = hashlib.sha256(b"announced").hexdigest()
+        meta = {"filepath": "/m", "hostname": "h", "ip_address": "127.0.0.1", "sha256": sha, "file_size": 9,
+                "file_mode": 33188, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0, "file_atime": 1.0,
+                "file_ctime": 1.0}  # fmt: skip
+        assert admin.post("/put_file", json=meta).status_code == 201
+        refused = admin.post(
+            f"/upload_file/{sha}", content=b"different", headers={"Content-Type": "application/octet-stream"}
+        )
+        assert refused.status_code == 400
+
+
+def test_alerts_and_dashboards_against_real_scraped_data(
+    helm: Path, crds: KubeCluster, api_process: ApiProcess, tmp_path: Path
+) -> None:
+    api = api_process
+    # The alerts as the chart renders them (thresholds filled in).
+    (rule,) = find(render(helm, "metrics.prometheusRule.force=true"), "PrometheusRule")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    checked = subprocess.run([str(promtool()), "check", "rules", str(rules)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
+
+    # An agent syncing a tree, and the operator reconciling an instance and a key at this API.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    agent = Agent(api, tree, tmp_path, key=api.new_key("write"))
+    agent.start()
+    ns = f"mon-{uuid.uuid4().hex[:6]}"
+    operator = OperatorProcess(
+        crds.kubeconfig, tmp_path, env={"PUTPLACE_OPERATOR_API_URL_TEMPLATE": api.url,
+                                        "PUTPLACE_OPERATOR_RECONCILE_SECONDS": "1"},
+    )  # fmt: skip
+    operator.start()
+    prometheus = None
+    try:
+        crds.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        crds.apply(
+            admin_secret("pp", ns, ADMIN_KEY),
+            {"apiVersion": "putplace.io/v1alpha1", "kind": "PutPlaceInstance", "metadata": {"name": "pp"},
+             "spec": {"agent": {"enabled": False}}},
+            {"apiVersion": "putplace.io/v1alpha1", "kind": "ApiKey", "metadata": {"name": "k"},
+             "spec": {"instanceRef": {"name": "pp"}, "scopes": ["read"]}},
+            namespace=ns,
+        )  # fmt: skip
+        metrics_key = api.new_key("metrics")
+        targets = [
+            Target("putplace-api", api.url.removeprefix("http://"), bearer=metrics_key),
+            Target("putplace-agent", f"127.0.0.1:{agent.metrics_port}"),
+            Target("putplace-operator", operator.metrics_url.removeprefix("http://").removesuffix("/metrics")),
+        ]
+        (tmp_path / "prom").mkdir()
+        prometheus, url = run(tmp_path / "prom", targets, [rules])
+        wait_until(lambda: len([s for s in query(url, "up == 1")]) == 3, 30, "all three targets up")
+        wait_until(
+            lambda: condition(crds.get("apikey", "k", "-n", ns), "Ready") == ("True", "KeyIssued"), 30, "the key Ready"
+        )
+        workload(api, tree)
+        time.sleep(6)  # a few scrapes after the workload, so every rate() has two samples that differ
+
+        # Every metric named by an alert or a panel is one the components really export.
+        exported = set(httpx.get(url + "/api/v1/label/__name__/values", timeout=10).json()["data"])
+        texts = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]] + [q for *_, q in dashboard_queries()]
+        named = {m for text in texts for m in re.findall(r"\bputplace_[a-z_]+", text)}
+        assert named - exported == set(), f"not exported: {sorted(named - exported)}"
+
+        # Every panel shows data.
+        empty = [(board, panel, expr) for board, panel, expr in dashboard_queries() if not query(url, expr)]
+        assert empty == [], "panels without data:\n" + "\n".join(map(str, empty))
+
+        # Every alert evaluates without error.
+        def evaluated() -> list[dict[str, Any]] | None:
+            groups = httpx.get(url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+            found = [r for g in groups for r in g["rules"]]
+            return found if found and all(r.get("lastEvaluation", "").startswith("20") for r in found) else None
+
+        found = wait_until(evaluated, 20, "the rules evaluated")
+        assert [(r["name"], r["health"], r.get("lastError", "")) for r in found] == [
+            (r["alert"], "ok", "") for g in rule["spec"]["groups"] for r in g["rules"]
+        ]
+        # The noisy key's 429s are seen, per key id.
+        assert query(url, f"sum by (key_id) (rate(putplace_rate_limited_total[{WINDOW}])) > 0")
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        agent.stop()
+        # The user-made key's finalizer is released while the operator still runs.
+        crds.kubectl("delete", "namespace", ns, "--timeout=60s", check=False)
+        operator.stop()
+    operator.check_log()
