@@ -16,7 +16,7 @@ from typing import Any
 
 from putplace_operator import keys, metrics
 from putplace_operator.kube import Kube, KubeError
-from putplace_operator.manifests import Instance, api, children
+from putplace_operator.manifests import Instance, agent, api, children
 from putplace_operator.manifests.apikey import ApiKeyObject
 from putplace_operator.settings import OperatorSettings
 from putplace_operator.status import instance_status, key_status
@@ -85,10 +85,14 @@ async def _apply_children(i: Instance) -> None:
     await _ensure_admin_secret(i)
     for manifest in children(i):
         await kube().apply(manifest)
-    if (i.spec.get("metrics") or {}).get("serviceMonitor") and await kube().served(
-        "monitoring.coreos.com/v1", "ServiceMonitor"
-    ):
-        await kube().apply(api.service_monitor(i))
+    if (i.spec.get("metrics") or {}).get("serviceMonitor"):
+        # Only where the Prometheus operator's CRDs are served (they may arrive later).
+        if await kube().served("monitoring.coreos.com/v1", "ServiceMonitor"):
+            await kube().apply(api.service_monitor(i))
+        if (i.spec.get("agent") or {}).get("enabled", True) and await kube().served(
+            "monitoring.coreos.com/v1", "PodMonitor"
+        ):
+            await kube().apply(agent.pod_monitor(i))
 
 
 async def reconcile_instance(body: Mapping[str, Any], *, apply: bool = True) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Least privilege, shown: the operator process runs as a ServiceAccount bound only to the
 ClusterRole the chart ships, and reconciles a production-like instance (with its agent and
-metrics ApiKeys, and a ServiceMonitor once that CRD exists) without a single refusal; the same
+metrics ApiKeys, and a ServiceMonitor and PodMonitor once their CRDs exist) without a single refusal; the same
 identity cannot read Secrets wholesale or delete what it manages. Then the operator limited to
 one namespace leaves the others alone."""
 
@@ -19,21 +19,24 @@ from tests.processes import ApiProcess
 from tests.servers import KubeCluster
 from tests.waiting import wait_until
 
-# A stand-in for the Prometheus operator's CRD (only its name and group matter to PutPlace).
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "scope": "Namespaced",
-        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-        }],
-    },
-}  # fmt: skip
+# Stand-ins for the Prometheus operator's CRDs (only their names and group matter to PutPlace).
+MONITORING_CRDS = [
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{kind.lower()}s.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": f"{kind.lower()}s", "singular": kind.lower()},
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }],
+        },
+    }
+    for kind in ("ServiceMonitor", "PodMonitor")
+]  # fmt: skip
 
 
 def operator(kubeconfig: Path, api: ApiProcess, workdir: Path) -> OperatorProcess:
@@ -79,18 +82,21 @@ def test_the_operator_needs_no_more_than_its_cluster_role(
         )
         assert httpx.get(api_process.url + "/files", headers={"X-API-Key": metrics_key}).status_code == 403
 
-        # No ServiceMonitor without its CRD; one appears when the CRD is installed.
-        assert crds.kubectl("get", "servicemonitors", "-n", namespace, check=False).returncode != 0
-        crds.apply(SERVICE_MONITOR_CRD)
+        # No ServiceMonitor (API) or PodMonitor (agents) without their CRDs; they appear with them.
+        assert crds.kubectl("get", "servicemonitors,podmonitors", "-n", namespace, check=False).returncode != 0
+        crds.apply(*MONITORING_CRDS)
         try:
-            monitor = wait_until(
-                lambda: crds.kubectl("get", "servicemonitor", "putplace-prod-api", "-n", namespace, "-o", "json",
-                                     check=False).stdout,
-                60, "a ServiceMonitor",
-            )  # fmt: skip
-            assert '"bearerTokenSecret"' in monitor and "putplace-prod-metrics-key" in monitor
+            for kind, name, secret in (
+                ("servicemonitor", "putplace-prod-api", "putplace-prod-metrics-key"),
+                ("podmonitor", "putplace-prod-agent", '"port": "metrics"'),
+            ):
+                found = wait_until(
+                    lambda k=kind, n=name: crds.kubectl("get", k, n, "-n", namespace, "-o", "json", check=False).stdout,
+                    60, f"a {kind}",
+                )  # fmt: skip
+                assert secret in found
         finally:
-            crds.kubectl("delete", "crd", SERVICE_MONITOR_CRD["metadata"]["name"], "--wait=false")
+            crds.kubectl("delete", "crd", *(c["metadata"]["name"] for c in MONITORING_CRDS), "--timeout=60s")
     finally:
         op.stop()
     op.check_log()

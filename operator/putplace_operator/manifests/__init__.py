@@ -2,8 +2,8 @@
 tests dry-run them against a real API server.
 
 ``children(instance)`` lists every child an instance should have, in apply order, except the
-admin-key Secret (generated once by the operator, never rebuilt) and the ServiceMonitor (only
-when that CRD exists in the cluster).
+admin-key Secret (generated once by the operator, never rebuilt) and the ServiceMonitor and
+PodMonitor (only once their CRDs exist in the cluster).
 """
 
 from putplace_operator.manifests import agent, api

@@ -22,7 +22,7 @@ from putplace_operator.manifests.common import (
     selector,
 )
 
-__all__ = ["HOST_ROOT", "STATE_ROOT", "agent_key", "daemon_set"]
+__all__ = ["HOST_ROOT", "STATE_ROOT", "agent_key", "daemon_set", "pod_monitor"]
 
 COMPONENT = "agent"
 HOST_ROOT = "/host"  # where host paths appear in the pod; stripped again in the catalogue
@@ -119,5 +119,18 @@ def daemon_set(i: Instance) -> Manifest | None:
             "selector": {"matchLabels": selector(i, COMPONENT)},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {"metadata": {"labels": selector(i, COMPONENT)}, "spec": pod},
+        },
+    }
+
+
+def pod_monitor(i: Instance) -> Manifest:
+    """Prometheus scrapes every agent pod (the agents' dashboard and stale-scan alert need them)."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": metadata(i, i.agent_name, COMPONENT),
+        "spec": {
+            "selector": {"matchLabels": selector(i, COMPONENT)},
+            "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics"}],
         },
     }
