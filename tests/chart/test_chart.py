@@ -16,25 +16,11 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from tests.chart.conftest import CHART, ROOT, find, render, run_helm
-from tests.operator.conftest import CLUSTER_ROLE, CRD_DIR, CRD_NAMES, OperatorProcess, condition
+from tests.operator.conftest import CLUSTER_ROLE, CRD_DIR, CRD_NAMES, OperatorProcess, condition, monitoring_crds
 from tests.servers import KubeCluster
 from tests.waiting import wait_until
 
-MONITORING_CRDS = [
-    {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-        },
-    }
-    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules"))
-]  # fmt: skip
+MONITORING_CRDS = monitoring_crds("ServiceMonitor", "PrometheusRule")
 
 
 def test_the_chart_copies_are_the_sources() -> None:
@@ -119,7 +105,7 @@ def test_monitoring_renders_where_its_api_exists(helm: Path) -> None:
 
 
 @pytest.fixture
-def monitoring_crds(crds: KubeCluster) -> Iterator[KubeCluster]:
+def monitoring_served(crds: KubeCluster) -> Iterator[KubeCluster]:
     crds.apply(*MONITORING_CRDS)
     names = [c["metadata"]["name"] for c in MONITORING_CRDS]
     crds.kubectl("wait", "--for=condition=Established", *(f"crd/{n}" for n in names), "--timeout=60s")
@@ -138,10 +124,10 @@ def monitoring_crds(crds: KubeCluster) -> Iterator[KubeCluster]:
     ids=["defaults", "instance-and-monitoring", "no-crds-namespaced", "own-service-account"],
 )
 def test_renders_pass_the_api_servers_validation(
-    helm: Path, monitoring_crds: KubeCluster, namespace: str, sets: list[str]
+    helm: Path, monitoring_served: KubeCluster, namespace: str, sets: list[str]
 ) -> None:
     docs = render(helm, *sets, namespace=namespace)
-    result = monitoring_crds.kubectl(
+    result = monitoring_served.kubectl(
         "apply", "--dry-run=server", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     )
     assert result.stdout.count("(server dry run)") == len(docs), result.stdout

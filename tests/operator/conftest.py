@@ -149,3 +149,25 @@ def condition(obj: dict[str, Any], kind: str) -> tuple[str, str] | None:
         if c["type"] == kind:
             return str(c["status"]), str(c.get("reason"))
     return None
+
+
+def monitoring_crds(*kinds: str) -> list[dict[str, Any]]:
+    """Stand-ins for the Prometheus operator's CRDs (monitoring.coreos.com/v1 ``kinds``, any
+    content accepted): PutPlace only cares whether the cluster serves them."""
+    return [
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{kind.lower()}s.monitoring.coreos.com"},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "scope": "Namespaced",
+                "names": {"kind": kind, "plural": f"{kind.lower()}s", "singular": kind.lower()},
+                "versions": [{
+                    "name": "v1", "served": True, "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }],
+            },
+        }
+        for kind in kinds
+    ]  # fmt: skip

@@ -14,29 +14,12 @@ import httpx
 import yaml  # type: ignore[import-untyped]
 
 from tests.api.conftest import ADMIN_KEY
-from tests.operator.conftest import CRD_DIR, OperatorProcess, admin_secret, condition
+from tests.operator.conftest import CRD_DIR, OperatorProcess, admin_secret, condition, monitoring_crds
 from tests.processes import ApiProcess
 from tests.servers import KubeCluster
 from tests.waiting import wait_until
 
-# Stand-ins for the Prometheus operator's CRDs (only their names and group matter to PutPlace).
-MONITORING_CRDS = [
-    {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{kind.lower()}s.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": f"{kind.lower()}s", "singular": kind.lower()},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-            }],
-        },
-    }
-    for kind in ("ServiceMonitor", "PodMonitor")
-]  # fmt: skip
+MONITORING_CRDS = monitoring_crds("ServiceMonitor", "PodMonitor")
 
 
 def operator(kubeconfig: Path, api: ApiProcess, workdir: Path) -> OperatorProcess:
