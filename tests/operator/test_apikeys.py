@@ -335,3 +335,36 @@ def test_the_operator_converges_after_a_crash_mid_reconcile(
         (live,) = live_keys(api, obj["metadata"]["uid"])
         assert live["_id"] == obj["status"]["keyId"] and key is not None and key.startswith(live["key_prefix"])
         assert status(api, key, "GET", "/files") == 200
+
+
+def test_no_key_appears_in_logs_metrics_status_or_events(
+    api: ApiProcess, operator: OperatorProcess, crds: KubeCluster, instance: str
+) -> None:
+    """Keys live in Secrets and nowhere else: not in the operator's or the API's logs, not in
+    either's metrics, not in the objects' status, not in the namespace's events."""
+    crds.apply(apikey("one", "read"), apikey("two", "write", secretName="two-key"), namespace=instance)
+    wait_ready(crds, instance, "one")
+    wait_ready(crds, instance, "two")
+    crds.kubectl("patch", "apikey", "one", "-n", instance, "--type=merge", "-p", '{"spec": {"rotation": 1}}')
+    wait_until(lambda: get_key(crds, instance, "one")["status"].get("rotation") == 1, 20, "the rotation")
+    keys = {ADMIN_KEY}
+    for secret in ("one", "two-key", f"{INSTANCE}-admin-key"):
+        key = secret_key(crds, instance, secret)
+        assert key is not None
+        keys.add(key)
+    # Use them, including wrongly, so that every path that might echo a key has run.
+    for key in keys:
+        status(api, key, "GET", "/files")
+        status(api, key + "x", "GET", "/files")
+    metrics_key = api.new_key("metrics")
+    places = {
+        "operator log": operator.log(),
+        "API log": (api.workdir / "api.log").read_text(errors="replace"),
+        "operator metrics": httpx.get(operator.metrics_url, timeout=5).text,
+        "API metrics": httpx.get(api.url + "/metrics", headers={"X-API-Key": metrics_key}, timeout=5).text,
+        "objects": crds.kubectl("get", "apikeys,putplaceinstances", "-n", instance, "-o", "json").stdout,
+        "events": crds.kubectl("get", "events", "-n", instance, "-o", "json").stdout,
+    }
+    for key in keys:
+        for place, text in places.items():
+            assert key not in text and key[:16] not in text, f"a key (or its first 16 characters) is in the {place}"
