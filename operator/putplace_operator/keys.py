@@ -62,7 +62,6 @@ class Issued:
 
     record: KeyRecord
     secret_name: str
-    issued: bool  # a new key was made by this reconcile
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,7 @@ async def _reconcile(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, no
         async with PutPlaceClient(target.url, target.admin_key, timeout=settings.api_timeout_seconds) as api:
             live = await _mine(api, k)
             working = found if _works(found, live) else None
-            issued = working is None or working[0].rotation != k.rotation or working[0].checksum != k.checksum
-            if issued:
+            if working is None or working[0].rotation != k.rotation or working[0].checksum != k.checksum:
                 working = await _issue(api, k, kube, target, working, settings, now)
             assert working is not None
             record, key = working
@@ -164,7 +162,7 @@ async def _reconcile(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, no
                 await _revoke(api, orphan)
     except PutPlaceClientError as exc:
         raise _api_error(exc, target.url) from None
-    return Issued(record, k.secret_name, issued)
+    return Issued(record, k.secret_name)
 
 
 async def _issue(
