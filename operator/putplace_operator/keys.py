@@ -148,15 +148,18 @@ async def _reconcile(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, no
         async with PutPlaceClient(target.url, target.admin_key, timeout=settings.api_timeout_seconds) as api:
             live = await _mine(api, k)
             working = found if _works(found, live) else None
-            if working is None or working[0].rotation != k.rotation or working[0].checksum != k.checksum:
-                working = await _issue(api, k, kube, target, working, settings, now)
+            issued = working is None or working[0].rotation != k.rotation or working[0].checksum != k.checksum
+            if issued:
+                working = await _issue(api, k, kube, target, working, settings, now)  # writes the Secret
             assert working is not None
             record, key = working
             if record.previous_key_id and record.revoke_after and record.revoke_after <= now:
                 await _revoke(api, record.previous_key_id)
                 record = replace(record, previous_key_id=None, revoke_after=None)
-            # Re-applied every time: puts back a Secret edited by hand (labels, URL, annotations).
-            await kube.apply(key_secret(k, key, target.instance.service_url, record))
+                issued = False  # the Secret must lose the previous key's annotations
+            if not issued:
+                # Re-applied on every pass: puts back a Secret edited by hand (labels, URL, annotations).
+                await kube.apply(key_secret(k, key, target.instance.service_url, record))
             for orphan in set(live) - {record.key_id, record.previous_key_id}:
                 log.info("revoking key %s of ApiKey %s/%s: no longer current", orphan, k.namespace, k.name)
                 await _revoke(api, orphan)
