@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,44 @@ async def test_delete(storage: ContentStorage) -> None:
     sha = await _put(storage, b"bye")
     assert await storage.delete(sha) is True
     assert not await storage.exists(sha)
+
+
+async def _put_foreign(storage: ContentStorage, name: str, data: bytes) -> None:
+    """An object this service did not write, under ``name``."""
+    if isinstance(storage, LocalStorage):
+        (storage.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (storage.root / name).write_bytes(data)
+    else:
+        await storage._client.put_object(Bucket=storage.bucket, Key=storage.prefix + name, Body=data)
+
+
+async def test_list_objects_shows_committed_objects_and_foreign_names(storage: ContentStorage) -> None:
+    assert [o async for o in storage.list_objects()] == []
+    before = datetime.now(UTC) - timedelta(seconds=5)  # S3 keeps whole seconds
+    contents = [b"one", os.urandom(70_000), b""]
+    shas = [await _put(storage, c) for c in contents]
+    pending = await storage.writer(_sha(b"uncommitted"))
+    await pending.write(b"uncommitted")
+    wrong_dir = _sha(b"misplaced")
+    await _put_foreign(storage, f"zz/{wrong_dir}", b"misplaced")
+    await _put_foreign(storage, "ab/not-a-sha", b"x")
+    listed = {o.name: o async for o in storage.list_objects()}
+    await pending.abort()
+    assert {n: (o.sha256, o.size) for n, o in listed.items()} == {
+        f"{s[:2]}/{s}": (s, len(c)) for s, c in zip(shas, contents, strict=True)
+    } | {f"zz/{wrong_dir}": (None, 9), "ab/not-a-sha": (None, 1)}
+    after = datetime.now(UTC) + timedelta(seconds=5)
+    assert all(before <= o.modified <= after for o in listed.values())
+    for s in shas:
+        assert await storage.stat(s) == listed[f"{s[:2]}/{s}"]
+    assert await storage.stat("0" * 64) is None
+
+
+async def test_list_objects_pages_through_many_objects(storage: ContentStorage) -> None:
+    contents = [f"object {i}".encode() for i in range(1005)]  # over one S3 listing page (1000)
+    await storage.put_many([(_sha(c), c) for c in contents])
+    listed = [o.sha256 async for o in storage.list_objects()]
+    assert sorted(listed) == sorted(_sha(c) for c in contents)  # type: ignore[type-var]
 
 
 async def test_ping(storage: ContentStorage) -> None:

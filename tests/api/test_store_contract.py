@@ -615,6 +615,63 @@ async def test_take_tokens_concurrently_never_over_grants(store: MetadataStore) 
     assert (await store.take_tokens("hot", 0.001, 50, 1, 5000.0)).granted == 0
 
 
+# -- integrity: what verify and gc read and delete ------------------------------------------
+
+
+async def test_iter_contents_in_sha_order_and_batches(store: MetadataStore) -> None:
+    await store.put_files([meta(f"/ic/{i}", content=f"ic{i}") for i in range(23)], T0)
+    await store.mark_stored(sha("ic5"), 100, None, "p", at(1))
+    batches = [b async for b in store.iter_contents(batch=5)]
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    rows = [r for b in batches for r in b]
+    assert [r.sha256 for r in rows] == sorted(sha(f"ic{i}") for i in range(23))
+    found = await store.contents([r.sha256 for r in rows])
+    assert rows == [found[r.sha256] for r in rows] and rows[0] != rows[1]
+    assert next(r for r in rows if r.sha256 == sha("ic5")).stored is True
+    assert [b async for b in store.iter_contents(batch=100)] == [rows]
+
+
+async def test_referenced_by_current_and_historical_records(store: MetadataStore) -> None:
+    await store.put_files([meta("/r/a", content="old"), meta("/r/b", content="shared")], T0)
+    await store.put_files([meta("/r/a", content="new"), meta("/r/c", content="shared")], at(1))  # "old" -> history
+    await store.put_files([meta("/r/gone", content="deleted")], at(2))
+    await store.delete_file("node-1", "/r/gone", at(3))  # "deleted" -> history only
+    await store.mark_stored(sha("unreferenced"), 1, None, "u", at(4))
+    named = sorted(sha(c) for c in ("old", "new", "shared", "deleted"))
+    for batch in (1, 2, 3, 1000):
+        pages = [p async for p in store.iter_referenced(batch=batch)]
+        assert all(0 < len(p) <= batch for p in pages)
+        assert [s for p in pages for s in p] == named, batch
+    assert await store.referenced([sha(c) for c in ("old", "shared", "unreferenced", "never")]) == {
+        sha("old"),
+        sha("shared"),
+    }
+    assert await store.referenced([]) == set()
+
+
+async def test_iter_referenced_with_many_records_of_one_content(store: MetadataStore) -> None:
+    await store.put_files([meta(f"/same/{i}", content="same") for i in range(12)], T0)
+    await store.put_files([meta("/z", content="zzz"), meta("/a", content="aaa")], T0)
+    pages = [p async for p in store.iter_referenced(batch=4)]
+    assert [s for p in pages for s in p] == sorted(sha(c) for c in ("same", "zzz", "aaa"))
+
+
+async def test_delete_contents_only_if_unchanged_then_restore(store: MetadataStore) -> None:
+    await store.put_files([meta("/del/a", content="a"), meta("/del/b", content="b"), meta("/del/c", content="c")], T0)
+    await store.mark_stored(sha("a"), 100, "text/plain", "pa", at(1))
+    seen = await store.contents([sha("a"), sha("b"), sha("c")])
+    await store.mark_stored(sha("b"), 100, None, "pb", at(2))  # changed since gc read it: kept
+    deleted = await store.delete_contents_if_unchanged(list(seen.values()))
+    assert deleted == {sha("a"), sha("c")}
+    assert set(await store.contents(seen)) == {sha("b")}
+    assert await store.delete_contents_if_unchanged([seen[sha("a")]]) == {sha("a")}  # already gone: not recorded
+
+    (recreated,) = await store.put_files([meta("/del/c2", content="c")], at(3))  # recreated meanwhile
+    await store.restore_contents([seen[sha("a")], seen[sha("c")]])
+    assert await store.get_content(sha("a")) == seen[sha("a")]
+    assert await store.get_content(sha("c")) == recreated.content  # the newer record is kept
+
+
 # -- lifecycle and failures --------------------------------------------------------------------
 
 

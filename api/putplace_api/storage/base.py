@@ -9,13 +9,33 @@ One contract suite (``tests/api/test_storage_contract.py``) runs against every b
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
-__all__ = ["ContentStorage", "ContentWriter", "object_name"]
+from putplace_client.models import is_sha256
+
+__all__ = ["ContentStorage", "ContentWriter", "StoredObject", "object_name", "sha_of_name"]
 
 
 def object_name(sha256: str) -> str:
     return f"{sha256[:2]}/{sha256}"
+
+
+def sha_of_name(name: str) -> str | None:
+    """The sha256 an object name (``xx/sha256``) holds; None for any other name."""
+    prefix, _, sha = name.partition("/")
+    return sha if is_sha256(sha) and prefix == sha[:2] else None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One object as storage lists it."""
+
+    name: str  # under the storage root or prefix, e.g. "ab/ab12..."
+    size: int
+    modified: datetime  # timezone-aware; when the object was last written (committed)
+    sha256: str | None  # None: a foreign name, not content this service wrote
 
 
 class ContentWriter(Protocol):
@@ -55,3 +75,9 @@ class ContentStorage(Protocol):
         """Stream bytes [start, end) of the content (end None = to the end)."""
 
     async def delete(self, sha256: str) -> bool: ...
+
+    def list_objects(self) -> AsyncIterator[StoredObject]:
+        """Every committed object (never one being written), in no particular order."""
+
+    async def stat(self, sha256: str) -> StoredObject | None:
+        """The object of sha256 as listing shows it; None when there is none."""

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +21,7 @@ from typing import BinaryIO
 import anyio.to_thread
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.storage.base import object_name
+from putplace_api.storage.base import StoredObject, object_name, sha_of_name
 
 __all__ = ["LocalStorage"]
 
@@ -112,6 +113,22 @@ class _LocalWriter:
             await anyio.to_thread.run_sync(self._abort, abandon_on_cancel=False)
 
 
+def _listed(name: str, st: os.stat_result) -> StoredObject:
+    modified = datetime.fromtimestamp(st.st_mtime, UTC)
+    return StoredObject(name=name, size=st.st_size, modified=modified, sha256=sha_of_name(name))
+
+
+def _list_dir(root: Path, name: str) -> list[StoredObject]:
+    """The files of one ``{root}/xx/`` directory (gone entries skipped: a concurrent delete)."""
+    out = []
+    for entry in os.scandir(root / name):
+        try:
+            out.append(_listed(f"{name}/{entry.name}", entry.stat()))
+        except FileNotFoundError:
+            pass
+    return out
+
+
 class LocalStorage:
     kind = "local"
 
@@ -154,11 +171,8 @@ class LocalStorage:
         return await anyio.to_thread.run_sync(self._path(sha256).is_file)
 
     async def size(self, sha256: str) -> int | None:
-        try:
-            st = await anyio.to_thread.run_sync(os.stat, self._path(sha256))
-        except FileNotFoundError:
-            return None
-        return st.st_size
+        found = await self.stat(sha256)
+        return None if found is None else found.size
 
     async def writer(self, sha256: str) -> _LocalWriter:
         w = _LocalWriter(self._path(sha256), self._tmp / f"{sha256}.{uuid.uuid4().hex}", self._fsync)
@@ -209,6 +223,32 @@ class LocalStorage:
                 yield chunk
         finally:
             f.close()
+
+    async def list_objects(self) -> AsyncIterator[StoredObject]:
+        # One thread hop per top-level directory; temp files (.tmp/) are writes in progress.
+        try:
+            top = await anyio.to_thread.run_sync(lambda: sorted(os.scandir(self.root), key=lambda e: e.name))
+            for entry in top:
+                if entry.name == self._tmp.name:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    for item in await anyio.to_thread.run_sync(_list_dir, self.root, entry.name):
+                        yield item
+                else:
+                    yield _listed(entry.name, await anyio.to_thread.run_sync(entry.stat))
+        except FileNotFoundError:
+            return  # no root yet: nothing stored
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    async def stat(self, sha256: str) -> StoredObject | None:
+        try:
+            st = await anyio.to_thread.run_sync(os.stat, self._path(sha256))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _translate(exc) from exc
+        return _listed(object_name(sha256), st)
 
     async def delete(self, sha256: str) -> bool:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.storage.base import object_name
+from putplace_api.storage.base import StoredObject, object_name, sha_of_name
 
 __all__ = ["S3Storage"]
 
@@ -150,15 +151,8 @@ class S3Storage:
         return f"s3://{self.bucket}/{self._key(sha256)}"
 
     async def size(self, sha256: str) -> int | None:
-        try:
-            head = await self._client.head_object(Bucket=self.bucket, Key=self._key(sha256))
-        except ClientError as exc:
-            if _is_missing(exc):
-                return None
-            raise _unavailable(exc) from exc
-        except BotoCoreError as exc:
-            raise _unavailable(exc) from exc
-        return int(head["ContentLength"])
+        found = await self.stat(sha256)
+        return None if found is None else found.size
 
     async def exists(self, sha256: str) -> bool:
         return await self.size(sha256) is not None
@@ -199,6 +193,34 @@ class S3Storage:
                 yield chunk
         finally:
             stream.close()
+
+    def _listed(self, key: str, size: int, modified: datetime) -> StoredObject:
+        name = key[len(self.prefix) :]
+        # HEAD answers whole seconds (an HTTP date), a listing milliseconds: keep what both say.
+        modified = modified.astimezone(UTC).replace(microsecond=0)
+        return StoredObject(name=name, size=size, modified=modified, sha256=sha_of_name(name))
+
+    async def list_objects(self) -> AsyncIterator[StoredObject]:
+        # Multipart uploads in progress are not objects: they never show up here.
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            async for page in pages:
+                for obj in page.get("Contents", []):
+                    if not obj["Key"].endswith("/"):  # a "directory" marker
+                        yield self._listed(obj["Key"], int(obj["Size"]), obj["LastModified"])
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def stat(self, sha256: str) -> StoredObject | None:
+        try:
+            head = await self._client.head_object(Bucket=self.bucket, Key=self._key(sha256))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise _unavailable(exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from exc
+        return self._listed(self._key(sha256), int(head["ContentLength"]), head["LastModified"])
 
     async def delete(self, sha256: str) -> bool:
         existed = await self.exists(sha256)

@@ -8,7 +8,7 @@ boundary are plain frozen dataclasses; routes never see a driver type.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -161,6 +161,24 @@ class MetadataStore(Protocol):
         """``mark_stored`` for a batch of contents, in as few round trips as the backend allows."""
 
     async def stats(self) -> StatsRow: ...
+
+    # -- integrity: verify and garbage collection (putplace_api.maintenance) --------------
+    def iter_contents(self, batch: int = 1000) -> AsyncIterator[list[ContentRow]]:
+        """Every content record in sha256 order, ``batch`` per round trip (a cursor on sha256)."""
+
+    def iter_referenced(self, batch: int = 1000) -> AsyncIterator[list[str]]:
+        """Every distinct sha256 named by a current or historical file record, in order, in batches."""
+
+    async def referenced(self, shas: Collection[str]) -> set[str]:
+        """Those of ``shas`` that a current or historical file record names (one round trip per chunk)."""
+
+    async def delete_contents_if_unchanged(self, rows: Sequence[ContentRow]) -> set[str]:
+        """Delete each content record only while it is still as ``rows`` shows it (same stored
+        flag, stored_at and size); return the sha256s no longer recorded afterwards."""
+
+    async def restore_contents(self, rows: Sequence[ContentRow]) -> None:
+        """Put back content records deleted by ``delete_contents_if_unchanged``, where none
+        exists now (a record created meanwhile is kept as it is)."""
 
     # -- keys ----------------------------------------------------------------------------
     async def insert_key(self, key: KeyRow) -> None: ...

@@ -57,7 +57,7 @@ import asyncio
 import functools
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -138,11 +138,29 @@ def _translating(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
     return wrapper
 
 
+def _translating_iterator(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[T]:
+        try:
+            async for item in fn(*args, **kwargs):
+                yield item
+        except Exception as exc:
+            if _unavailable(exc):
+                raise BackendUnavailable("database", _reason(exc)) from exc
+            raise
+
+    return wrapper
+
+
 def _translate_errors(cls: type[T]) -> type[T]:
-    """The one boundary: wrap every public coroutine method of the class."""
+    """The one boundary: wrap every public coroutine method (and async iterator) of the class."""
     for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+        if name.startswith("_"):
+            continue
+        if inspect.iscoroutinefunction(member):
             setattr(cls, name, _translating(member))
+        elif inspect.isasyncgenfunction(member):
+            setattr(cls, name, _translating_iterator(member))
     return cls
 
 
@@ -569,7 +587,9 @@ class MongoStore:
             doc = await self._contents.find_one_and_update(
                 {"_id": sha256}, {"$set": fields}, return_document=ReturnDocument.AFTER
             )
-        assert doc is not None  # content records are never deleted
+            if doc is None:  # garbage collection deleted the record in between: store it anew
+                return await self.mark_stored(sha256, size, mime_type, storage_path, now)
+        assert doc is not None  # an upsert returning the document after always finds one
         return _content_row(doc)
 
     async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
@@ -601,6 +621,85 @@ class MongoStore:
             stored_bytes=stored,
             logical_bytes=sum(int(d["bytes"]) for d in hosts),
         )
+
+    # -- integrity -----------------------------------------------------------------------
+    async def iter_contents(self, batch: int = 1000) -> AsyncIterator[list[ContentRow]]:
+        after = ""
+        while True:
+            cursor = self._contents.find({"_id": {"$gt": after}}).sort("_id", ASCENDING).limit(batch)
+            rows = [_content_row(doc) async for doc in cursor]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].sha256
+
+    async def _sha_page(self, collection: Any, after: str, limit: int) -> tuple[list[str], str | None]:
+        """The next ``limit`` sha256 values of a collection's sha256 index after ``after``
+        (repeats included), and how far they reach (None: the collection is exhausted)."""
+        cursor = (
+            collection.find({"sha256": {"$gt": after}}, {"_id": 0, "sha256": 1}).sort("sha256", ASCENDING).limit(limit)
+        )
+        shas = [doc["sha256"] async for doc in cursor]
+        return shas, (shas[-1] if len(shas) == limit else None)
+
+    async def iter_referenced(self, batch: int = 1000) -> AsyncIterator[list[str]]:
+        # A merge of two sorted scans: each page is complete up to the lower of the two
+        # reaches, so every distinct sha256 comes out once, in order.
+        after = ""
+        while True:
+            (files, reach_f), (history, reach_h) = await asyncio.gather(
+                self._sha_page(self._files, after, batch), self._sha_page(self._history, after, batch)
+            )
+            reaches = [r for r in (reach_f, reach_h) if r is not None]
+            bound = min(reaches) if reaches else None
+            shas = sorted({s for s in (*files, *history) if bound is None or s <= bound})[:batch]
+            if not shas:
+                return
+            yield shas
+            after = shas[-1]
+
+    async def referenced(self, shas: Collection[str]) -> set[str]:
+        async def named_in(collection: Any, chunk: Sequence[str]) -> set[str]:
+            cursor = await collection.aggregate(
+                [{"$match": {"sha256": {"$in": list(chunk)}}}, {"$group": {"_id": "$sha256"}}]
+            )
+            return {doc["_id"] async for doc in cursor}
+
+        found: set[str] = set()
+        for chunk in _chunks(sorted(set(shas)), _QUERY_CHUNK * 2):
+            for part in await asyncio.gather(named_in(self._files, chunk), named_in(self._history, chunk)):
+                found |= part
+        return found
+
+    async def delete_contents_if_unchanged(self, rows: Sequence[ContentRow]) -> set[str]:
+        # A delete is conditional on the whole document as read; whether each matched is read
+        # back afterwards (a record recreated meanwhile counts as not deleted: the safe side).
+        for chunk in _chunks(rows, _UPDATE_CHUNK):
+            await self._contents.delete_many(
+                {
+                    "$or": [
+                        {"_id": r.sha256, "stored": r.stored, "size": r.size, "stored_at": _ms_opt(r.stored_at)}
+                        for r in chunk
+                    ]
+                }
+            )
+        shas = {r.sha256 for r in rows}
+        return shas - set(await self._find_contents(shas))
+
+    async def restore_contents(self, rows: Sequence[ContentRow]) -> None:
+        docs = [
+            {
+                "_id": r.sha256,
+                "size": r.size,
+                "stored": r.stored,
+                "first_seen_at": _ms(r.first_seen_at),
+                "stored_at": _ms_opt(r.stored_at),
+                "mime_type": r.mime_type,
+                "storage_path": r.storage_path,
+            }
+            for r in rows
+        ]
+        await self._insert_all(self._contents, docs)  # one recreated meanwhile stays as it is
 
     # -- keys ----------------------------------------------------------------------------
     async def insert_key(self, key: KeyRow) -> None:

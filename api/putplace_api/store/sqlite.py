@@ -12,7 +12,7 @@ import asyncio
 import functools
 import operator
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,6 +123,18 @@ def _content_row(row: sqlite3.Row) -> ContentRow:
         stored_at=_dt(row["stored_at"]),
         mime_type=row["mime_type"],
         storage_path=row["storage_path"],
+    )
+
+
+def _content_values(row: ContentRow) -> tuple[Any, ...]:
+    return (
+        row.sha256,
+        row.size,
+        int(row.stored),
+        _ts(row.first_seen_at),
+        _ts(row.stored_at),
+        row.mime_type,
+        row.storage_path,
     )
 
 
@@ -447,6 +459,80 @@ class SqliteStore:
             return StatsRow(files, hosts, stored, stored_bytes, logical)
 
         return await self._run(run)
+
+    # -- integrity -----------------------------------------------------------------------
+    async def iter_contents(self, batch: int = 1000) -> AsyncIterator[list[ContentRow]]:
+        after = ""
+        while True:
+            rows = await self._run(
+                lambda a: [
+                    _content_row(r)
+                    for r in self._c.execute(
+                        "SELECT * FROM contents WHERE sha256 > ? ORDER BY sha256 LIMIT ?", (a, batch)
+                    )
+                ],
+                after,
+            )
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].sha256
+
+    async def iter_referenced(self, batch: int = 1000) -> AsyncIterator[list[str]]:
+        # A compound select ordered like both sha256 indexes: SQLite merges the two index
+        # scans and stops at the limit instead of collecting every row.
+        sql = (
+            "SELECT sha256 FROM files WHERE sha256 > ? UNION "
+            "SELECT sha256 FROM file_history WHERE sha256 > ? ORDER BY 1 LIMIT ?"
+        )
+        after = ""
+        while True:
+            shas = await self._run(lambda a: [r[0] for r in self._c.execute(sql, (a, a, batch))], after)
+            if not shas:
+                return
+            yield shas
+            after = shas[-1]
+
+    async def referenced(self, shas: Collection[str]) -> set[str]:
+        def run() -> set[str]:
+            found: set[str] = set()
+            ordered = sorted(set(shas))
+            for i in range(0, len(ordered), 400):  # two lists of bound parameters per chunk
+                chunk = ordered[i : i + 400]
+                marks = ",".join("?" for _ in chunk)
+                sql = (
+                    f"SELECT sha256 FROM files WHERE sha256 IN ({marks}) UNION "
+                    f"SELECT sha256 FROM file_history WHERE sha256 IN ({marks})"
+                )
+                found.update(r[0] for r in self._c.execute(sql, (*chunk, *chunk)))
+            return found
+
+        return await self._run(run)
+
+    async def delete_contents_if_unchanged(self, rows: Sequence[ContentRow]) -> set[str]:
+        def run() -> set[str]:
+            with self._write() as c:
+                for r in rows:
+                    c.execute(
+                        "DELETE FROM contents WHERE sha256 = ? AND stored = ? AND size = ? AND stored_at IS ?",
+                        (r.sha256, int(r.stored), r.size, _ts(r.stored_at)),
+                    )
+                left = self._contents(c, {r.sha256 for r in rows})
+            return {r.sha256 for r in rows} - set(left)
+
+        return await self._run(run)
+
+    async def restore_contents(self, rows: Sequence[ContentRow]) -> None:
+        def run() -> None:
+            with self._write() as c:
+                c.executemany(
+                    "INSERT OR IGNORE INTO contents "
+                    "(sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [_content_values(r) for r in rows],
+                )
+
+        await self._run(run)
 
     # -- keys ----------------------------------------------------------------------------
     async def insert_key(self, key: KeyRow) -> None:
