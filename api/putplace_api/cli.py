@@ -1,4 +1,5 @@
-"""``putplace-api``: run the service with uvicorn.
+"""``putplace-api``: run the service with uvicorn (``serve``, the default), or check and
+clean its content (``verify``, ``gc``: ``putplace_api.maintenance``) with the same settings.
 
 Flags become ``PUTPLACE_*`` environment variables before anything else is imported, so
 that every uvicorn worker (and prometheus-client's multiprocess mode) sees one
@@ -8,10 +9,13 @@ configuration.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -31,24 +35,117 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")  # one line, no usage dump
+
+
+def _serve_flags(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument("--host", default=default, help="address to listen on (PUTPLACE_HOST)")
+    parser.add_argument("--port", type=int, default=default, help="port to listen on (PUTPLACE_PORT)")
+    parser.add_argument("--workers", type=int, default=default, help="worker processes (PUTPLACE_WORKERS)")
+    parser.add_argument("--data-dir", default=default, help="data directory (PUTPLACE_DATA_DIR)")
+    parser.add_argument(
+        "--sync",
+        action="append",
+        default=default,
+        metavar="PATH",
+        help="also run a putplace-agent keeping PATH catalogued (repeatable; PUTPLACE_SYNC)",
+    )
+
+
+def _number(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < low or (high is not None and value > high):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"{kind.__name__} in range"  # what argparse names in its error line
+    return parse
+
+
+def _duration(text: str) -> float:
+    from putplace_api.maintenance.common import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="putplace-api",
         description="PutPlace API service: file metadata catalogue and content store.",
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help="address to listen on (PUTPLACE_HOST)")
-    parser.add_argument("--port", type=int, help="port to listen on (PUTPLACE_PORT)")
-    parser.add_argument("--workers", type=int, help="worker processes (PUTPLACE_WORKERS)")
-    parser.add_argument("--data-dir", help="data directory (PUTPLACE_DATA_DIR)")
-    parser.add_argument(
-        "--sync",
-        action="append",
-        metavar="PATH",
-        help="also run a putplace-agent keeping PATH catalogued (repeatable; PUTPLACE_SYNC)",
+    _serve_flags(parser)
+    commands = parser.add_subparsers(dest="command", title="commands (default: serve)")
+    # SUPPRESS: flags given before the command are not reset by the command's defaults.
+    _serve_flags(commands.add_parser("serve", help="run the service"), argparse.SUPPRESS)
+
+    verify = commands.add_parser(
+        "verify",
+        help="re-hash stored content; report corrupt, missing, dangling and orphan content (read-only)",
+        description="Exit status: 0 all well, 1 problems found, 2 bad usage or settings, 3 backend unavailable.",
     )
+    sample = verify.add_mutually_exclusive_group()
+    sample.add_argument("--sample", type=_number(int, 0), metavar="N", help="re-hash N random stored contents")
+    sample.add_argument(
+        "--sample-fraction",
+        type=_number(float, 0, 1),
+        metavar="F",
+        help="re-hash each stored content with probability F",
+    )
+    verify.add_argument("--concurrency", type=_number(int, 1), default=4, help="contents hashed side by side")
+    verify.add_argument("--json", action="store_true", help="a machine-readable report on stdout")
+
+    gc = commands.add_parser(
+        "gc",
+        help="delete content no current or historical file record references (dry run unless --delete)",
+        description="Exit status: 0 done, 1 content lost to a concurrent upload, 2 bad usage or settings, "
+        "3 backend unavailable.",
+    )
+    gc.add_argument(
+        "--grace", type=_duration, default="24h", help="collect only what is older than this (30s, 15m, 24h, 7d)"
+    )
+    gc.add_argument("--delete", action="store_true", help="really delete (default: list what would go)")
+    gc.add_argument("--json", action="store_true", help="a machine-readable report on stdout")
     return parser
+
+
+def _maintain(args: argparse.Namespace, settings: Settings) -> int:
+    """Run verify or gc; print its report. 0 all well, 1 problems, 3 a backend is unavailable."""
+    from putplace_api.errors import PutPlaceError
+    from putplace_api.maintenance import common
+    from putplace_api.maintenance.gc import GcOptions, collect_garbage
+    from putplace_api.maintenance.verify import VerifyOptions, verify
+    from putplace_common.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+
+    async def run() -> Any:
+        async with common.opened(settings) as backends:
+            if args.command == "verify":
+                options = VerifyOptions(args.sample, args.sample_fraction, args.concurrency)
+                return await verify(backends, options)
+            return await collect_garbage(backends, GcOptions(grace_seconds=args.grace, delete=args.delete))
+
+    try:
+        report = asyncio.run(run())
+    except ValueError as exc:  # a bad URL scheme and the like
+        print(f"putplace-api {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except PutPlaceError as exc:
+        print(f"putplace-api {args.command}: {exc.detail}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = ".".join(str(p) for p in first["loc"])
         print(f"putplace-api: invalid setting PUTPLACE_{where.upper()}: {first['msg']}", file=sys.stderr)
         return 2
+    if args.command in ("verify", "gc"):
+        return _maintain(args, settings)
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="putplace-metrics-")
 

@@ -1,0 +1,190 @@
+"""``putplace-api gc``: collect content that no file record, current or historical, names.
+
+Two kinds of garbage, each only once older than the grace period (default 24h), so that an
+upload in progress -- object committed, record not yet marked stored -- is never collected:
+
+- *unreferenced*: a content record no file record names (its last change, first_seen_at or
+  stored_at, older than the grace), and its object when the record said stored;
+- *orphan*: an object (last modified before the grace) with no content record marked stored.
+
+Dry-run by default: it lists what it would delete and how many bytes; ``delete=True`` does it.
+
+Racing a live server. An unreferenced content is collected in this order: delete its record
+only if it is still as read (``delete_contents_if_unchanged``) -- from then on a put_file
+naming it gets a fresh record and is told to upload; re-check the references -- one that
+appeared meanwhile gets the record back (``restore_contents``; the object was never touched);
+only then delete the object. An orphan is re-checked (record still not stored, object still
+old) immediately before its object is deleted.
+
+Residual window, stated honestly: between that last re-check and the object's deletion (one
+storage call, milliseconds), a put_file naming the content *and* its complete upload would
+have to land; the deletion then removes the freshly uploaded object under a record that says
+stored. gc reads the records back after deleting and reports any such content as ``lost``
+(exit status 1; ``verify`` reports it as missing; the next upload of that content after its
+record is fixed stores it again). On MongoDB there is one more: ``put_files`` reads the
+content records before it writes the file records, so a put_file whose read preceded the
+record's deletion and whose file write followed the re-check answers "stored" for content gc
+then deletes; ``verify`` reports it as dangling. Running gc when no client is writing, or
+with a grace far beyond any upload's duration, keeps both windows empty in practice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded
+from putplace_api.storage.base import StoredObject
+from putplace_api.store.base import ContentRow
+
+__all__ = ["Collected", "GcOptions", "GcReport", "collect_garbage"]
+
+DELETE_CONCURRENCY = 16
+
+
+@dataclass(frozen=True, slots=True)
+class GcOptions:
+    grace_seconds: float = 24 * 3600
+    delete: bool = False
+    batch: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    sha256: str
+    size: int  # bytes of storage freed (0 for a record whose content was never stored)
+    what: str  # "unreferenced content", "unreferenced record (never stored)", "orphan object"
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    grace_seconds: float
+    collected: Findings[Collected] = field(default_factory=Findings)
+    kept: Findings[str] = field(default_factory=Findings)  # changed during the run: left alone
+    lost: Findings[str] = field(default_factory=Findings)  # the residual race hit (see above)
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "grace_seconds": self.grace_seconds,
+            "collected": {
+                "count": self.collected.count,
+                "bytes": self.collected.bytes,
+                "items": [{"sha256": c.sha256, "size": c.size, "what": c.what} for c in self.collected.items],
+            },
+            "kept": {"count": self.kept.count, "items": self.kept.items},
+            "lost": {"count": self.lost.count, "items": self.lost.items},
+        }
+
+    def lines(self) -> list[str]:
+        verb = "would delete" if self.dry_run else "deleted"
+        out = [f"  {c.sha256} {c.size} bytes ({c.what})" for c in self.collected.items]
+        out.append(f"{verb} {self.collected.count} contents, {self.collected.bytes} bytes")
+        if self.kept:
+            out.append(f"kept {self.kept.count} that were referenced or stored again during the run")
+        for sha in self.lost.items:
+            out.append(f"  {sha} LOST: uploaded again while being collected; upload it again")
+        if self.lost:
+            out.append(f"error: {self.lost.count} contents lost to a concurrent upload")
+        if self.dry_run:
+            out.append("dry run: nothing was deleted (use --delete)")
+        return out
+
+
+async def collect_garbage(backends: Backends, options: GcOptions, now: datetime | None = None) -> GcReport:
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=options.grace_seconds)
+    report = GcReport(dry_run=not options.delete, grace_seconds=options.grace_seconds)
+    progress = Progress("gc")
+    async for batch in backends.store.iter_contents(options.batch):
+        await _unreferenced(backends, [r for r in batch if _last_change(r) < cutoff], options, report)
+        progress.tick("%d collected so far", report.collected.count)
+    async for objects in batched(backends.storage.list_objects(), options.batch):
+        await _orphans(backends, [o for o in objects if o.sha256 and o.modified < cutoff], cutoff, options, report)
+        progress.tick("%d collected so far", report.collected.count)
+    return report
+
+
+def _last_change(row: ContentRow) -> datetime:
+    return max(row.first_seen_at, row.stored_at or row.first_seen_at)
+
+
+def _collected(row: ContentRow) -> Collected:
+    if row.stored:
+        return Collected(row.sha256, row.size, "unreferenced content")
+    return Collected(row.sha256, 0, "unreferenced record (never stored)")
+
+
+async def _unreferenced(backends: Backends, old: Sequence[ContentRow], options: GcOptions, report: GcReport) -> None:
+    store, storage = backends.store, backends.storage
+    named = await store.referenced([r.sha256 for r in old]) if old else set()
+    candidates = [r for r in old if r.sha256 not in named]
+    if not candidates:
+        return
+    if not options.delete:
+        for row in candidates:
+            report.collected.add(_collected(row), _collected(row).size)
+        return
+    deleted = await store.delete_contents_if_unchanged(candidates)
+    gone = [r for r in candidates if r.sha256 in deleted]
+    named_again = await store.referenced([r.sha256 for r in gone]) if gone else set()
+    await store.restore_contents([r for r in gone if r.sha256 in named_again])
+    for sha in sorted({r.sha256 for r in candidates} - deleted | named_again):
+        report.kept.add(sha)
+    collect = [r for r in gone if r.sha256 not in named_again]
+
+    async def delete_object(row: ContentRow) -> None:
+        if row.stored:
+            await storage.delete(row.sha256)
+        report.collected.add(_collected(row), _collected(row).size)
+
+    await bounded(collect, delete_object, DELETE_CONCURRENCY)
+    await _find_lost(backends, [r.sha256 for r in collect if r.stored], report)
+
+
+async def _find_lost(backends: Backends, deleted: Sequence[str], report: GcReport) -> None:
+    """Objects just deleted whose record now says stored: an upload raced the deletion."""
+    if deleted:
+        for sha, row in (await backends.store.contents(deleted)).items():
+            if row.stored:
+                report.lost.add(sha)
+
+
+async def _orphans(
+    backends: Backends, old: Sequence[StoredObject], cutoff: datetime, options: GcOptions, report: GcReport
+) -> None:
+    store, storage = backends.store, backends.storage
+    shas = [o.sha256 for o in old if o.sha256]
+    rows = await store.contents(shas) if shas else {}
+    orphans = [o for o in old if o.sha256 and not _is_stored(rows.get(o.sha256))]
+    if not options.delete:
+        for o in orphans:
+            report.collected.add(Collected(o.sha256 or "", o.size, "orphan object"), o.size)
+        return
+    again = await store.contents([o.sha256 for o in orphans if o.sha256]) if orphans else {}
+
+    deleted: list[str] = []
+
+    async def delete_object(listed: StoredObject) -> None:
+        sha = listed.sha256 or ""
+        now = await storage.stat(sha)
+        if _is_stored(again.get(sha)) or now is None or now.modified >= cutoff:
+            report.kept.add(sha)  # stored, or written again, since it was listed
+            return
+        await storage.delete(sha)
+        deleted.append(sha)
+        report.collected.add(Collected(sha, now.size, "orphan object"), now.size)
+
+    await bounded(orphans, delete_object, DELETE_CONCURRENCY)
+    await _find_lost(backends, deleted, report)
+
+
+def _is_stored(row: ContentRow | None) -> bool:
+    return row is not None and row.stored
