@@ -24,6 +24,7 @@ class ApiProcess:
     workdir: Path
     port: int = field(default_factory=lambda: free_ports(1)[0])
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)  # command-line arguments (none: serve by environment)
     process: Process | None = None
 
     @property
@@ -39,8 +40,8 @@ class ApiProcess:
             **self.env,
         }
         self.process = Process.spawn(
-            "api", [sys.executable, "-m", "putplace_api.cli"], cwd=self.workdir, log_path=self.workdir / "api.log",
-            env=env,
+            "api", [sys.executable, "-m", "putplace_api.cli", *self.args], cwd=self.workdir,
+            log_path=self.workdir / "api.log", env=env,
         )  # fmt: skip
         self.process.wait_ready(self._healthy, timeout=30)
 

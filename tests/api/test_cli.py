@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from putplace_api.settings import Settings
+from tests.processes import ApiProcess
+from tests.servers.base import free_ports
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -30,6 +33,19 @@ def test_help_lists_every_setting(tmp_path: Path) -> None:
     for name in Settings.model_fields:
         assert f"PUTPLACE_{name.upper()}" in r.stdout
     assert "--port" in r.stdout and "--workers" in r.stdout
+    assert all(command in r.stdout for command in ("serve", "verify", "gc"))
+
+
+def test_serve_command_takes_the_serve_flags(tmp_path: Path) -> None:
+    port, other = free_ports(2)
+    args = ["--data-dir", str(tmp_path / "elsewhere"), "serve", "--port", str(port)]
+    api = ApiProcess(tmp_path, port=port, args=args, env={"PUTPLACE_PORT": str(other)})
+    api.start()  # healthy on the port of the flag, not of the environment
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert (tmp_path / "elsewhere" / "putplace.db").exists()  # the flag before the command counts too
+    finally:
+        api.stop()
 
 
 @pytest.mark.parametrize(

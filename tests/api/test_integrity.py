@@ -1,0 +1,270 @@
+"""``putplace-api verify`` and ``putplace-api gc`` as an operator runs them: a subprocess beside
+a live ``putplace-api`` process, on SQLite + local disk and on FerretDB + MinIO.
+
+Damage is done through the real backends (``open_store`` / ``open_storage`` with the server's
+settings): an object overwritten with other bytes, an object deleted, an object stored with no
+record, a stored content record no file record names (what history pruning would leave).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from putplace_api.settings import Settings
+from putplace_api.storage import ContentStorage, open_storage
+from putplace_api.storage.base import object_name
+from putplace_api.storage.local import LocalStorage
+from putplace_api.store import MetadataStore, open_store
+from putplace_client.client import PutPlaceClient
+from putplace_client.models import FileMetadata
+from tests.api.conftest import ADMIN_KEY, make_settings, meta, s3_settings, sha
+from tests.processes import ApiProcess
+
+T = TypeVar("T")
+
+
+@dataclass
+class Deployment:
+    """A running putplace-api, and the settings its maintenance commands share with it."""
+
+    workdir: Path
+    overrides: dict[str, Any]
+    api: ApiProcess
+
+    @property
+    def env(self) -> dict[str, str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("PUTPLACE_")}
+        values = {f"PUTPLACE_{k.upper()}": str(v) for k, v in self.overrides.items()}
+        return clean | values | {"PUTPLACE_DATA_DIR": str(self.workdir / "data"), "PUTPLACE_LOG_LEVEL": "warning"}
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "putplace_api.cli", *args],
+            env=self.env | (env or {}),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def report(self, *args: str) -> tuple[int, dict[str, Any]]:
+        r = self.cli(*args, "--json")
+        assert r.returncode in (0, 1), r.stderr
+        return r.returncode, json.loads(r.stdout)
+
+    def settings(self) -> Settings:
+        return make_settings(self.workdir, **self.overrides)
+
+    def backends(self, action: Callable[[MetadataStore, ContentStorage], Awaitable[T]]) -> T:
+        """Run ``action`` on the deployment's own store and storage."""
+
+        async def run() -> T:
+            store, storage = open_store(self.settings()), open_storage(self.settings())
+            await store.open()
+            await storage.open()
+            try:
+                return await action(store, storage)
+            finally:
+                await storage.close()
+                await store.close()
+
+        return asyncio.run(run())
+
+    def upload(self, data: bytes, path: str) -> str:
+        """put_file + upload through the shared client, as an agent does."""
+
+        async def run() -> None:
+            async with PutPlaceClient(self.api.url, ADMIN_KEY) as client:
+                answer = await client.put_file(FileMetadata.model_validate(meta(data, filepath=path)))
+                if answer.upload_required:
+                    await client.upload(sha(data), data)
+
+        asyncio.run(run())
+        return sha(data)
+
+    def store_objects(self, *contents: bytes) -> None:
+        """Objects written straight to storage: no record, no check."""
+        self.backends(lambda _, storage: storage.put_many([(sha(c), c) for c in contents]))
+
+
+@pytest.fixture(params=["sqlite+local", "mongodb+minio"])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    overrides: dict[str, Any] = {}
+    if request.param == "mongodb+minio":
+        base = request.getfixturevalue("mongodb_url").rstrip("/")
+        overrides = {
+            "database_url": f"{base}/pp_{uuid.uuid4().hex[:12]}",
+            **s3_settings(request.getfixturevalue("minio")),
+        }
+    deployment = Deployment(tmp_path, overrides, ApiProcess(tmp_path))
+    deployment.api.env = {k: v for k, v in deployment.env.items() if k.startswith("PUTPLACE_")}
+    deployment.api.start()
+    try:
+        yield deployment
+    finally:
+        deployment.api.stop()
+
+
+def _names(report: dict[str, Any], kind: str) -> set[str]:
+    return {i["sha256"] if isinstance(i, dict) else i for i in report[kind]["items"]}
+
+
+def test_verify_reports_corrupt_missing_and_orphan_content(deployment: Deployment) -> None:
+    contents = [b"alpha\n", b"beta\n" * 1000, os.urandom(300_000), b""]
+    shas = [deployment.upload(c, f"/v/{i}") for i, c in enumerate(contents)]
+    with deployment.api.http() as c:
+        announced = c.post("/put_file", json=meta(b"never uploaded", filepath="/v/pending"))
+    assert announced.status_code in (200, 201), announced.text
+
+    code, report = deployment.report("verify")
+    assert code == 0 and report["ok"] is True, report
+    assert report["checked"] == 4 and report["checked_bytes"] == sum(map(len, contents))
+    assert _names(report, "pending") == {sha(b"never uploaded")}  # information, not an error
+
+    corrupt, gone = shas[1], shas[2]
+    deployment.backends(lambda _, storage: storage.put_many([(corrupt, b"beta\n" * 999 + b"BETA\n")]))
+    deployment.backends(lambda _, storage: storage.delete(gone))
+    deployment.store_objects(b"orphan")
+
+    code, report = deployment.report("verify", "--concurrency", "2")
+    assert code == 1 and report["ok"] is False
+    assert _names(report, "corrupt") == {corrupt} and _names(report, "missing") == {gone}
+    assert _names(report, "orphan") == {sha(b"orphan")} and report["orphan"]["severity"] == "warning"
+    assert report["dangling"]["count"] == 0
+
+    text = deployment.cli("verify", "--sample", "10")
+    assert text.returncode == 1 and "result: PROBLEMS FOUND" in text.stdout
+    assert f"{corrupt} bytes hash to" in text.stdout and f"{gone} object missing" in text.stdout
+    sampled = deployment.cli("verify", "--sample-fraction", "0", "--json")
+    assert json.loads(sampled.stdout)["checked"] == 0
+
+
+def test_gc_collects_unreferenced_and_orphan_content_only(deployment: Deployment) -> None:
+    v1 = deployment.upload(b"version one\n", "/g/file")
+    v2 = deployment.upload(b"version two\n", "/g/file")  # v1 is now named by history only
+    kept = deployment.upload(b"current\n", "/g/other")
+
+    async def unreferenced(store: MetadataStore, storage: ContentStorage) -> None:
+        await storage.put_many([(sha(b"unreferenced"), b"unreferenced")])
+        await store.mark_stored(
+            sha(b"unreferenced"), 12, None, storage.location(sha(b"unreferenced")), datetime.now(UTC)
+        )
+
+    deployment.backends(unreferenced)
+    deployment.store_objects(b"orphan object")
+    garbage = {sha(b"unreferenced"), sha(b"orphan object")}
+    time.sleep(1.1)  # S3 keeps whole seconds: everything above is now older than a 1s grace
+
+    code, report = deployment.report("gc", "--grace", "1h", "--delete")
+    assert code == 0 and report["collected"]["count"] == 0  # all of it is younger than the grace
+
+    code, report = deployment.report("gc", "--grace", "1s")
+    assert code == 0 and report["dry_run"] is True
+    assert _names(report, "collected") == garbage and report["collected"]["bytes"] == 12 + 13
+    code, report = deployment.report("verify")
+    assert report["checked"] == 4 and _names(report, "orphan") == {sha(b"orphan object")}  # dry run kept all
+
+    r = deployment.cli("gc", "--grace", "1s", "--delete")
+    assert r.returncode == 0, r.stderr
+    assert "deleted 2 contents, 25 bytes" in r.stdout
+
+    code, report = deployment.report("verify")
+    assert code == 0 and report["checked"] == 3 and report["orphan"]["count"] == 0, report
+    with deployment.api.http() as c:
+        for digest, data in ((v1, b"version one\n"), (v2, b"version two\n"), (kept, b"current\n")):
+            assert c.get(f"/content/{digest}").content == data
+    assert deployment.report("gc", "--grace", "0s", "--delete")[1]["collected"]["count"] == 0
+
+
+def test_gc_grace_spares_young_orphans_on_local_storage(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path, {}, ApiProcess(tmp_path))
+    deployment.store_objects(b"old orphan", b"young orphan")
+    storage = open_storage(deployment.settings())
+    assert isinstance(storage, LocalStorage)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(storage.root / object_name(sha(b"old orphan")), (two_days_ago, two_days_ago))
+    (storage.root / "notes.txt").write_text("an operator's file: never collected")
+
+    r = deployment.cli("gc", "--delete")  # the default grace: 24h
+    assert r.returncode == 0, r.stderr
+    assert sha(b"old orphan") in r.stdout and sha(b"young orphan") not in r.stdout
+    assert not (storage.root / object_name(sha(b"old orphan"))).exists()
+    assert (storage.root / object_name(sha(b"young orphan"))).exists() and (storage.root / "notes.txt").exists()
+    code, report = deployment.report("verify")
+    assert _names(report, "foreign") == {"notes.txt"} and _names(report, "orphan") == {sha(b"young orphan")}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["verify"], ["gc", "--delete"]])
+def test_unreachable_database_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    deployment = Deployment(tmp_path, {}, ApiProcess(tmp_path))
+    env = {
+        "PUTPLACE_DATABASE_URL": f"mongodb://127.0.0.1:{_closed_port()}/pp",
+        "PUTPLACE_DATABASE_TIMEOUT_SECONDS": "0.5",
+    }
+    r = deployment.cli(*command, env=env)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "database unavailable" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["gc", "--grace", "soon"], ["verify", "--sample", "-1"], ["verify", "--sample", "1", "--sample-fraction", "0.5"]],
+)
+def test_bad_usage_is_exit_2_with_one_line(tmp_path: Path, args: list[str]) -> None:
+    r = Deployment(tmp_path, {}, ApiProcess(tmp_path)).cli(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("putplace-api") and "Traceback" not in r.stderr
+
+
+def test_verify_while_uploads_run_reports_no_false_problem(deployment: Deployment) -> None:
+    stop = threading.Event()
+    uploaded: list[str] = []
+
+    async def upload_forever() -> None:
+        async with PutPlaceClient(deployment.api.url, ADMIN_KEY) as client:
+            n = 0
+            while not stop.is_set():
+                data = os.urandom(256 * 1024 + n)
+                answer = await client.put_file(FileMetadata.model_validate(meta(data, filepath=f"/live/{n}")))
+                if answer.upload_required:
+                    await client.upload(sha(data), data)
+                uploaded.append(sha(data))
+                n += 1
+
+    uploader = threading.Thread(target=lambda: asyncio.run(upload_forever()))
+    uploader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(uploaded) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(3):
+            code, report = deployment.report("verify", "--concurrency", "8")
+            assert code == 0, report
+            assert report["corrupt"]["count"] == report["missing"]["count"] == report["dangling"]["count"] == 0
+    finally:
+        stop.set()
+        uploader.join(timeout=60)
+    assert len(uploaded) > 3
