@@ -21,15 +21,19 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
+from putplace_api.maintenance.common import Backends
+from putplace_api.maintenance.gc import GcOptions, collect_garbage
+from putplace_api.maintenance.verify import VerifyOptions, verify
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
 from putplace_api.storage.base import object_name
 from putplace_api.storage.local import LocalStorage
 from putplace_api.store import MetadataStore, open_store
+from putplace_api.store.base import StoredContent
 from putplace_client.client import PutPlaceClient
 from putplace_client.models import FileMetadata
 from tests.api.conftest import ADMIN_KEY, make_settings, meta, s3_settings, sha
@@ -268,3 +272,90 @@ def test_verify_while_uploads_run_reports_no_false_problem(deployment: Deploymen
         stop.set()
         uploader.join(timeout=60)
     assert len(uploaded) > 3
+
+
+class _Interleaved:
+    """The real store, with a concurrent client's put_files landing just before chosen calls
+    of gc (the n-th call of a method): a race made deterministic, the backends untouched."""
+
+    def __init__(self, store: MetadataStore, before: dict[tuple[str, int], FileMetadata]) -> None:
+        self._store = store
+        self._before = before
+        self._calls: dict[str, int] = {}
+        self.answers: dict[str, bool] = {}  # sha256 -> the put_file answer's "already stored"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not asyncio.iscoroutinefunction(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self._calls[name] = n = self._calls.get(name, 0) + 1
+            if (late := self._before.get((name, n))) is not None:
+                (put,) = await self._store.put_files([late], datetime.now(UTC))
+                self.answers[late.sha256] = put.content.stored
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def race_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return make_settings(tmp_path)
+    url = request.getfixturevalue("mongodb_url").rstrip("/") + f"/pp_{uuid.uuid4().hex[:12]}"
+    return make_settings(tmp_path, database_url=url)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_gc_racing_put_file_never_leaves_metadata_claiming_deleted_content(race_settings: Settings) -> None:
+    """A put_file names a content gc is collecting: before gc deletes its record (restored),
+    after (a fresh record: upload needed), after gc re-checked the references (its object
+    stays); content nobody names is collected."""
+    contents = {name: f"{name} content".encode() for name in ("before", "after", "late", "nobody")}
+    store, storage = open_store(race_settings), open_storage(race_settings)
+    await store.open()
+    await storage.open()
+    try:
+        await storage.put_many([(sha(c), c) for c in contents.values()])
+        stored = [StoredContent(sha(c), len(c), None, storage.location(sha(c))) for c in contents.values()]
+        await store.mark_stored_many(stored, datetime.now(UTC))
+
+        def naming(name: str) -> FileMetadata:
+            return FileMetadata.model_validate(meta(contents[name], filepath=f"/race/{name}"))
+
+        racing = _Interleaved(
+            store,
+            {
+                ("delete_contents_if_unchanged", 1): naming("before"),
+                ("referenced", 2): naming("after"),
+                ("contents", 1): naming("late"),
+            },
+        )
+        backends = Backends(cast(MetadataStore, racing), storage)
+        report = await collect_garbage(backends, GcOptions(grace_seconds=0, delete=True))
+
+        assert racing.answers == {
+            sha(contents["before"]): True,
+            sha(contents["after"]): False,
+            sha(contents["late"]): False,
+        }
+        assert report.ok and {(c.sha256, c.what) for c in report.collected.items} == {
+            (sha(contents["nobody"]), "unreferenced content"),
+            # Told to upload, with their records not stored: the orphan pass may take the
+            # objects (grace 0 here); the upload brings them back.
+            (sha(contents["after"]), "orphan object"),
+            (sha(contents["late"]), "orphan object"),
+        }
+        assert {sha(contents["after"]), sha(contents["late"])} <= set(report.kept.items)
+        rows = await store.contents([sha(c) for c in contents.values()])
+        assert rows[sha(contents["before"])].stored  # told "already stored": it is, object included
+        assert await storage.exists(sha(contents["before"]))
+        assert not rows[sha(contents["after"])].stored and not rows[sha(contents["late"])].stored
+        assert sha(contents["nobody"]) not in rows and not await storage.exists(sha(contents["nobody"]))
+        verified = await verify(backends, VerifyOptions())
+        assert verified.ok and verified.checked == 1 and verified.pending.count == 2
+    finally:
+        await storage.close()
+        await store.close()

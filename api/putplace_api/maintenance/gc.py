@@ -13,10 +13,11 @@ Racing a live server. An unreferenced content is collected in this order: delete
 only if it is still as read (``delete_contents_if_unchanged``) -- from then on a put_file
 naming it gets a fresh record and is told to upload; re-check the references -- one that
 appeared meanwhile gets the record back (``restore_contents``; the object was never touched);
-only then delete the object. An orphan is re-checked (record still not stored, object still
-old) immediately before its object is deleted.
+then, a few at a time, read the records again and delete the objects of those still without
+one (an upload needs a record first). An orphan is re-checked (record still not stored,
+object still old) immediately before its object is deleted.
 
-Residual window, stated honestly: between that last re-check and the object's deletion (one
+Residual window, stated honestly: between that last read and the object's deletion (one
 storage call, milliseconds), a put_file naming the content *and* its complete upload would
 have to land; the deletion then removes the freshly uploaded object under a record that says
 stored. gc reads the records back after deleting and reports any such content as ``lost``
@@ -139,14 +140,27 @@ async def _unreferenced(backends: Backends, old: Sequence[ContentRow], options: 
     for sha in sorted({r.sha256 for r in candidates} - deleted | named_again):
         report.kept.add(sha)
     collect = [r for r in gone if r.sha256 not in named_again]
+    for row in collect:
+        if not row.stored:
+            report.collected.add(_collected(row))
+    deleted_objects: list[str] = []
 
     async def delete_object(row: ContentRow) -> None:
-        if row.stored:
-            await storage.delete(row.sha256)
-        report.collected.add(_collected(row), _collected(row).size)
+        await storage.delete(row.sha256)
+        deleted_objects.append(row.sha256)
+        report.collected.add(_collected(row), row.size)
 
-    await bounded(collect, delete_object, DELETE_CONCURRENCY)
-    await _find_lost(backends, [r.sha256 for r in collect if r.stored], report)
+    # A few objects at a time, each chunk just after reading its records once more: a
+    # put_file naming a content since its record's deletion recreated the record (and only
+    # then may its upload start), so the object stays for that upload to overwrite.
+    stored = [r for r in collect if r.stored]
+    for start in range(0, len(stored), DELETE_CONCURRENCY):
+        chunk = stored[start : start + DELETE_CONCURRENCY]
+        recreated = await store.contents([r.sha256 for r in chunk])
+        for sha in recreated:
+            report.kept.add(sha)
+        await bounded([r for r in chunk if r.sha256 not in recreated], delete_object, DELETE_CONCURRENCY)
+    await _find_lost(backends, deleted_objects, report)
 
 
 async def _find_lost(backends: Backends, deleted: Sequence[str], report: GcReport) -> None:
