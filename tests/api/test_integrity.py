@@ -151,6 +151,16 @@ def test_verify_reports_corrupt_missing_and_orphan_content(deployment: Deploymen
     assert _names(report, "orphan") == {sha(b"orphan")} and report["orphan"]["severity"] == "warning"
     assert report["dangling"]["count"] == 0
 
+    async def lose_record(store: MetadataStore, _: ContentStorage) -> None:
+        pending = await store.get_content(sha(b"never uploaded"))
+        assert pending is not None and await store.delete_contents_if_unchanged([pending]) == {pending.sha256}
+
+    deployment.backends(lose_record)  # the file record now names content with no record at all
+    code, report = deployment.report("verify")
+    assert _names(report, "dangling") == {sha(b"never uploaded")} and report["pending"]["count"] == 0
+    sampled = deployment.report("verify", "--sample", "2")[1]
+    assert sampled["checked"] + sampled["missing"]["count"] == 2  # two of the four stored contents
+
     text = deployment.cli("verify", "--sample", "10")
     assert text.returncode == 1 and "result: PROBLEMS FOUND" in text.stdout
     assert f"{corrupt} bytes hash to" in text.stdout and f"{gone} object missing" in text.stdout
@@ -220,16 +230,26 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("command", [["verify"], ["gc", "--delete"]])
-def test_unreachable_database_is_one_line(tmp_path: Path, command: list[str]) -> None:
+@pytest.mark.parametrize("backend", ["database", "storage"])
+def test_unreachable_backend_is_one_line(tmp_path: Path, command: list[str], backend: str) -> None:
     deployment = Deployment(tmp_path, {}, ApiProcess(tmp_path))
-    env = {
-        "PUTPLACE_DATABASE_URL": f"mongodb://127.0.0.1:{_closed_port()}/pp",
-        "PUTPLACE_DATABASE_TIMEOUT_SECONDS": "0.5",
-    }
+    if backend == "database":
+        env = {
+            "PUTPLACE_DATABASE_URL": f"mongodb://127.0.0.1:{_closed_port()}/pp",
+            "PUTPLACE_DATABASE_TIMEOUT_SECONDS": "0.5",
+        }
+    else:
+        env = {
+            "PUTPLACE_STORAGE_URL": "s3://nowhere/content/",
+            "PUTPLACE_S3_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}",
+            "PUTPLACE_S3_ACCESS_KEY_ID": "k",
+            "PUTPLACE_S3_SECRET_ACCESS_KEY": "s",
+            "PUTPLACE_S3_REGION": "us-east-1",
+        }
     r = deployment.cli(*command, env=env)
     assert r.returncode == 3, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "database unavailable" in lines[0] and "Traceback" not in r.stderr
+    assert len(lines) == 1 and f"{backend} unavailable" in lines[0] and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(
