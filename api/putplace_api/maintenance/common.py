@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -16,7 +16,7 @@ from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
 from putplace_api.store import MetadataStore, open_store
 
-__all__ = ["Backends", "Findings", "Progress", "batched", "bounded", "opened", "parse_duration", "EXAMPLES"]
+__all__ = ["Backends", "Findings", "Progress", "batched", "bounded", "chunks", "opened", "parse_duration", "EXAMPLES"]
 
 T = TypeVar("T")
 EXAMPLES = 1000  # problems listed by name per kind; the counts are always complete
@@ -62,6 +62,11 @@ async def batched(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 async def bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], concurrency: int) -> None:

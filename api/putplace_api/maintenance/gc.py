@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded
+from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded, chunks
 from putplace_api.storage.base import StoredObject
 from putplace_api.store.base import ContentRow
 
@@ -130,8 +130,8 @@ async def _unreferenced(backends: Backends, old: Sequence[ContentRow], options: 
     if not candidates:
         return
     if not options.delete:
-        for row in candidates:
-            report.collected.add(_collected(row), _collected(row).size)
+        for found in map(_collected, candidates):
+            report.collected.add(found, found.size)
         return
     deleted = await store.delete_contents_if_unchanged(candidates)
     gone = [r for r in candidates if r.sha256 in deleted]
@@ -153,9 +153,7 @@ async def _unreferenced(backends: Backends, old: Sequence[ContentRow], options: 
     # A few objects at a time, each chunk just after reading its records once more: a
     # put_file naming a content since its record's deletion recreated the record (and only
     # then may its upload start), so the object stays for that upload to overwrite.
-    stored = [r for r in collect if r.stored]
-    for start in range(0, len(stored), DELETE_CONCURRENCY):
-        chunk = stored[start : start + DELETE_CONCURRENCY]
+    for chunk in chunks([r for r in collect if r.stored], DELETE_CONCURRENCY):
         recreated = await store.contents([r.sha256 for r in chunk])
         for sha in recreated:
             report.kept.add(sha)
@@ -175,28 +173,30 @@ async def _orphans(
     backends: Backends, old: Sequence[StoredObject], cutoff: datetime, options: GcOptions, report: GcReport
 ) -> None:
     store, storage = backends.store, backends.storage
-    shas = [o.sha256 for o in old if o.sha256]
-    rows = await store.contents(shas) if shas else {}
-    orphans = [o for o in old if o.sha256 and not _is_stored(rows.get(o.sha256))]
+    listed = {o.sha256: o for o in old if o.sha256 is not None}
+    rows = await store.contents(listed) if listed else {}
+    orphans = [sha for sha in listed if not _is_stored(rows.get(sha))]
     if not options.delete:
-        for o in orphans:
-            report.collected.add(Collected(o.sha256 or "", o.size, "orphan object"), o.size)
+        for sha in orphans:
+            report.collected.add(Collected(sha, listed[sha].size, "orphan object"), listed[sha].size)
         return
-    again = await store.contents([o.sha256 for o in orphans if o.sha256]) if orphans else {}
-
     deleted: list[str] = []
 
-    async def delete_object(listed: StoredObject) -> None:
-        sha = listed.sha256 or ""
+    async def delete_object(sha: str) -> None:
         now = await storage.stat(sha)
-        if _is_stored(again.get(sha)) or now is None or now.modified >= cutoff:
-            report.kept.add(sha)  # stored, or written again, since it was listed
+        if now is None or now.modified >= cutoff:
+            report.kept.add(sha)  # deleted, or written again, since it was listed
             return
         await storage.delete(sha)
         deleted.append(sha)
         report.collected.add(Collected(sha, now.size, "orphan object"), now.size)
 
-    await bounded(orphans, delete_object, DELETE_CONCURRENCY)
+    # As for unreferenced content: a few at a time, just after reading their records again.
+    for chunk in chunks(orphans, DELETE_CONCURRENCY):
+        stored_now = {sha for sha, row in (await store.contents(chunk)).items() if row.stored}
+        for sha in stored_now:
+            report.kept.add(sha)
+        await bounded([sha for sha in chunk if sha not in stored_now], delete_object, DELETE_CONCURRENCY)
     await _find_lost(backends, deleted, report)
 
 
