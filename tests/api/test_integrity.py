@@ -233,6 +233,7 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("backend", ["database", "storage"])
 def test_unreachable_backend_is_one_line(tmp_path: Path, command: list[str], backend: str) -> None:
     deployment = Deployment(tmp_path, {}, ApiProcess(tmp_path))
+    (tmp_path / "data" / "content" / ".tmp").mkdir(parents=True)  # local storage as the server leaves it
     if backend == "database":
         env = {
             "PUTPLACE_DATABASE_URL": f"mongodb://127.0.0.1:{_closed_port()}/pp",
@@ -250,6 +251,14 @@ def test_unreachable_backend_is_one_line(tmp_path: Path, command: list[str], bac
     assert r.returncode == 3, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{backend} unavailable" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_a_mistyped_data_dir_is_refused_and_left_uncreated(tmp_path: Path) -> None:
+    deployment = Deployment(tmp_path, {}, ApiProcess(tmp_path))
+    for command in (["verify"], ["gc", "--delete"]):
+        r = deployment.cli("--data-dir", str(tmp_path / "typo"), *command)
+        assert r.returncode == 3 and "storage unavailable" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.parametrize(
@@ -284,7 +293,7 @@ def test_verify_while_uploads_run_reports_no_false_problem(deployment: Deploymen
         deadline = time.monotonic() + 60
         while len(uploaded) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        for _ in range(3):
+        for _ in range(2):
             code, report = deployment.report("verify", "--concurrency", "8")
             assert code == 0, report
             assert report["corrupt"]["count"] == report["missing"]["count"] == report["dangling"]["count"] == 0

@@ -40,13 +40,16 @@ class Backends:
 
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[Backends]:
-    """The store and storage the server would use, opened and reachable (else BackendUnavailable)."""
-    store, storage = open_store(settings), open_storage(settings)
+    """The store and storage the server would use, opened and reachable (else BackendUnavailable).
+
+    Storage first: a data directory with no content storage (a mistyped --data-dir) is refused
+    before the database is opened, which would create it."""
+    store, storage = open_store(settings), open_storage(settings, sweep_temps=False)
     try:
-        await store.open()
         await storage.open()
-        await store.ping()
         await storage.ping()
+        await store.open()
+        await store.ping()
         yield Backends(store, storage)
     finally:
         await storage.close()

@@ -10,13 +10,15 @@ from putplace_api.storage.base import ContentStorage, ContentWriter
 __all__ = ["ContentStorage", "ContentWriter", "open_storage"]
 
 
-def open_storage(settings: Settings) -> ContentStorage:
+def open_storage(settings: Settings, *, sweep_temps: bool = True) -> ContentStorage:
+    """The storage of ``settings``. ``sweep_temps=False`` (the maintenance commands): opening
+    local storage leaves stale temp files to the server, so a run never touches an upload."""
     url = settings.effective_storage_url
     scheme = urlsplit(url).scheme
     if scheme == "file":
         from putplace_api.storage.local import LocalStorage
 
-        return LocalStorage(unquote(urlsplit(url).path), fsync=settings.storage_fsync)
+        return LocalStorage(unquote(urlsplit(url).path), fsync=settings.storage_fsync, sweep_temps=sweep_temps)
     if scheme == "s3":
         from putplace_api.storage.s3 import S3Storage
 

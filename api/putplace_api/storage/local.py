@@ -132,10 +132,11 @@ def _list_dir(root: Path, name: str) -> list[StoredObject]:
 class LocalStorage:
     kind = "local"
 
-    def __init__(self, root: str | Path, fsync: bool = True) -> None:
+    def __init__(self, root: str | Path, fsync: bool = True, sweep_temps: bool = True) -> None:
         self.root = Path(root).absolute()
         self._tmp = self.root / ".tmp"
         self._fsync = fsync
+        self._sweep_temps = sweep_temps
 
     def _path(self, sha256: str) -> Path:
         return self.root / object_name(sha256)
@@ -151,6 +152,8 @@ class LocalStorage:
                 pass
 
     async def open(self) -> None:
+        if not self._sweep_temps:
+            return
         try:
             await anyio.to_thread.run_sync(self._sweep)
         except OSError as exc:
