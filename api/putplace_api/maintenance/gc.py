@@ -18,15 +18,14 @@ one (an upload needs a record first). An orphan is re-checked (record still not 
 object still old) immediately before its object is deleted.
 
 Residual window, stated honestly: between that last read and the object's deletion (one
-storage call, milliseconds), a put_file naming the content *and* its complete upload would
-have to land; the deletion then removes the freshly uploaded object under a record that says
-stored. gc reads the records back after deleting and reports any such content as ``lost``
-(exit status 1; ``verify`` reports it as missing; the next upload of that content after its
-record is fixed stores it again). On MongoDB there is one more: ``put_files`` reads the
-content records before it writes the file records, so a put_file whose read preceded the
-record's deletion and whose file write followed the re-check answers "stored" for content gc
-then deletes; ``verify`` reports it as dangling. Running gc when no client is writing, or
-with a grace far beyond any upload's duration, keeps both windows empty in practice.
+storage call, milliseconds), a put_file naming the content *and* its complete upload (for an
+orphan: the upload alone) would have to land; the deletion then removes the freshly uploaded
+object under a record that says stored. gc reads the records back after deleting and reports
+any such content as ``lost`` (exit status 1; ``verify`` reports it as missing). Both backends
+create a put_file's content records only after its file records are written (SQLite: one
+transaction; MongoDB: in that order), so the re-check of references sees every put_file that
+could have been answered "stored". Running gc when no client is writing, or with a grace far
+beyond any upload's duration, keeps the window empty in practice.
 """
 
 from __future__ import annotations

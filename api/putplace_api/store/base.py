@@ -135,7 +135,9 @@ class MetadataStore(Protocol):
     async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
         """Upsert the current record of each (hostname, filepath), keeping a changed
         record's previous version as history, and make sure a content record exists for
-        each sha256. Results are in input order."""
+        each sha256. Results are in input order. Content records are read only once the
+        file records naming them are written (or in the same transaction): garbage
+        collection relies on it (``putplace_api.maintenance.gc``)."""
 
     async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
         """Move the current record to history as deleted; False if there was none."""

@@ -362,7 +362,6 @@ class MongoStore:
         if not files:
             return []
         now = _ms(now)
-        contents = await self._ensure_contents(files, now)
         pending: dict[Key, list[int]] = {}
         for i, meta in enumerate(files):
             pending.setdefault((meta.hostname, meta.filepath), []).append(i)
@@ -375,6 +374,10 @@ class MongoStore:
                 break
         if pending:
             raise BackendUnavailable("database", f"{len(pending)} file records kept changing concurrently")
+        # Content records are read (and created) only once the file records name them: a
+        # content garbage collection deletes meanwhile is then either seen as named by gc's
+        # re-check, or found missing here and answered "upload required" -- never "stored".
+        contents = await self._ensure_contents(files, now)
         return [PutResult(file=row, content=contents[row.meta.sha256]) for row in rows if row is not None]
 
     async def _ensure_contents(self, files: Sequence[FileMetadata], now: datetime) -> dict[str, ContentRow]:
