@@ -141,6 +141,9 @@ def _maintain(args: argparse.Namespace, settings: Settings) -> int:
     except PutPlaceError as exc:
         print(f"putplace-api {args.command}: {exc.detail}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # safe at any point: each step re-checks before it deletes
+        print(f"putplace-api {args.command}: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
