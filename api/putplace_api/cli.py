@@ -141,7 +141,7 @@ def _maintain(args: argparse.Namespace, settings: Settings) -> int:
     except PutPlaceError as exc:
         print(f"putplace-api {args.command}: {exc.detail}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:  # safe at any point: each step re-checks before it deletes
+    except KeyboardInterrupt:  # (docs/integrity.md: what an interrupted gc may leave)
         print(f"putplace-api {args.command}: interrupted", file=sys.stderr)
         return 130
     if args.json:
