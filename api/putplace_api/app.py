@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -47,10 +48,10 @@ async def _flush_last_used(state: AppState) -> None:
 def _allowed_methods(app: FastAPI, request: Request) -> str:
     """Every method some route serves at this path: Starlette's 405 names only the first route's."""
     methods: set[str] = set()
-    for route in app.router.routes:
+    for route in iter_route_contexts(app.router.routes):  # included routers' routes too
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
+            methods |= route.methods or set()
     return ", ".join(sorted(methods))
 
 

@@ -103,6 +103,14 @@ def test_without_a_valid_key_every_keyed_operation_is_a_declared_401(case: Any) 
             assert (response.status_code, response.json()) == (401, detail), case.operation.label
 
 
+def test_an_undeclared_method_is_405_listing_the_declared_ones(served: ApiProcess, api_schema: Any) -> None:
+    with served.http() as c:
+        for path, item in api_schema.raw_schema["paths"].items():
+            declared = {m.upper() for m in item if m in ("get", "put", "post", "delete", "patch")}
+            r = c.request("PATCH", path.replace("{sha256}", "0" * 64).replace("{key_id}", "0" * 24))
+            assert (r.status_code, set(r.headers["allow"].split(", "))) == (405, declared), path
+
+
 def test_content_download_answers_as_declared(served: ApiProcess, api_schema: Any, tmp_path: Path) -> None:
     """Random hashes never name stored content; these cases do, so 200/206/304/416 are checked too."""
     data = b"%PDF-1.4 fuzzed download\n" * 10
