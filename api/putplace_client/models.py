@@ -102,9 +102,19 @@ def _json_number(value: object) -> object:
 Timestamp = Annotated[float, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
 Int = Annotated[int, BeforeValidator(_json_number)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
-FilePath = Annotated[str, BeforeValidator(_escape_any), Field(min_length=1), AfterValidator(_check_path)]
+# The NUL rule is documented in the schema and enforced by the validators (clearer messages).
+_NO_NUL = {"pattern": "^[^\\u0000]*$"}
+FilePath = Annotated[
+    str,
+    BeforeValidator(_escape_any),
+    Field(min_length=1, json_schema_extra=_NO_NUL, description=f"at most {MAX_PATH_BYTES} bytes in UTF-8, no NUL"),
+    AfterValidator(_check_path),
+]
 HostName = Annotated[
-    str, BeforeValidator(_escape_any), Field(min_length=1, max_length=255), AfterValidator(_check_host)
+    str,
+    BeforeValidator(_escape_any),
+    Field(min_length=1, max_length=255, json_schema_extra=_NO_NUL),
+    AfterValidator(_check_host),
 ]
 
 
