@@ -15,7 +15,10 @@ from fastapi import FastAPI
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
-__all__ = ["setup_tracing"]
+__all__ = ["setup_tracing", "redact_request_span"]
+
+# Request span attributes that carry the raw path or query, where a caller may have put a key.
+_RAW_URL_ATTRIBUTES = ("http.target", "http.url", "url.full", "url.path", "url.query")
 
 
 def setup_tracing(app: FastAPI, endpoint: str | None, service_name: str = "putplace-api") -> TracerProvider | None:
@@ -42,3 +45,17 @@ def setup_tracing(app: FastAPI, endpoint: str | None, service_name: str = "putpl
     PymongoInstrumentor().instrument(tracer_provider=provider)
     AioHttpClientInstrumentor().instrument(tracer_provider=provider)
     return provider
+
+
+def redact_request_span(route: str) -> None:
+    """Replace the request span's raw path and query with the route template, as the logs and
+    metrics already do: a key pasted into a path or a query string must not reach the traces."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    recorded = getattr(span, "attributes", None)
+    if not span.is_recording() or not recorded:
+        return
+    for name in _RAW_URL_ATTRIBUTES:
+        if name in recorded:
+            span.set_attribute(name, "" if name == "url.query" else route)

@@ -38,7 +38,8 @@ KeyId = Annotated[str, Path(json_schema_extra={"pattern": OBJECT_ID_PATTERN})]
 
 
 def _not_found(key_id: str) -> NotFound:
-    return NotFound(f"API key {key_id} not found")
+    # Echo only well-formed ids: what a caller puts in the path may be a key itself.
+    return NotFound(f"API key {key_id} not found" if is_object_id(key_id) else "API key not found")
 
 
 @router.post("", status_code=201, response_model=ApiKeyCreated)
