@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 __all__ = [
     "SHA256_RE",
@@ -99,8 +99,9 @@ def _json_number(value: object) -> object:
     return value
 
 
-Timestamp = Annotated[float, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
+Float = Annotated[float, BeforeValidator(_json_number)]
 Int = Annotated[int, BeforeValidator(_json_number)]
+Timestamp = Annotated[Float, Field(allow_inf_nan=False)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
 # The NUL rule is documented in the schema and enforced by the validators (clearer messages).
 _NO_NUL = {"pattern": "^[^\\u0000]*$"}
@@ -266,6 +267,13 @@ class ApiKeyCreate(BaseModel):
     rate_limit: float | None = Field(None, gt=0, description="requests per second; null = the server default")
     rate_limit_burst: int | None = Field(None, ge=1, description="bucket size; null = max(1, rate_limit)")
     expires_at: DateTime | None = None
+
+    # A field validator, not the Float/Int types: inside "| None" those would print their bounds
+    # as "gt"/"ge" in the JSON schema instead of exclusiveMinimum/minimum.
+    @field_validator("rate_limit", "rate_limit_burst", mode="before")
+    @classmethod
+    def _numbers(cls, value: object) -> object:
+        return _json_number(value)
 
 
 class ApiKeyInfo(BaseModel):
