@@ -2,7 +2,9 @@
 
 Every operation gets generated valid and invalid requests; every answer must be a declared
 status with a declared content type and body, and never a 5xx. Examples are few and
-derandomized (a fixed seed), so the run is quick and CI does not wander.
+derandomized (a fixed seed), so the run is quick and CI does not wander. Hypothesis also mixes
+in string constants of the project's modules loaded so far, so running this file alone may try
+a few other inputs than the whole suite does.
 """
 
 from __future__ import annotations
