@@ -5,6 +5,8 @@ tests register keys at it); ``metric`` reads a counter from any process's /metri
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,17 @@ class ApiProcess:
             log_path=self.workdir / "api.log", env=env,
         )  # fmt: skip
         self.process.wait_ready(self._healthy, timeout=30)
+
+    @classmethod
+    @contextmanager
+    def running(cls, workdir: Path, **env: str) -> Iterator[ApiProcess]:
+        """Started for the block, stopped after it."""
+        api = cls(workdir, env=env)
+        api.start()
+        try:
+            yield api
+        finally:
+            api.stop()
 
     def _healthy(self) -> bool:
         try:

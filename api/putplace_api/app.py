@@ -12,8 +12,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from putplace_api import __version__
 from putplace_api.auth import AGENT_KEY_FILE
@@ -39,6 +43,16 @@ async def _flush_last_used(state: AppState) -> None:
             await state.auth.flush_last_used()
         except Exception as exc:  # a database outage must not kill the loop
             log.warning("could not record key usage: %s", exc)
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route serves at this path: Starlette's 405 names only the first route's."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(app.router.routes):  # included routers' routes too
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,6 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         return validation_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 405:  # RFC 9110: Allow lists every method the resource supports
+            exc.headers = {**(exc.headers or {}), "Allow": _allowed_methods(app, request)}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import APIKeyHeader
 
 from putplace_api.auth import MISSING_KEY, Principal
 from putplace_api.errors import BadRequest, Forbidden, Unauthorized
 from putplace_api.middleware import PRINCIPAL
 from putplace_api.state import AppState
-from putplace_client.models import Scope, is_sha256
+from putplace_client.models import SHA256_RE, Scope, is_sha256
 
 __all__ = ["StateDep", "ReadKey", "WriteKey", "AdminKey", "MetricsKey", "Sha256Path"]
 
@@ -25,8 +26,13 @@ async def get_state(request: Request) -> AppState:
     return state
 
 
-def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
-    async def check(request: Request) -> Principal:
+# Declares the key in the OpenAPI document only: SecurityMiddleware has checked it already
+# (it also takes ``Authorization: Bearer``, for Prometheus on the undocumented /metrics).
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key, e.g. pp_…")
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    async def check(request: Request, _: Annotated[str | None, Security(API_KEY_HEADER)]) -> Principal:
         principal: Principal | None = request.scope.get(PRINCIPAL)
         if principal is None:  # a route mounted on a public path by mistake: still deny
             raise Unauthorized(MISSING_KEY)
@@ -44,8 +50,11 @@ AdminKey = Annotated[Principal, Depends(require(Scope.ADMIN))]
 MetricsKey = Annotated[Principal, Depends(require(Scope.METRICS))]
 
 
-async def valid_sha256(sha256: str) -> str:
-    """The ``{sha256}`` path parameter; malformed is a 400 (as existing clients expect), not a 422."""
+async def valid_sha256(
+    sha256: Annotated[str, Path(json_schema_extra={"pattern": SHA256_RE.pattern}, description="64 lowercase hex")],
+) -> str:
+    """The ``{sha256}`` path parameter; malformed is a 400 (as existing clients expect), not a 422,
+    so the pattern is documented rather than given to FastAPI to enforce."""
     if not is_sha256(sha256):
         raise BadRequest("Invalid SHA256 hash format: expected 64 lowercase hexadecimal characters")
     return sha256

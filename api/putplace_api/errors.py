@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
 __all__ = [
@@ -35,6 +37,9 @@ __all__ = [
     "RangeNotSatisfiable",
     "TooManyRequests",
     "BackendUnavailable",
+    "ErrorDetail",
+    "KEYED_ROUTE_ERRORS",
+    "error_responses",
     "error_response",
     "validation_response",
 ]
@@ -92,6 +97,37 @@ class BackendUnavailable(PutPlaceError):
     def __init__(self, backend: str, reason: str) -> None:
         super().__init__(f"{backend} unavailable: {reason}")
         self.backend = backend
+
+
+class ErrorDetail(BaseModel):
+    """The body of every error response but 422 (FastAPI's list of validation errors)."""
+
+    detail: str = Field(description="what went wrong, in one sentence")
+
+
+# Every error status the service answers with, documented once. The OpenAPI document must
+# list what clients really receive, so routers and routes pick their entries from here.
+_ERRORS: dict[int, str] = {
+    400: "Malformed request: unparsable body, malformed sha256, cursor or multipart, or content not matching its hash",
+    401: "Missing, unknown, revoked or expired API key",
+    403: "The API key lacks the scope this operation needs",
+    404: "Nothing by that name",
+    413: "Request body larger than the server accepts",
+    415: "Content type not accepted",
+    416: "Range not satisfiable",
+    429: "Rate limit of this API key exceeded; retry after Retry-After seconds",
+    503: "The database or the content storage does not answer; retry after Retry-After seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for these error statuses, each with the ``ErrorDetail`` body."""
+    return {code: {"model": ErrorDetail, "description": _ERRORS[code]} for code in codes}
+
+
+# What any key-protected route may answer before its handler runs: SecurityMiddleware's
+# refusals, FastAPI's unparsable-body 400, and a backend outage. Given to each router.
+KEYED_ROUTE_ERRORS = error_responses(400, 401, 403, 413, 429, 503)
 
 
 def error_response(exc: PutPlaceError, retry_after: int | None = None) -> JSONResponse:

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from putplace_api import metrics
 from putplace_api.errors import BackendUnavailable, PayloadTooLarge, PutPlaceError, TooManyRequests, error_response
+from putplace_api.tracing import redact_request_span
 from putplace_common.logs import request_id
 
 if TYPE_CHECKING:
@@ -56,13 +57,15 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = rid
+                # Now, while the request span is still open (it ends with the response).
+                redact_request_span(_route(scope))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = _route(scope)
             method = scope["method"]
             metrics.REQUESTS.labels(method, route, str(status)).inc()
             metrics.REQUEST_SECONDS.labels(method, route).observe(elapsed)
@@ -157,6 +160,11 @@ class SecurityMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return replay
+
+
+def _route(scope: Scope) -> str:
+    """The matched route's template: what logs, metrics and traces name a request by."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
 def _bearer(value: str | None) -> str | None:

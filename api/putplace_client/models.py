@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 __all__ = [
     "SHA256_RE",
@@ -36,6 +36,7 @@ __all__ = [
     "ApiKeyInfo",
     "ApiKeyCreated",
     "MessageResponse",
+    "DateTime",
     "escape_path",
     "is_sha256",
 ]
@@ -89,12 +90,46 @@ def _check_host(value: str) -> str:
 INT64_MAX = 2**63 - 1
 UINT32_MAX = 2**32 - 1
 INT32_MIN = -(2**31)
-Timestamp = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _json_number(value: object) -> object:
+    # Lax pydantic would store `false` as 0 and "12" as 12; the protocol says numbers.
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("expected a number")
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_json_number)]
+Int = Annotated[int, BeforeValidator(_json_number)]
+Timestamp = Annotated[Float, Field(allow_inf_nan=False)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
-FilePath = Annotated[str, BeforeValidator(_escape_any), Field(min_length=1), AfterValidator(_check_path)]
-HostName = Annotated[
-    str, BeforeValidator(_escape_any), Field(min_length=1, max_length=255), AfterValidator(_check_host)
+# The NUL rule is documented in the schema and enforced by the validators (clearer messages).
+_NO_NUL = {"pattern": "^[^\\u0000]*$"}
+FilePath = Annotated[
+    str,
+    BeforeValidator(_escape_any),
+    Field(min_length=1, json_schema_extra=_NO_NUL, description=f"at most {MAX_PATH_BYTES} bytes in UTF-8, no NUL"),
+    AfterValidator(_check_path),
 ]
+HostName = Annotated[
+    str,
+    BeforeValidator(_escape_any),
+    Field(min_length=1, max_length=255, json_schema_extra=_NO_NUL),
+    AfterValidator(_check_host),
+]
+
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _not_a_number(value: object) -> object:
+    # pydantic reads 0 or "0.5" as seconds since the epoch; the protocol says RFC 3339.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
+        raise ValueError("expected an RFC 3339 date-time, e.g. 2025-01-31T12:00:00Z")
+    return value
+
+
+DateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
 
 
 class Scope(StrEnum):
@@ -116,10 +151,10 @@ class FileMetadata(BaseModel):
     hostname: HostName
     ip_address: str = Field(max_length=64)
     sha256: Sha256
-    file_size: int = Field(ge=0, le=INT64_MAX)
-    file_mode: int = Field(ge=0, le=UINT32_MAX)
-    file_uid: int = Field(ge=INT32_MIN, le=UINT32_MAX)
-    file_gid: int = Field(ge=INT32_MIN, le=UINT32_MAX)
+    file_size: Int = Field(ge=0, le=INT64_MAX)
+    file_mode: Int = Field(ge=0, le=UINT32_MAX)
+    file_uid: Int = Field(ge=INT32_MIN, le=UINT32_MAX)
+    file_gid: Int = Field(ge=INT32_MIN, le=UINT32_MAX)
     file_mtime: Timestamp
     file_atime: Timestamp
     file_ctime: Timestamp
@@ -231,7 +266,14 @@ class ApiKeyCreate(BaseModel):
     scopes: list[Scope] = Field(default_factory=lambda: [Scope.READ, Scope.WRITE], min_length=1)
     rate_limit: float | None = Field(None, gt=0, description="requests per second; null = the server default")
     rate_limit_burst: int | None = Field(None, ge=1, description="bucket size; null = max(1, rate_limit)")
-    expires_at: datetime | None = None
+    expires_at: DateTime | None = None
+
+    # A field validator, not the Float/Int types: inside "| None" those would print their bounds
+    # as "gt"/"ge" in the JSON schema instead of exclusiveMinimum/minimum.
+    @field_validator("rate_limit", "rate_limit_burst", mode="before")
+    @classmethod
+    def _numbers(cls, value: object) -> object:
+        return _json_number(value)
 
 
 class ApiKeyInfo(BaseModel):

@@ -3,84 +3,138 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import iter_route_contexts
 
+from putplace_api.app import create_app
 from tests.api.conftest import Api, meta, sha
 from tests.servers.base import free_ports
 
 MISSING = {"detail": "API key required. Include X-API-Key header."}
 INVALID = {"detail": "Invalid or inactive API key"}
-SHA = "a" * 64
+DATA = b"node secret: only readers may see it\n"
+PUBLIC = None  # needed scope of an endpoint open to everyone
 
-# Every key-protected endpoint, with a request that would pass validation.
-ENDPOINTS: list[tuple[str, str, str]] = [
-    ("POST", "/put_file", "write"),
-    ("POST", "/put_files", "write"),
-    ("POST", f"/upload_file/{SHA}", "write"),
-    ("DELETE", "/files?hostname=h&filepath=/p", "write"),
-    ("GET", f"/get_file/{SHA}", "read"),
-    ("GET", f"/content/{SHA}", "read"),
-    ("GET", "/files", "read"),
-    ("GET", "/files/history?hostname=h&filepath=/p", "read"),
-    ("GET", "/stats", "read"),
-    ("GET", "/api_keys", "admin"),
-    ("POST", "/api_keys", "admin"),
-    ("PUT", f"/api_keys/{'0' * 24}/revoke", "admin"),
-    ("DELETE", f"/api_keys/{'0' * 24}", "admin"),
-    ("GET", "/metrics", "metrics"),
-]
+# A request builder gets an admin client (to prepare what the request needs, e.g. a record to
+# delete) and returns the request's arguments: httpx.Client.request(method, **args).
+Build = Callable[[httpx.Client], dict[str, Any]]
 
 
-def _call(c: httpx.Client, method: str, path: str) -> httpx.Response:
-    bodies = {"/put_file": meta(), "/put_files": {"files": [meta()]}, "/api_keys": {"name": "k"}}
-    json = bodies.get(path) if method == "POST" else None
-    content = b"x" if path.startswith("/upload_file") else None
-    return c.request(method, path, json=json, content=content)
+def _fresh_record(admin: httpx.Client) -> dict[str, Any]:
+    path = f"/tmp/{uuid.uuid4().hex}"
+    assert admin.post("/put_file", json=meta(DATA, filepath=path)).status_code == 201
+    return {"params": {"hostname": "node-1", "filepath": path}}
 
 
-@pytest.mark.parametrize(("method", "path", "scope"), ENDPOINTS)
-def test_every_endpoint_needs_a_key(api: Api, method: str, path: str, scope: str) -> None:
-    with api.http(key=None) as c:
-        r = _call(c, method, path)
-        assert r.status_code == 401 and r.json() == MISSING
-        assert r.headers["www-authenticate"] == "ApiKey"
-    with api.http(key="pp_not_a_real_key") as c:
-        r = _call(c, method, path)
-        assert r.status_code == 401 and r.json() == INVALID
+def _fresh_key_id(admin: httpx.Client) -> str:
+    r = admin.post("/api_keys", json={"name": "victim", "scopes": ["read"]})
+    assert r.status_code == 201
+    return str(r.json()["_id"])
 
 
-def test_scope_matrix(api: Api) -> None:
-    keys = {s: api.new_key(s) for s in ("read", "write", "admin", "metrics")}
-    for method, path, needed in ENDPOINTS:
-        for scope, key in keys.items():
-            with api.http(key=key) as c:
-                status = _call(c, method, path).status_code
-            allowed = scope == needed or scope == "admin"
-            assert (status != 403) == allowed, (method, path, scope, status)
-            assert status not in (401, 500), (method, path, scope, status)
+def _fixed(**args: Any) -> Build:
+    return lambda _: args
 
 
-def test_write_only_key_can_announce_and_upload_but_read_nothing(api: Api) -> None:
-    writer = api.new_key("write")
-    data = b"node secret"
-    body = meta(data)
-    with api.http(key=writer) as c:
-        assert c.post("/put_file", json=body).status_code == 201
-        assert c.post(f"/upload_file/{body['sha256']}", files={"file": ("f", data)}).status_code == 200
-        # "Content already present" must not turn into read access.
-        assert c.post("/put_file", json=body | {"hostname": "other"}).json()["upload_required"] is False
-        for path in (f"/content/{body['sha256']}", f"/get_file/{body['sha256']}", "/files", "/stats"):
-            r = c.get(path)
-            assert r.status_code == 403, path
-            assert data.decode() not in r.text
+# Every route the app serves: (method, path template) -> (needed scope, request, success status).
+# A route missing here fails test_authorization_matrix: new endpoints must be placed in it.
+MATRIX: dict[tuple[str, str], tuple[str | None, Build, int]] = {
+    ("GET", "/"): (PUBLIC, _fixed(url="/"), 200),
+    ("GET", "/health"): (PUBLIC, _fixed(url="/health"), 200),
+    ("GET", "/healthz"): (PUBLIC, _fixed(url="/healthz"), 200),
+    ("GET", "/readyz"): (PUBLIC, _fixed(url="/readyz"), 200),
+    ("GET", "/openapi.json"): (PUBLIC, _fixed(url="/openapi.json"), 200),
+    ("GET", "/docs"): (PUBLIC, _fixed(url="/docs"), 200),
+    ("GET", "/docs/oauth2-redirect"): (PUBLIC, _fixed(url="/docs/oauth2-redirect"), 200),
+    ("GET", "/redoc"): (PUBLIC, _fixed(url="/redoc"), 200),
+    ("GET", "/metrics"): ("metrics", _fixed(url="/metrics"), 200),
+    ("POST", "/put_file"): ("write", _fixed(url="/put_file", json=meta(DATA)), 201),
+    ("POST", "/put_files"): ("write", _fixed(url="/put_files", json={"files": [meta(DATA)]}), 201),
+    ("POST", "/upload_file/{sha256}"): ("write", _fixed(url=f"/upload_file/{sha(DATA)}", content=DATA), 200),
+    ("POST", "/upload_files"): ("write", _fixed(url="/upload_files", files=[(sha(DATA), ("f", DATA))]), 200),
+    ("DELETE", "/files"): ("write", lambda admin: {"url": "/files", **_fresh_record(admin)}, 200),
+    ("GET", "/get_file/{sha256}"): ("read", _fixed(url=f"/get_file/{sha(DATA)}"), 200),
+    ("GET", "/content/{sha256}"): ("read", _fixed(url=f"/content/{sha(DATA)}"), 200),
+    ("GET", "/files"): ("read", _fixed(url="/files"), 200),
+    ("GET", "/files/history"): (
+        "read", _fixed(url="/files/history", params={"hostname": "node-1", "filepath": "/var/log/app.log"}), 200
+    ),
+    ("GET", "/stats"): ("read", _fixed(url="/stats"), 200),
+    ("GET", "/api_keys"): ("admin", _fixed(url="/api_keys"), 200),
+    ("POST", "/api_keys"): ("admin", _fixed(url="/api_keys", json={"name": "k"}), 201),
+    ("PUT", "/api_keys/{key_id}/revoke"): ("admin", lambda a: {"url": f"/api_keys/{_fresh_key_id(a)}/revoke"}, 200),
+    ("DELETE", "/api_keys/{key_id}"): ("admin", lambda a: {"url": f"/api_keys/{_fresh_key_id(a)}"}, 200),
+}  # fmt: skip
+
+
+def _served_routes(api: Api) -> set[tuple[str, str]]:
+    """(method, path) of every route of the app as the API builds it (HEAD comes with GET)."""
+    routes = iter_route_contexts(create_app(api.settings).routes)
+    return {(m, str(r.path)) for r in routes for m in r.methods or () if m != "HEAD"}
+
+
+def _principals(api: Api) -> dict[str, str | None]:
+    """The seven kinds of caller; revoked and expired keys had every scope."""
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    with api.http() as admin:
+        created = admin.post("/api_keys", json={"name": "revoked", "scopes": ["admin"]}).json()
+        assert admin.put(f"/api_keys/{created['_id']}/revoke").status_code == 200
+    return {
+        "none": None,
+        "invalid": "pp_" + secrets.token_urlsafe(32),  # shaped like a real key
+        "revoked": created["api_key"],
+        "expired": api.new_key("admin", expires_at=past),
+        "read": api.new_key("read", expires_at=future),  # a future expiry does not refuse it
+        "write": api.new_key("write"),
+        "admin": api.admin_key,
+        "metrics": api.new_key("metrics"),
+    }
+
+
+def _expected(principal: str, needed: str | None, ok: int) -> tuple[int, dict[str, str] | None]:
+    if needed is PUBLIC:
+        return ok, None
+    if principal in ("none", "invalid", "revoked", "expired"):
+        return 401, MISSING if principal == "none" else INVALID
+    if principal in (needed, "admin"):
+        return ok, None
+    return 403, {"detail": f"This API key lacks the '{needed}' scope"}
+
+
+def test_authorization_matrix(api: Api) -> None:
+    """Every route x every kind of caller gets exactly the expected status; refusals say only
+    why (so a write-only key, which may announce and upload, never sees content or metadata)."""
+    assert _served_routes(api) == set(MATRIX), "every served route needs a row in MATRIX"
+    principals = _principals(api)
+    with api.http() as admin:  # the content readers should get: announced and uploaded
+        assert admin.post("/put_file", json=meta(DATA)).status_code == 201
+        assert admin.post(f"/upload_file/{sha(DATA)}", content=DATA).status_code == 200
+        got, want = {}, {}
+        for (method, path), (needed, build, ok) in MATRIX.items():
+            for name, key in principals.items():
+                args = build(admin)
+                with api.http(key=key) as c:
+                    r = c.request(method, **args)
+                status, body = _expected(name, needed, ok)
+                got[method, path, name] = (r.status_code, r.json() if body is not None else None)
+                want[method, path, name] = (status, body)
+                if status in (401, 403):
+                    assert DATA.decode() not in r.text and "/var/log/app.log" not in r.text
+                    if status == 401:
+                        assert r.headers["www-authenticate"] == "ApiKey"
+    assert got == want
 
 
 def test_auth_is_checked_before_body_validation(api: Api) -> None:
@@ -112,17 +166,8 @@ def test_revocation_and_deletion_are_immediate(api: Api) -> None:
 def test_unknown_or_malformed_key_id_is_404(api: Api, key_id: str) -> None:
     with api.http() as c:
         for r in (c.put(f"/api_keys/{key_id}/revoke"), c.delete(f"/api_keys/{key_id}")):
-            assert r.status_code == 404 and r.json() == {"detail": f"API key {key_id} not found"}
-
-
-def test_expired_key_is_refused(api: Api) -> None:
-    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    expired, valid = api.new_key("read", expires_at=past), api.new_key("read", expires_at=future)
-    with api.http(key=expired) as c:
-        assert c.get("/stats").json() == INVALID
-    with api.http(key=valid) as c:
-        assert c.get("/stats").status_code == 200
+            detail = f"API key {key_id} not found" if key_id == "0" * 24 else "API key not found"
+            assert r.status_code == 404 and r.json() == {"detail": detail}
 
 
 def test_created_key_shape_and_listing_never_shows_secrets(api: Api) -> None:

@@ -4,26 +4,73 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
-from putplace_api.errors import BadRequest, NotFound, RangeNotSatisfiable, UnsupportedMediaType
+from putplace_api.errors import (
+    KEYED_ROUTE_ERRORS,
+    BadRequest,
+    NotFound,
+    RangeNotSatisfiable,
+    UnsupportedMediaType,
+    error_responses,
+)
 from putplace_api.formdata import all_fields, file_field
 from putplace_api.mime import SNIFF_BYTES, detect_mime
 from putplace_api.uploads import receive_batch, receive_content
 from putplace_client.models import BatchUploadResponse, UploadResponse
 
-router = APIRouter(tags=["content"])
+router = APIRouter(tags=["content"], responses=KEYED_ROUTE_ERRORS)
 log = logging.getLogger("putplace.content")
 
 MAX_BATCH_PARTS = 10_000
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
+# The upload bodies are read as streams (not by FastAPI), so their shapes are declared here.
+_BINARY = {"type": "string", "format": "binary"}
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "application/octet-stream": {"schema": _BINARY},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]},
+        },
+    },
+}
+_BATCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "description": "one part per content, named by its sha256 (a part named otherwise is answered "
+                "'invalid', the others are still stored)",
+                "additionalProperties": _BINARY,
+                "minProperties": 1,
+            },
+        },
+    },
+}
+# Content is served with the MIME type detected when it was stored, hence any media type.
+_CONTENT = {"*/*": {"schema": _BINARY}}
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The content", "content": _CONTENT},
+    206: {"description": "The requested byte range of the content", "content": _CONTENT},
+    304: {"description": "Not modified: the If-None-Match ETag is this content's"},
+    **error_responses(404, 416),
+}
 
-@router.post("/upload_file/{sha256}", response_model=UploadResponse)
+
+@router.post(
+    "/upload_file/{sha256}",
+    response_model=UploadResponse,
+    responses=error_responses(404, 415),
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+)
 async def upload_file(
     sha256: Sha256Path,
     request: Request,
@@ -60,7 +107,12 @@ async def upload_file(
     )
 
 
-@router.post("/upload_files", response_model=BatchUploadResponse)
+@router.post(
+    "/upload_files",
+    response_model=BatchUploadResponse,
+    responses=error_responses(415),
+    openapi_extra={"requestBody": _BATCH_BODY},
+)
 async def upload_files(request: Request, state: StateDep, _: WriteKey) -> BatchUploadResponse:
     """Upload many small contents at once: ``multipart/form-data`` with one part per content,
     each named by its sha256 (``curl -F <sha256>=@file …``). Each part gets its own answer;
@@ -101,7 +153,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-@router.get("/content/{sha256}", response_model=None)
+@router.get("/content/{sha256}", response_model=None, response_class=StreamingResponse, responses=_DOWNLOAD_RESPONSES)
 async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: ReadKey) -> Response:
     content = await state.store.get_content(sha256)
     if content is None or not content.stored:

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 
 from putplace_api import metrics
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
-from putplace_api.errors import BadRequest, NotFound
-from putplace_api.store.base import ContentRow, FileQuery, FileRow, PutResult, is_object_id
+from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, NotFound, error_responses
+from putplace_api.store.base import OBJECT_ID_PATTERN, ContentRow, FileQuery, FileRow, PutResult, is_object_id
 from putplace_client.models import (
+    DateTime,
     DeleteFileResponse,
     FileMetadata,
     FileRecord,
@@ -24,7 +25,7 @@ from putplace_client.models import (
     Stats,
 )
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], responses=KEYED_ROUTE_ERRORS)
 
 
 # Responses are assembled with model_construct: every value was validated on the way in
@@ -96,7 +97,7 @@ async def put_files(body: PutFilesRequest, state: StateDep, _: WriteKey) -> PutF
     )
 
 
-@router.get("/get_file/{sha256}", response_model=FileRecord)
+@router.get("/get_file/{sha256}", response_model=FileRecord, responses=error_responses(404))
 async def get_file(sha256: Sha256Path, state: StateDep, _: ReadKey) -> FileRecord:
     row = await state.store.file_by_sha(sha256)
     if row is None:
@@ -111,8 +112,8 @@ async def list_files(
     hostname: str | None = None,
     path_prefix: str | None = None,
     sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
-    changed_since: datetime | None = None,
-    cursor: str | None = None,
+    changed_since: DateTime | None = None,
+    cursor: Annotated[str | None, Query(json_schema_extra={"pattern": OBJECT_ID_PATTERN})] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[FileRecord]:
     """Current records, oldest first, filtered by host, path prefix, content or change time.
@@ -137,7 +138,7 @@ async def file_history(
     _: ReadKey,
     hostname: str,
     filepath: str,
-    before: datetime | None = None,
+    before: DateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[HistoryRecord]:
     """Earlier versions of one path, newest first (``before`` = the previous page's last ``superseded_at``)."""
@@ -151,7 +152,7 @@ async def file_history(
     return Page[HistoryRecord](items=items, next_cursor=rows[-1].superseded_at.isoformat() if more and rows else None)
 
 
-@router.delete("/files", response_model=DeleteFileResponse)
+@router.delete("/files", response_model=DeleteFileResponse, responses=error_responses(404))
 async def delete_file(state: StateDep, _: WriteKey, hostname: str, filepath: str) -> DeleteFileResponse:
     """A deletion notice: the record leaves the current catalogue, its history stays, its content stays."""
     if not await state.store.delete_file(hostname, filepath, datetime.now(UTC)):

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
 
 from putplace_api import metrics
 from putplace_api.deps import MetricsKey, StateDep
@@ -58,7 +59,17 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    status: str
+    database: bool
+    storage: bool
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A backend does not answer; retry after Retry-After"}},
+)
 async def readyz(state: StateDep) -> JSONResponse:
     """Readiness: 503 unless both the database and the storage answer."""
     db, storage = await _probe(state)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from putplace_api.auth import generate_key, make_key_row
 from putplace_api.deps import AdminKey, StateDep
-from putplace_api.errors import NotFound
-from putplace_api.store.base import KeyRow, is_object_id
+from putplace_api.errors import KEYED_ROUTE_ERRORS, NotFound, error_responses
+from putplace_api.store.base import OBJECT_ID_PATTERN, KeyRow, is_object_id
 from putplace_client.models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, MessageResponse, Scope
 
-router = APIRouter(prefix="/api_keys", tags=["api keys"])
+router = APIRouter(prefix="/api_keys", tags=["api keys"], responses=KEYED_ROUTE_ERRORS)
 
 
 def to_info(row: KeyRow) -> ApiKeyInfo:
@@ -32,8 +33,13 @@ def to_info(row: KeyRow) -> ApiKeyInfo:
     )
 
 
+# Documented, not enforced by FastAPI: an id of the wrong shape is a 404 like any unknown id.
+KeyId = Annotated[str, Path(json_schema_extra={"pattern": OBJECT_ID_PATTERN})]
+
+
 def _not_found(key_id: str) -> NotFound:
-    return NotFound(f"API key {key_id} not found")
+    # Echo only well-formed ids: what a caller puts in the path may be a key itself.
+    return NotFound(f"API key {key_id} not found" if is_object_id(key_id) else "API key not found")
 
 
 @router.post("", status_code=201, response_model=ApiKeyCreated)
@@ -60,15 +66,15 @@ async def list_keys(state: StateDep, _: AdminKey) -> list[ApiKeyInfo]:
     return [to_info(r) for r in await state.store.list_keys()]
 
 
-@router.put("/{key_id}/revoke", response_model=MessageResponse)
-async def revoke_key(key_id: str, state: StateDep, _: AdminKey) -> MessageResponse:
+@router.put("/{key_id}/revoke", response_model=MessageResponse, responses=error_responses(404))
+async def revoke_key(key_id: KeyId, state: StateDep, _: AdminKey) -> MessageResponse:
     if not is_object_id(key_id) or not await state.store.revoke_key(key_id, datetime.now(UTC)):
         raise _not_found(key_id)
     return MessageResponse(message=f"API key {key_id} revoked successfully")
 
 
-@router.delete("/{key_id}", response_model=MessageResponse)
-async def delete_key(key_id: str, state: StateDep, _: AdminKey) -> MessageResponse:
+@router.delete("/{key_id}", response_model=MessageResponse, responses=error_responses(404))
+async def delete_key(key_id: KeyId, state: StateDep, _: AdminKey) -> MessageResponse:
     if not is_object_id(key_id) or not await state.store.delete_key(key_id):
         raise _not_found(key_id)
     return MessageResponse(message=f"API key {key_id} deleted successfully")

@@ -27,6 +27,8 @@ __all__ = [
     "StatsRow",
     "TokenGrant",
     "MetadataStore",
+    "OBJECT_ID_PATTERN",
+    "is_object_id",
 ]
 
 # The client-owned fields of a file record, in wire order.
@@ -215,6 +217,9 @@ def new_id() -> str:
     from bson import ObjectId
 
     return str(ObjectId())
+
+
+OBJECT_ID_PATTERN = r"^[0-9a-fA-F]{24}$"  # what is_object_id accepts of a string
 
 
 def is_object_id(value: str) -> bool:
