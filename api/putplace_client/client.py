@@ -34,6 +34,7 @@ from putplace_client.models import (
     Scope,
     Stats,
     UploadResponse,
+    escape_path,
 )
 
 __all__ = ["PutPlaceClient", "UPLOAD_CHUNK"]
@@ -84,6 +85,10 @@ class PutPlaceClient:
         await self._http.aclose()
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if "params" in kwargs:
+            # A non-UTF-8 file name arrives as lone surrogates (os.fsdecode), which no URL can
+            # carry: send it as the catalogue stores it (escape_path), so it names the record.
+            kwargs["params"] = {k: escape_path(v) if isinstance(v, str) else v for k, v in kwargs["params"].items()}
         try:
             response = await self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
