@@ -143,7 +143,9 @@ class Agent:
             return
         async with asyncio.TaskGroup() as producers:
             for root in self.roots:
-                producers.create_task(watch_tree(root, self.on_changes, stop))
+                producers.create_task(
+                    watch_tree(root, self.on_changes, stop, on_lost=partial(self.scan_tree, root, full=True))
+                )
             await self.scan_all()
             producers.create_task(self._every(self.settings.rescan_interval_seconds, self.scan_all, stop))
             producers.create_task(self._every(PENDING_RETRY_SECONDS, self._retry_pending, stop))
