@@ -35,6 +35,7 @@ from putplace_agent.settings import AgentSettings
 from putplace_agent.watcher import watch_tree
 from putplace_client import (
     AuthenticationError,
+    CertificateError,
     ContentChanged,
     FileMetadata,
     NotFoundError,
@@ -498,6 +499,8 @@ class Agent:
                 results = await call_with_retry(self.settings.retry_for_seconds, lambda: self.client.put_files(metas))
             except (AuthenticationError, PermissionDenied) as exc:
                 raise Fatal(f"the server refuses the agent's key: {exc}") from None
+            except CertificateError as exc:  # e.g. the server's certificate was renewed by another CA
+                raise Fatal(str(exc)) from None
             except PutPlaceClientError as exc:
                 if is_transient(exc):
                     self.tally.add_error("api_unavailable", failed=True)
