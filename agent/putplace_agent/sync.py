@@ -261,7 +261,14 @@ class Agent:
             unreadable.append(path)
             loop.call_soon_threadsafe(self._report_once, "unreadable", path, exc)
 
-        chunks = changed(walk(root, excluded=self.excluded, skip=self.skip, on_error=on_error), known)
+        entries = walk(
+            root,
+            excluded=self.excluded,
+            skip=self.skip,
+            follow_symlinks=self.settings.follow_symlinks,  # a link's signature is then its target's
+            on_error=on_error,
+        )
+        chunks = changed(entries, known)
         while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
             seen, found = chunk
             self.tally.add_seen(seen, seen - len(found))
