@@ -424,3 +424,50 @@ def test_a_tree_changing_during_the_first_scan_converges(
     assert_clean_log(agent, seed)
     reported = warnings_by_path(agent)
     assert all(len(lines) == 1 for lines in reported.values()), f"seed {seed}: {reported}"
+
+
+def test_following_symlinks_catalogues_their_targets_and_skips_the_rest(
+    api_process: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
+) -> None:
+    """``--follow-symlinks``: a link to a regular file is catalogued with the file's content; a
+    link to a directory, a FIFO or a device is skipped (never opened, never descended); a
+    dangling link is skipped; a loop of links is reported once, as unreadable."""
+    seed = SEED + 3
+    root = os.fsencode(tree)
+    t = FuzzTree(root, random.Random(seed))
+    odd_names(t, t.directory(root))
+    links(t)
+    sockets = special_files(t)
+    inside = t.file(t.directory(root), b"target")
+    t.link(root, b"to-inside", inside)
+    t.link(root, b"to-inside-relative", os.path.relpath(inside, root))
+    expected: dict[str, str] = {}
+    loops: list[bytes] = []
+    for path, data in t.expected.items():
+        if not os.path.islink(path):
+            expected[catalogued_as(path)] = sha(data)
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                loops.append(path)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as f:  # the target's content, under the link's path
+                expected[catalogued_as(path)] = sha(f.read())
+    assert loops and len(expected) > len(t.expected) // 2
+    agent = make_agent(node="follow", extra=["--follow-symlinks"])
+
+    with watch_fifos(t.fifos) as opened:
+        code, summary = agent.once(timeout=120)
+    for s in sockets:
+        s.close()
+
+    assert_clean_log(agent, seed)
+    assert opened == [], f"seed {seed}: a FIFO was opened"
+    assert api_process.catalogue("follow") == expected, f"seed {seed}"
+    reported = warnings_by_path(agent)
+    assert sorted(reported) == sorted(os.fsdecode(p) for p in loops), (seed, reported)
+    assert all(len(lines) == 1 and "Too many levels of symbolic links" in lines[0] for lines in reported.values())
+    assert code == 1 and summary["failed"] == len(loops), (seed, summary)
