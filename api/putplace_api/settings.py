@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         for path in (self.tls_certfile, self.tls_keyfile):
             if path is not None and not path.is_file():
                 raise ValueError(f"{path} is not a readable file")
+        if self.tls_certfile is not None and self.sync:
+            # The local agent would call this server by 127.0.0.1, which its certificate rarely names.
+            raise ValueError("PUTPLACE_SYNC does not work with TLS yet: run putplace-agent with --ca-bundle instead")
         return self
 
     @property

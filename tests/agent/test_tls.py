@@ -137,6 +137,7 @@ def test_the_api_refuses_half_or_broken_tls_settings(pki: Pki, tmp_path: Path) -
         ({"PUTPLACE_TLS_KEYFILE": str(pki.key)}, "set both or neither"),
         ({**pki.server_env(), "PUTPLACE_TLS_KEYFILE": str(tmp_path / "missing.key")}, "not a readable file"),
         ({**pki.server_env(), "PUTPLACE_TLS_KEYFILE": str(other.key)}, "cannot serve HTTPS"),  # not its key
+        ({**pki.server_env(), "PUTPLACE_SYNC": str(tmp_path)}, "PUTPLACE_SYNC does not work with TLS"),
     ]
     for env, words in cases:
         r = _api(env, tmp_path)
