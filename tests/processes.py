@@ -4,6 +4,7 @@ tests register keys at it); ``metric`` reads a counter from any process's /metri
 
 from __future__ import annotations
 
+import ssl
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,11 +28,16 @@ class ApiProcess:
     port: int = field(default_factory=lambda: free_ports(1)[0])
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)  # command-line arguments (none: serve by environment)
+    ca_bundle: Path | None = None  # set when the API serves HTTPS (PUTPLACE_TLS_* in env)
     process: Process | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_bundle else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
 
     def start(self) -> None:
         env = {
@@ -60,7 +66,7 @@ class ApiProcess:
 
     def _healthy(self) -> bool:
         try:
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            return httpx.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -70,7 +76,7 @@ class ApiProcess:
             self.process = None
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": ADMIN_KEY}, timeout=30, verify=self.verify)
 
     def new_key(self, *scopes: str) -> str:
         with self.http() as c:

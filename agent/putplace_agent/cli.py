@@ -23,7 +23,7 @@ from putplace_agent.index import Index, State
 from putplace_agent.progress import report_progress, use_progress_bar
 from putplace_agent.settings import AgentSettings, load_settings
 from putplace_agent.sync import Agent, Fatal
-from putplace_client import PutPlaceClient
+from putplace_client import CertificateError, PutPlaceClient, PutPlaceClientError
 from putplace_common.logs import setup_logging
 
 __all__ = ["main"]
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--once", action="store_true", help="scan once, print a summary and exit")
     sync.add_argument("--config", type=Path, help="TOML file with settings (keys as in the list below, lowercase)")
     sync.add_argument("--server", dest="server_url", help="PutPlace API base URL")
+    sync.add_argument("--ca-bundle", type=Path, help="PEM CA bundle trusted for an https server")
     sync.add_argument("--api-key-file", type=Path, help="file holding the API key (or set PUTPLACE_API_KEY)")
     sync.add_argument("--state-dir", type=Path, help="where the local index lives")
     sync.add_argument("--node-name", help="hostname recorded in the catalogue")
@@ -115,8 +116,12 @@ async def _sync(settings: AgentSettings, *, once: bool) -> int:
     assert settings.api_key is not None
     try:
         async with PutPlaceClient(
-            settings.server_url, settings.api_key.get_secret_value(), timeout=settings.request_timeout_seconds
+            settings.server_url,
+            settings.api_key.get_secret_value(),
+            timeout=settings.request_timeout_seconds,
+            ca_bundle=settings.ca_bundle,
         ) as client:
+            await _check_certificate(client)
             agent = Agent(settings, client, index)
             log.info(
                 "agent starting",
@@ -146,6 +151,17 @@ async def _sync(settings: AgentSettings, *, once: bool) -> int:
     if once and (agent.tally.failed or owed):
         return 1
     return 0
+
+
+async def _check_certificate(client: PutPlaceClient) -> None:
+    """An untrusted server certificate is a setting to fix, not an outage to wait out: say so
+    at once. (A server that is down is fine here: the work waits in the index.)"""
+    try:
+        await client.health()
+    except CertificateError as exc:
+        raise Fatal(f"{exc} (give the CA that signed it with --ca-bundle or PUTPLACE_CA_BUNDLE)") from None
+    except PutPlaceClientError:
+        pass
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ of bytes that were never on disk together.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -63,13 +64,16 @@ def _hash_symlink(path: bytes) -> Entry:
 
 
 def _hash_regular(path: bytes, follow_symlinks: bool) -> Entry:
+    if follow_symlinks and not stat.S_ISREG(os.stat(path).st_mode):
+        # A link to a FIFO or a device is not opened at all (opening one may block or act).
+        raise NotCatalogued(os.fsdecode(path))
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: became a symlink since the scan
+        if exc.errno == errno.ELOOP and not follow_symlinks:  # became a symlink since the scan
             raise FileChanged(os.fsdecode(path)) from None
-        raise
+        raise  # following links, ELOOP is a loop of links: unreadable, not changing
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):

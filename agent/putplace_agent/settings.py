@@ -7,6 +7,7 @@ Precedence, highest first: command-line flags, ``PUTPLACE_*`` environment variab
 from __future__ import annotations
 
 import socket
+import ssl
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,9 @@ class AgentSettings(BaseSettings):
         default_factory=list, description="comma-separated trees to sync (also positional arguments)"
     )
     server_url: str = Field("http://127.0.0.1:8000", description="PutPlace API base URL")
+    ca_bundle: Path | None = Field(
+        None, description="PEM file of the CA(s) that signed an https server's certificate (default: the system's)"
+    )
     api_key: SecretStr | None = Field(None, description="API key with the write scope")
     api_key_file: Path | None = Field(None, description="file holding the API key (a mounted Secret)")
     node_name: str = Field(
@@ -79,6 +83,16 @@ class AgentSettings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _loadable_ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (OSError, ssl.SSLError) as exc:  # missing, unreadable, or no certificate in it
+                raise ValueError(f"cannot load the CA bundle {value}: {exc.strerror or exc}") from None
         return value
 
     @model_validator(mode="after")

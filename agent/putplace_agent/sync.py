@@ -35,6 +35,7 @@ from putplace_agent.settings import AgentSettings
 from putplace_agent.watcher import watch_tree
 from putplace_client import (
     AuthenticationError,
+    CertificateError,
     ContentChanged,
     FileMetadata,
     NotFoundError,
@@ -44,8 +45,9 @@ from putplace_client import (
     StatusError,
     UploadStatus,
 )
+from putplace_client.models import escape_path
 
-__all__ = ["Agent", "Fatal"]
+__all__ = ["Agent", "Fatal", "shown"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,14 @@ BUNDLE_BYTES = 8 * 1024 * 1024  # well under the server's default request cap (3
 PENDING_RETRY_SECONDS = 30.0
 CHANGING_RETRY_SECONDS = (1.0, 5.0, 30.0)
 REHASH_SECONDS = 1.0  # a file that keeps changing is looked at again later
+
+
+def shown(path: str) -> str:
+    """A path as a log line shows it: as the catalogue stores it (a byte that is not UTF-8 as
+    ``\\xNN``), and with control characters escaped, so a name holding a newline cannot
+    split a text log line or forge another."""
+    text = escape_path(path)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Fatal(Exception):
@@ -143,7 +153,9 @@ class Agent:
             return
         async with asyncio.TaskGroup() as producers:
             for root in self.roots:
-                producers.create_task(watch_tree(root, self.on_changes, stop))
+                producers.create_task(
+                    watch_tree(root, self.on_changes, stop, on_lost=partial(self.scan_tree, root, full=True))
+                )
             await self.scan_all()
             producers.create_task(self._every(self.settings.rescan_interval_seconds, self.scan_all, stop))
             producers.create_task(self._every(PENDING_RETRY_SECONDS, self._retry_pending, stop))
@@ -207,7 +219,7 @@ class Agent:
             self._reported.add(path)
             # An OSError's text repeats the path: its strerror says the same once.
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            log.warning("%s: %s: %s", kind, path, reason)
+            log.warning("%s: %s: %s", kind, shown(path), reason)
 
     def _unexpected(self) -> None:
         """A bug, not a condition: keep syncing everything else; the work stays owed in the index."""
@@ -258,7 +270,14 @@ class Agent:
             unreadable.append(path)
             loop.call_soon_threadsafe(self._report_once, "unreadable", path, exc)
 
-        chunks = changed(walk(root, excluded=self.excluded, skip=self.skip, on_error=on_error), known)
+        entries = walk(
+            root,
+            excluded=self.excluded,
+            skip=self.skip,
+            follow_symlinks=self.settings.follow_symlinks,  # a link's signature is then its target's
+            on_error=on_error,
+        )
+        chunks = changed(entries, known)
         while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
             seen, found = chunk
             self.tally.add_seen(seen, seen - len(found))
@@ -313,7 +332,17 @@ class Agent:
                 if not self.index.under(key):  # a new (or moved-in) directory: its files may predate the watch
                     await self.scan_tree(path, full=False)
                 continue
-            if not is_catalogued(st):
+            if self.settings.follow_symlinks and stat.S_ISLNK(st.st_mode):
+                try:
+                    st = os.stat(path)  # what the link points to is what is catalogued
+                except FileNotFoundError:  # dangling
+                    gone.append(key)
+                    continue
+                except OSError as exc:  # a loop of links
+                    self._report_once("unreadable", path, exc)
+                    continue
+            if not is_catalogued(st):  # became a FIFO, a socket, a device (or links to a directory)
+                gone.append(key)
                 continue
             known = self.index.get(key)
             self.tally.add_seen(1, 0)
@@ -419,7 +448,7 @@ class Agent:
         self._changing[path] = tries + 1
         delay = CHANGING_RETRY_SECONDS[min(tries, len(CHANGING_RETRY_SECONDS) - 1)]
         self.tally.add_error("changed_while_hashing", failed=False)
-        log.info("%s changed while it was hashed; looking again in %.0f s", os.fsdecode(path), delay)
+        log.info("%s changed while it was hashed; looking again in %.0f s", shown(os.fsdecode(path)), delay)
         self._begin(1)  # owed until the second look: --once waits for it
         self._timers += 1
 
@@ -496,6 +525,8 @@ class Agent:
                 results = await call_with_retry(self.settings.retry_for_seconds, lambda: self.client.put_files(metas))
             except (AuthenticationError, PermissionDenied) as exc:
                 raise Fatal(f"the server refuses the agent's key: {exc}") from None
+            except CertificateError as exc:  # e.g. the server's certificate was renewed by another CA
+                raise Fatal(str(exc)) from None
             except PutPlaceClientError as exc:
                 if is_transient(exc):
                     self.tally.add_error("api_unavailable", failed=True)
@@ -550,17 +581,21 @@ class Agent:
         # bundle instead of per file, which is what makes a first sync of many small files fast.
         (self._bundle_q if e.size <= BUNDLE_FILE_BYTES else self._upload_q).put_nowait(e)
 
-    @staticmethod
-    def _read_small(batch: list[Entry]) -> list[bytes | None]:
+    def _read_small(self, batch: list[Entry]) -> list[bytes | None]:
         """The bytes of each entry as announced, or None if the file is no longer that version."""
         out: list[bytes | None] = []
+        # Non-blocking: a file replaced by a FIFO since it was hashed must not hang this thread.
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if self.settings.follow_symlinks else os.O_NOFOLLOW)
         for e in batch:
             try:
                 if stat.S_ISLNK(e.mode):
                     before, data, after = os.lstat(e.path), os.readlink(e.path), os.lstat(e.path)
                 else:
-                    with open(e.path, "rb", buffering=0) as f:
+                    with open(os.open(e.path, flags), "rb", buffering=0) as f:
                         before = os.fstat(f.fileno())
+                        if not stat.S_ISREG(before.st_mode):
+                            out.append(None)
+                            continue
                         data = f.read(e.size + 1)
                         after = os.fstat(f.fileno())
             except OSError:
@@ -682,8 +717,8 @@ class Agent:
         """Upload ``e``'s content; False when it did not happen (the reason is already dealt with)."""
 
         async def attempt() -> None:
-            st = os.lstat(e.path)
-            if signature_of(st) != e.signature:
+            st = os.stat(e.path) if self.settings.follow_symlinks else os.lstat(e.path)
+            if signature_of(st) != e.signature:  # also when it is no longer a file (a FIFO would block)
                 raise _Stale
             source: bytes | Path = os.readlink(e.path) if stat.S_ISLNK(st.st_mode) else Path(os.fsdecode(e.path))
             await self.client.upload(
@@ -708,7 +743,7 @@ class Agent:
         except StatusError as exc:
             if is_transient(exc):
                 self.tally.add_error("api_unavailable")
-                log.warning("uploading %s failed, kept for the next pass: %s", os.fsdecode(e.path), exc)
+                log.warning("uploading %s failed, kept for the next pass: %s", shown(os.fsdecode(e.path)), exc)
             elif exc.status_code == 400:  # the content no longer matches the hash: it changed under us
                 await self.on_changes({os.fsdecode(e.path)}, time.monotonic())
             else:  # 413, 415: the server will not take this content
@@ -717,7 +752,7 @@ class Agent:
             return False
         except PutPlaceClientError as exc:
             self.tally.add_error("api_unavailable")
-            log.warning("uploading %s failed, kept for the next pass: %s", os.fsdecode(e.path), exc)
+            log.warning("uploading %s failed, kept for the next pass: %s", shown(os.fsdecode(e.path)), exc)
             return False
         return True
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -163,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        print(f"putplace-api: invalid setting PUTPLACE_{where.upper()}: {first['msg']}", file=sys.stderr)
+        if where:
+            print(f"putplace-api: invalid setting PUTPLACE_{where.upper()}: {first['msg']}", file=sys.stderr)
+        else:  # a rule about several settings
+            print(f"putplace-api: invalid settings: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     if args.command in ("verify", "gc"):
         return _maintain(args, settings)
@@ -183,24 +187,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     local_agent = LocalAgent(settings) if settings.sync else None
     if local_agent is not None:
         local_agent.start()
+    serving: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "timeout_graceful_shutdown": 30,
+        "ssl_certfile": settings.tls_certfile,
+        "ssl_keyfile": settings.tls_keyfile,
+    }
     try:
         if settings.workers > 1:
-            uvicorn.run(
-                "putplace_api.app:create_app",
-                factory=True,
-                host=settings.host,
-                port=settings.port,
-                workers=settings.workers,
-                log_config=None,
-                timeout_graceful_shutdown=30,
-            )
+            uvicorn.run("putplace_api.app:create_app", factory=True, workers=settings.workers, **serving)
         else:
             from putplace_api.app import create_app
 
-            app = create_app(settings)
-            uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=30)
+            uvicorn.run(create_app(settings), **serving)
     except ValueError as exc:  # a bad URL scheme and the like, found while building the app
         print(f"putplace-api: {exc}", file=sys.stderr)
+        return 2
+    except ssl.SSLError as exc:  # a key that does not match the certificate, a file that is not PEM
+        print(f"putplace-api: cannot serve HTTPS with {settings.tls_certfile}: {exc.reason or exc}", file=sys.stderr)
         return 2
     finally:
         if local_agent is not None:

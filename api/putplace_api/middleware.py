@@ -9,6 +9,7 @@ key's rate limit, then a cap on JSON body size. Routes only check scopes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from putplace_api import metrics
 from putplace_api.errors import BackendUnavailable, PayloadTooLarge, PutPlaceError, TooManyRequests, error_response
+from putplace_api.ratelimit import REFUSAL_HOLD_SECONDS
 from putplace_api.tracing import redact_request_span
 from putplace_common.logs import request_id
 
@@ -105,7 +107,11 @@ class SecurityMiddleware:
             decision = await self.state.limiter.check(principal)
             if decision is not None and not decision.allowed:
                 metrics.RATE_LIMITED.labels(principal.key_id).inc()
-                wait = max(1, math.ceil(decision.retry_after))
+                # Held, not answered at once (see ratelimit.py): a client retrying in a tight
+                # loop then leaves the event loop to the other keys. Costs an idle connection.
+                held = min(decision.retry_after, REFUSAL_HOLD_SECONDS)
+                await asyncio.sleep(held)
+                wait = max(1, math.ceil(decision.retry_after - held))
                 raise TooManyRequests(
                     "Rate limit exceeded for this API key",
                     {

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    tls_certfile: Path | None = Field(
+        None, description="serve HTTPS with this PEM certificate (chain); needs PUTPLACE_TLS_KEYFILE"
+    )
+    tls_keyfile: Path | None = Field(None, description="the PEM private key of PUTPLACE_TLS_CERTFILE")
     data_dir: Path = Field(
         Path("putplace-data"), description="embedded database, local content and the generated admin key live here"
     )
@@ -66,6 +70,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("PUTPLACE_TLS_CERTFILE and PUTPLACE_TLS_KEYFILE go together: set both or neither")
+        for path in (self.tls_certfile, self.tls_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        if self.tls_certfile is not None and self.sync:
+            # The local agent would call this server by 127.0.0.1, which its certificate rarely names.
+            raise ValueError("PUTPLACE_SYNC does not work with TLS yet: run putplace-agent with --ca-bundle instead")
+        return self
 
     @property
     def effective_database_url(self) -> str:

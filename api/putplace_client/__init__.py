@@ -6,6 +6,7 @@ Used by the agent and the operator alike; the API imports only the models.
 from putplace_client.client import PutPlaceClient
 from putplace_client.errors import (
     AuthenticationError,
+    CertificateError,
     ContentChanged,
     NotFoundError,
     PermissionDenied,
@@ -32,6 +33,7 @@ from putplace_client.models import (
 __all__ = [
     "PutPlaceClient",
     "PutPlaceClientError",
+    "CertificateError",
     "ContentChanged",
     "TransportError",
     "StatusError",

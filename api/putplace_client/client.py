@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Self
 import anyio
 import httpx
 
-from putplace_client.errors import ContentChanged, TransportError, status_error
+from putplace_client.errors import CertificateError, ContentChanged, TransportError, status_error
 from putplace_client.models import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -34,6 +35,7 @@ from putplace_client.models import (
     Scope,
     Stats,
     UploadResponse,
+    escape_path,
 )
 
 __all__ = ["PutPlaceClient", "UPLOAD_CHUNK"]
@@ -55,6 +57,16 @@ async def _file_chunks(f: anyio.AsyncFile[bytes], size: int) -> AsyncGenerator[b
         await f.aclose()
 
 
+def _certificate_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure under an httpx error (httpcore wraps ssl's), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class PutPlaceClient:
     def __init__(
         self,
@@ -62,13 +74,16 @@ class PutPlaceClient:
         api_key: str | None = None,
         *,
         timeout: float = 30.0,
+        ca_bundle: str | Path | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``ca_bundle``: PEM file of the CAs trusted for an https server (default: the system's)."""
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout, read=max(timeout, 300.0)),
+            verify=ssl.create_default_context(cafile=str(ca_bundle)) if ca_bundle is not None else True,
             transport=transport,
         )
 
@@ -84,9 +99,18 @@ class PutPlaceClient:
         await self._http.aclose()
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if "params" in kwargs:
+            # A non-UTF-8 file name arrives as lone surrogates (os.fsdecode), which no URL can
+            # carry: send it as the catalogue stores it (escape_path), so it names the record.
+            kwargs["params"] = {k: escape_path(v) if isinstance(v, str) else v for k, v in kwargs["params"].items()}
         try:
             response = await self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
+            refused = _certificate_refusal(exc)
+            if refused is not None:
+                raise CertificateError(
+                    f"the TLS certificate of {self._http.base_url} is not trusted: {refused.verify_message}"
+                ) from exc
             raise TransportError(f"{method} {url}: {exc!r}") from exc
         if response.is_error:
             raise status_error(response)

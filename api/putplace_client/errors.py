@@ -2,6 +2,7 @@
 
     PutPlaceClientError
     ├── ContentChanged            a file being uploaded is no longer what was announced
+    ├── CertificateError          the server's TLS certificate is not trusted (no retry helps)
     ├── TransportError            the server could not be reached (connect, read, timeout)
     └── StatusError               the server answered with an error status
         ├── AuthenticationError   401
@@ -20,6 +21,7 @@ import httpx
 __all__ = [
     "PutPlaceClientError",
     "ContentChanged",
+    "CertificateError",
     "TransportError",
     "StatusError",
     "AuthenticationError",
@@ -37,6 +39,10 @@ class PutPlaceClientError(Exception):
 
 class ContentChanged(PutPlaceClientError):
     pass
+
+
+class CertificateError(PutPlaceClientError):
+    """Not a TransportError: retrying cannot help until the CA bundle (or the server) changes."""
 
 
 class TransportError(PutPlaceClientError):

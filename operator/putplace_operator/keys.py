@@ -92,6 +92,12 @@ async def _target(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> _T
     return _Target(instance, bool(body["metadata"].get("deletionTimestamp")), url, admin_key)
 
 
+def _client(target: _Target, settings: OperatorSettings) -> PutPlaceClient:
+    return PutPlaceClient(
+        target.url, target.admin_key, timeout=settings.api_timeout_seconds, ca_bundle=settings.api_ca_bundle
+    )
+
+
 def _api_error(exc: PutPlaceClientError, url: str) -> NotReady:
     """A client error as a reason a user can act on."""
     if isinstance(exc, StatusError) and exc.status_code in (401, 403):
@@ -145,7 +151,7 @@ async def _reconcile(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, no
         )
     found = KeyRecord.from_secret(secret)
     try:
-        async with PutPlaceClient(target.url, target.admin_key, timeout=settings.api_timeout_seconds) as api:
+        async with _client(target, settings) as api:
             live = await _mine(api, k)
             working = found if _works(found, live) else None
             issued = working is None or working[0].rotation != k.rotation or working[0].checksum != k.checksum
@@ -211,7 +217,7 @@ async def revoke_all(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) ->
     if target.deleting:
         return False  # its API goes with it
     try:
-        async with PutPlaceClient(target.url, target.admin_key, timeout=settings.api_timeout_seconds) as api:
+        async with _client(target, settings) as api:
             for key_id in await _mine(api, k):
                 await _revoke(api, key_id)
     except PutPlaceClientError as exc:

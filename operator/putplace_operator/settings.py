@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -32,6 +33,9 @@ class OperatorSettings(BaseSettings):
         ),
     )
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of one request to an instance's API")
+    api_ca_bundle: Path | None = Field(
+        None, description="PEM CA bundle trusted for instances' https APIs (default: the system's)"
+    )
     rotation_grace_seconds: float = Field(
         3600.0, ge=0, description="how long a rotated-out key keeps working after spec.rotation was bumped"
     )
