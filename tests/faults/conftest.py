@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import ADMIN_KEY, meta, s3_settings
-from tests.processes import ApiProcess
+from tests.processes import Agent, ApiProcess
 from tests.servers import ferretdb, minio
 from tests.servers.base import Server, ServerError, make_workdir
 from tests.servers.s3 import S3Server, s3_ready
@@ -30,9 +30,12 @@ from tests.waiting import wait_until
 
 __all__ = [
     "Answer",
+    "Key",
+    "Objects",
     "PrivateServer",
     "UploadStream",
     "api_env_for_s3",
+    "assert_claims_hold",
     "assert_intact",
     "assert_only_503_with_retry_after",
     "bucket_objects",
@@ -68,6 +71,25 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
     yield start
     for api in started:
         api.stop()
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    """Start ``putplace-agent sync`` of a tree against an API (keyword arguments: ``Agent``'s);
+    any agent still running at the end of the test is killed."""
+    agents: list[Agent] = []
+
+    def start(api: ApiProcess, root: Path, *, wait_for_scan: bool = True, **kwargs: Any) -> Agent:
+        agent = Agent(api, root, tmp_path, **kwargs)
+        agents.append(agent)
+        agent.start(wait_for_scan=wait_for_scan)
+        return agent
+
+    yield start
+    for agent in agents:
+        if agent.popen is not None:
+            agent.popen.kill()
+            agent.popen.wait()
 
 
 def api_env_for_s3(server: S3Server) -> dict[str, str]:
@@ -266,19 +288,15 @@ def bucket_objects(s3: S3Server, bucket: str, prefix: str = "content/") -> dict[
     return out
 
 
-def assert_intact(api: ApiProcess, expected: dict[Key, str], objects: dict[str, bytes]) -> list[dict[str, Any]]:
-    """Every expected record is there with its sha256 and its content; every stored content
-    downloads and re-hashes right; storage holds exactly the stored contents, each under the
-    name of its hash. Returns the catalogue."""
-    records = api.records()
-    found = {(r["hostname"], r["filepath"]): r for r in records}
-    missing = sorted(k for k in expected if k not in found)
-    assert not missing, f"{len(missing)} records lost, e.g. {missing[:3]}"
-    wrong = {k: found[k]["sha256"] for k, digest in expected.items() if found[k]["sha256"] != digest}
-    assert not wrong, f"{len(wrong)} records with the wrong sha256, e.g. {list(wrong.items())[:3]}"
-    no_content = sorted(k for k in expected if not found[k]["has_file_content"])
-    assert not no_content, f"{len(no_content)} records without content, e.g. {no_content[:3]}"
+Objects = Callable[[], dict[str, bytes]]  # lists a storage: object name -> bytes
 
+
+def assert_claims_hold(api: ApiProcess, list_objects: Objects) -> list[dict[str, Any]]:
+    """No record claims content that is not there: every stored content downloads and re-hashes
+    to its sha256 and has its object; no object holds bytes other than its name says. Returns
+    the catalogue."""
+    records = api.records()
+    objects = list_objects()  # after the records: what they claim must already be there
     stored = {r["sha256"] for r in records if r["has_file_content"]}
     with api.http() as c:
         for digest in sorted(stored):
@@ -287,8 +305,23 @@ def assert_intact(api: ApiProcess, expected: dict[Key, str], objects: dict[str, 
             assert sha(r.content) == digest, f"content {digest} downloads as other bytes"
     corrupt = sorted(name for name, data in objects.items() if sha(data) != name)
     assert not corrupt, f"objects whose bytes do not match their name: {corrupt[:3]}"
-    assert objects.keys() == stored, (
-        f"storage and catalogue disagree: {len(stored - objects.keys())} stored contents without an object, "
-        f"{len(objects.keys() - stored)} objects no record claims"
-    )
+    missing = sorted(stored - objects.keys())
+    assert not missing, f"{len(missing)} contents marked stored have no object, e.g. {missing[:3]}"
+    return records
+
+
+def assert_intact(api: ApiProcess, expected: dict[Key, str], list_objects: Objects) -> list[dict[str, Any]]:
+    """Every expected record is there with its sha256 and its content; no claim is false
+    (``assert_claims_hold``); storage holds exactly the stored contents. Returns the catalogue."""
+    records = assert_claims_hold(api, list_objects)
+    objects = list_objects()  # the writers are done: storage and catalogue must agree
+    found = {(r["hostname"], r["filepath"]): r for r in records}
+    missing = sorted(k for k in expected if k not in found)
+    assert not missing, f"{len(missing)} records lost, e.g. {missing[:3]}"
+    wrong = {k: found[k]["sha256"] for k, digest in expected.items() if found[k]["sha256"] != digest}
+    assert not wrong, f"{len(wrong)} records with the wrong sha256, e.g. {list(wrong.items())[:3]}"
+    no_content = sorted(k for k in expected if not found[k]["has_file_content"])
+    assert not no_content, f"{len(no_content)} records without content, e.g. {no_content[:3]}"
+    unclaimed = sorted(objects.keys() - {r["sha256"] for r in records if r["has_file_content"]})
+    assert not unclaimed, f"{len(unclaimed)} objects no record claims, e.g. {unclaimed[:3]}"
     return records

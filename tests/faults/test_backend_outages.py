@@ -5,6 +5,7 @@ meanwhile, then recovers by itself -- same process -- and nothing is lost or cor
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from tests.faults.conftest import (
     PrivateServer,
@@ -25,7 +26,7 @@ def test_database_server_stopped_and_restarted_under_load(
     url = private_ferretdb.server.env[ferretdb.ENV_URL].rstrip("/") + "/putplace"
     api = start_api(PUTPLACE_DATABASE_URL=url)
     expected = outage_under_load(api, private_ferretdb, "database")
-    assert_intact(api, expected, local_objects(api.workdir / "data" / "content"))
+    assert_intact(api, expected, partial(local_objects, api.workdir / "data" / "content"))
 
 
 def test_s3_server_stopped_and_restarted_under_load(
@@ -36,4 +37,4 @@ def test_s3_server_stopped_and_restarted_under_load(
     api = start_api(**env)
     expected = outage_under_load(api, server, "storage")
     bucket = env["PUTPLACE_STORAGE_URL"].split("/")[2]
-    assert_intact(api, expected, bucket_objects(s3, bucket))
+    assert_intact(api, expected, partial(bucket_objects, s3, bucket))

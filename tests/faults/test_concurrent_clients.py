@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import httpx
 import pytest
 
 from tests.api.conftest import ADMIN_KEY, meta
-from tests.faults.conftest import Key, api_env_for_s3, assert_intact, bucket_objects, local_objects, sha
+from tests.faults.conftest import Key, Objects, api_env_for_s3, assert_intact, bucket_objects, local_objects, sha
 from tests.processes import ApiProcess
 from tests.servers.s3 import S3Server
 
@@ -31,7 +32,7 @@ def test_fifty_hosts_uploading_the_same_contents_at_once(
 ) -> None:
     if backends == "sqlite+local":
         api = start_api()
-        list_objects: Callable[[], dict[str, bytes]] = lambda: local_objects(api.workdir / "data" / "content")  # noqa: E731
+        list_objects: Objects = partial(local_objects, api.workdir / "data" / "content")
     else:
         mongodb_url: str = request.getfixturevalue("mongodb_url")
         s3: S3Server = request.getfixturevalue("minio")
@@ -44,7 +45,7 @@ def test_fifty_hosts_uploading_the_same_contents_at_once(
             **env,
         )
         bucket = env["PUTPLACE_STORAGE_URL"].split("/")[2]
-        list_objects = lambda: bucket_objects(s3, bucket)  # noqa: E731
+        list_objects = partial(bucket_objects, s3, bucket)
 
     start = threading.Barrier(CLIENTS)
     statuses: list[tuple[str, int, str]] = []
@@ -76,7 +77,6 @@ def test_fifty_hosts_uploading_the_same_contents_at_once(
     expected: dict[Key, str] = {
         (f"host-{i}", path): sha(data) for i in range(CLIENTS) for path, data in holdings(i).items()
     }
-    objects = list_objects()
-    assert sorted(objects) == sorted(sha(data) for data in CONTENTS)  # one object per content
-    assert_intact(api, expected, objects)
+    assert sorted(list_objects()) == sorted(sha(data) for data in CONTENTS)  # one object per content
+    assert_intact(api, expected, list_objects)
     assert len(api.records()) == len(expected)

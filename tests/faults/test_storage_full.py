@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -79,6 +80,6 @@ def test_a_full_disk_is_a_clean_503_and_uploads_succeed_once_space_returns(
         assert r.status_code == 200 and {f["status"] for f in r.json()["files"]} == {"uploaded"}, r.text
 
     expected = {("node-1", p): sha(d) for p, d in {"/before": before, "/big": big, **parts}.items()}
-    assert_intact(api, expected, local_objects(root))
+    assert_intact(api, expected, partial(local_objects, root))
     assert list((root / ".tmp").iterdir()) == []
     api.stop()  # before the tmpfs goes
