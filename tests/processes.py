@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from tests.api.conftest import ADMIN_KEY
 from tests.servers.base import Process, free_ports, tail
 from tests.waiting import wait_until
 
-__all__ = ["Agent", "ApiProcess", "metric", "summary_of"]
+__all__ = ["Agent", "ApiProcess", "agent_factory", "metric", "summary_of"]
 
 
 @dataclass
@@ -189,6 +191,30 @@ class Agent:
             if line.startswith("VmHWM:"):  # peak resident set size
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+@contextmanager
+def agent_factory(
+    workdir: Path, api: ApiProcess | None = None, root: Path | None = None
+) -> Iterator[Callable[..., Agent]]:
+    """Makes ``Agent``s in ``workdir`` (keyword arguments: its fields, ``api`` and ``root``
+    defaulting to the given ones); any agent still running when the block ends is killed."""
+    agents: list[Agent] = []
+
+    def make(**kwargs: Any) -> Agent:
+        chosen_api, chosen_root = kwargs.pop("api", api), kwargs.pop("root", root)
+        assert chosen_api is not None and chosen_root is not None, "an agent needs an api and a root"
+        agent = Agent(chosen_api, chosen_root, workdir, **kwargs)
+        agents.append(agent)
+        return agent
+
+    try:
+        yield make
+    finally:
+        for agent in agents:
+            if agent.popen is not None:
+                agent.popen.kill()
+                agent.popen.wait()
 
 
 def summary_of(stderr: str) -> dict[str, Any]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.processes import Agent, ApiProcess, metric, summary_of
+from tests.processes import Agent, ApiProcess, agent_factory, metric, summary_of
 
 __all__ = ["Agent", "ApiProcess", "metric", "summary_of"]
 
@@ -26,15 +25,5 @@ def tree(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_agent(api_process: ApiProcess, tree: Path, tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    agents: list[Agent] = []
-
-    def make(**kwargs: Any) -> Agent:
-        agent = Agent(api_process, kwargs.pop("root", tree), tmp_path, **kwargs)
-        agents.append(agent)
-        return agent
-
-    yield make
-    for agent in agents:
-        if agent.popen is not None:
-            agent.popen.kill()
-            agent.popen.wait()
+    with agent_factory(tmp_path, api_process, tree) as make:
+        yield make

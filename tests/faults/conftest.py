@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import ADMIN_KEY, meta, s3_settings
-from tests.processes import Agent, ApiProcess
+from tests.processes import Agent, ApiProcess, agent_factory
 from tests.servers import ferretdb, minio
 from tests.servers.base import Server, ServerError, make_workdir
 from tests.servers.s3 import S3Server, s3_ready
@@ -74,22 +74,11 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    """Start ``putplace-agent sync`` of a tree against an API (keyword arguments: ``Agent``'s);
-    any agent still running at the end of the test is killed."""
-    agents: list[Agent] = []
-
-    def start(api: ApiProcess, root: Path, *, wait_for_scan: bool = True, **kwargs: Any) -> Agent:
-        agent = Agent(api, root, tmp_path, **kwargs)
-        agents.append(agent)
-        agent.start(wait_for_scan=wait_for_scan)
-        return agent
-
-    yield start
-    for agent in agents:
-        if agent.popen is not None:
-            agent.popen.kill()
-            agent.popen.wait()
+def make_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    """Makes ``putplace-agent sync`` processes (``make_agent(api=..., root=..., node=...)``);
+    any still running at the end of the test is killed."""
+    with agent_factory(tmp_path) as make:
+        yield make
 
 
 def api_env_for_s3(server: S3Server) -> dict[str, str]:
@@ -108,8 +97,12 @@ class PrivateServer:
     server: Server
     ready: Callable[[], bool]
 
-    def stop(self) -> None:
-        self.server.process.stop()
+    def stop(self, *, crash: bool = False) -> None:
+        """Shut the server down, or with ``crash`` kill -9 it in the middle of what it does."""
+        if crash:
+            self.server.process.kill()
+        else:
+            self.server.process.stop()
 
     def restart(self) -> None:
         self.server.process = self.server.process.respawn()
@@ -218,18 +211,20 @@ class UploadStream(threading.Thread):
             raise AssertionError(f"{self.name} failed: {self._error!r}") from self._error
 
 
-def outage_under_load(api: ApiProcess, backend: PrivateServer, which: str, clients: int = 3) -> dict[Key, str]:
-    """Stop ``backend`` while ``clients`` streams upload, then start it again, and check the API
-    through it: 503 + Retry-After and ``/health`` degraded (``which`` disconnected) during the
-    outage; healthy and storing again afterwards, in the same API process. Returns what the
-    clients intended to store, for ``assert_intact``."""
+def outage_under_load(
+    api: ApiProcess, backend: PrivateServer, which: str, *, crash: bool, clients: int = 3
+) -> dict[Key, str]:
+    """Stop (or crash) ``backend`` while ``clients`` streams upload, then start it again, and
+    check the API through it: 503 + Retry-After and ``/health`` degraded (``which``
+    disconnected) during the outage; healthy and storing again afterwards, with no 5xx at all,
+    in the same API process. Returns what the clients intended to store, for ``assert_intact``."""
     pid = api.pid
     streams = [UploadStream(api, f"host-{i}") for i in range(clients)]
     for stream in streams:
         stream.start()
     try:
         wait_until(lambda: all(s.stored >= 3 for s in streams), 30, "uploads before the outage")
-        backend.stop()
+        backend.stop(crash=crash)
         wait_until(lambda: all(503 in s.statuses() for s in streams), 15, "every client to get a 503")
         with api.http() as c:
             health = c.get("/health").json()
@@ -246,6 +241,15 @@ def outage_under_load(api: ApiProcess, backend: PrivateServer, which: str, clien
             30,
             "uploads to go through again",
         )
+        recovered = [(len(s.answers), s.stored) for s in streams]
+        wait_until(
+            lambda: all(s.stored >= n + 3 for s, (_, n) in zip(streams, recovered, strict=True)),
+            30,
+            "more uploads after the recovery",
+        )
+        after = [a for s, (seen, _) in zip(streams, recovered, strict=True) for a in s.answers[seen:]]
+        late = [a for a in after if a.status >= 500]
+        assert not late, f"{len(late)} server errors after the recovery, e.g. {late[:3]}"
     finally:
         for stream in streams:
             stream.finish()

@@ -46,13 +46,14 @@ def indexed(agent: Agent) -> int:
 
 
 def test_api_killed_during_a_stream_of_uploads(
-    tmp_path: Path, start_api: Callable[..., ApiProcess], start_agent: Callable[..., Agent]
+    tmp_path: Path, start_api: Callable[..., ApiProcess], make_agent: Callable[..., Agent]
 ) -> None:
     tree = tmp_path / "tree"
     expected = write_tree(tree, 40, 2 * MIB)
     api = start_api()
     content = api.workdir / "data" / "content"
-    agent = start_agent(api, tree, wait_for_scan=False)
+    agent = make_agent(api=api, root=tree)
+    agent.start(wait_for_scan=False)
 
     def mid_stream() -> bool:  # cheap, so that it looks often
         in_flight = any((content / ".tmp").iterdir())
@@ -76,12 +77,13 @@ def test_api_killed_during_a_stream_of_uploads(
 
 
 def test_agent_killed_mid_scan_rehashes_only_what_it_had_not_recorded(
-    tmp_path: Path, start_api: Callable[..., ApiProcess], start_agent: Callable[..., Agent]
+    tmp_path: Path, start_api: Callable[..., ApiProcess], make_agent: Callable[..., Agent]
 ) -> None:
     tree = tmp_path / "tree"
     expected = write_tree(tree, 2000, 16 * 1024)
     api = start_api()
-    agent = start_agent(api, tree, wait_for_scan=False, env={"PUTPLACE_HASH_WORKERS": "1"})
+    agent = make_agent(api=api, root=tree, env={"PUTPLACE_HASH_WORKERS": "1"})
+    agent.start(wait_for_scan=False)
     # A tight poll, not wait_until's growing pause: hashing 2,000 small files takes about a
     # second, and the kill must land inside it.
     deadline = time.monotonic() + 30
@@ -100,7 +102,7 @@ def test_agent_killed_mid_scan_rehashes_only_what_it_had_not_recorded(
 
 
 def test_agent_killed_mid_upload_finishes_it_without_rehashing(
-    tmp_path: Path, start_api: Callable[..., ApiProcess], start_agent: Callable[..., Agent]
+    tmp_path: Path, start_api: Callable[..., ApiProcess], make_agent: Callable[..., Agent]
 ) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -120,7 +122,8 @@ def test_agent_killed_mid_upload_finishes_it_without_rehashing(
                 pass
         return max(sizes, default=0)
 
-    agent = start_agent(api, tree, wait_for_scan=False)
+    agent = make_agent(api=api, root=tree)
+    agent.start(wait_for_scan=False)
     wait_until(lambda: uploaded_so_far() > 32 * MIB, 30, "the upload to be under way")
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     wait_until(lambda: not list((content / ".tmp").iterdir()), 10, "the server to drop the cut upload")
