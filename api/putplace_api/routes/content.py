@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -123,9 +124,25 @@ async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: 
     if mime is None:  # batch uploads skip sniffing when no allow-list needs it: sniff on first read
         head = b"".join([chunk async for chunk in state.storage.read(sha256, 0, min(size, SNIFF_BYTES))])
         mime = detect_mime(head)
+    # Open the object and read its first chunk before the status line goes out: storage that
+    # went down since size() must be a 503, not a 200 whose body breaks off at byte 0 (and a
+    # content smaller than a chunk is then sent whole or not at all).
+    chunks = state.storage.read(sha256, start, end)
+    try:
+        first = await anext(chunks, b"")
+    except FileNotFoundError:
+        log.error("content %s vanished from storage while it was being read", sha256)
+        raise NotFound(f"File with SHA256 {sha256} not found") from None
     return StreamingResponse(
-        state.storage.read(sha256, start, end),
+        _after(first, chunks),
         status_code=206 if span is not None else 200,
         media_type=mime,
         headers=headers,
     )
+
+
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
