@@ -149,8 +149,9 @@ class Answer:
 
 class UploadStream(threading.Thread):
     """One client storing distinct contents one after another -- POST /put_file, then
-    /upload_file when asked -- each retried until it is stored, as an agent would. Every answer
-    is kept, so a test can check that an outage gave 503s with Retry-After and nothing worse."""
+    /upload_file when asked, then GET /content to read it back -- each step retried until it
+    succeeds, as an agent would. Every answer is kept, so a test can check that an outage gave
+    503s with Retry-After and nothing worse; a read that returns other bytes fails the stream."""
 
     def __init__(self, api: ApiProcess, hostname: str, size: int = 32 * 1024) -> None:
         super().__init__(name=f"uploads-{hostname}", daemon=True)
@@ -172,6 +173,7 @@ class UploadStream(threading.Thread):
                     body = meta(data, hostname=self.hostname, filepath=f"/stream/{n}")
                     self.intended[(self.hostname, body["filepath"])] = body["sha256"]
                     self._store(c, body, data)
+                    self._read_back(c, body["sha256"], data)
                     self.stored += 1
                     n += 1
         except BaseException as exc:  # reported by finish(), in the test's thread
@@ -190,9 +192,20 @@ class UploadStream(threading.Thread):
                 raise AssertionError(f"{r.request.url.path}: {r.status_code} {r.text}")
             time.sleep(0.1)  # an outage: try again soon (sooner than Retry-After, to keep watching)
 
-    def _call(self, c: httpx.Client, path: str, **kwargs: Any) -> httpx.Response | None:
+    def _read_back(self, c: httpx.Client, digest: str, data: bytes) -> None:
+        while True:
+            r = self._call(c, f"/content/{digest}", method="GET")
+            if r is not None and r.status_code == 200:
+                if r.content != data:
+                    raise AssertionError(f"/content/{digest} answered 200 with other bytes")
+                return
+            if r is not None and r.status_code < 500:
+                raise AssertionError(f"/content/{digest}: {r.status_code} {r.text}")
+            time.sleep(0.1)
+
+    def _call(self, c: httpx.Client, path: str, method: str = "POST", **kwargs: Any) -> httpx.Response | None:
         try:
-            r = c.post(path, **kwargs)
+            r = c.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             self.answers.append(Answer(path.split("/")[1], 0, None, repr(exc)))
             return None
@@ -254,7 +267,10 @@ def outage_under_load(
         for stream in streams:
             stream.finish()
     assert api.pid == pid and api.process is not None and api.process.alive(), "the API was restarted"
-    assert_only_503_with_retry_after([a for s in streams for a in s.answers])
+    answers = [a for s in streams for a in s.answers]
+    assert_only_503_with_retry_after(answers)
+    dropped = [a for a in answers if a.status == 0]
+    assert not dropped, f"the API dropped {len(dropped)} connections, e.g. {dropped[:3]}"
     return {k: v for s in streams for k, v in s.intended.items()}
 
 
