@@ -13,8 +13,10 @@ import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from tests.waiting import wait_until
 
 __all__ = [
     "Answer",
+    "BackendApi",
     "Key",
     "Objects",
     "PrivateServer",
@@ -49,6 +52,7 @@ __all__ = [
 FAST_API = {"PUTPLACE_DATABASE_TIMEOUT_SECONDS": "1", "PUTPLACE_RETRY_AFTER_SECONDS": "1"}
 
 Key = tuple[str, str]  # (hostname, filepath)
+Objects = Callable[[], dict[str, bytes]]  # lists a storage: object name -> bytes
 
 
 def sha(data: bytes) -> str:
@@ -71,6 +75,32 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
     yield start
     for api in started:
         api.stop()
+
+
+@dataclass(frozen=True)
+class BackendApi:
+    api: ApiProcess
+    list_objects: Objects  # lists its content storage
+
+
+@pytest.fixture(params=["sqlite+local", "mongodb+minio"])
+def backend_api(request: pytest.FixtureRequest, start_api: Callable[..., ApiProcess]) -> BackendApi:
+    """A real API process on each backend pair: the embedded defaults, and the session's FerretDB
+    (a fresh database) and MinIO (a fresh bucket), which the test must not stop."""
+    if request.param == "sqlite+local":
+        api = start_api()
+        return BackendApi(api, partial(local_objects, api.workdir / "data" / "content"))
+    mongodb_url: str = request.getfixturevalue("mongodb_url")
+    s3: S3Server = request.getfixturevalue("minio")
+    env = api_env_for_s3(s3)
+    # FerretDB answers many clients slowly on a busy machine: the usual patience, so that load is
+    # not mistaken for an outage (which is what the 1 s of the outage tests is for).
+    api = start_api(
+        PUTPLACE_DATABASE_URL=mongodb_url.rstrip("/") + f"/pp_{uuid.uuid4().hex[:12]}",
+        PUTPLACE_DATABASE_TIMEOUT_SECONDS="10",
+        **env,
+    )
+    return BackendApi(api, partial(bucket_objects, s3, env["PUTPLACE_STORAGE_URL"].split("/")[2]))
 
 
 @pytest.fixture
@@ -306,9 +336,6 @@ def bucket_objects(s3: S3Server, bucket: str, prefix: str = "content/") -> dict[
             assert name not in out, f"two objects for {name}"
             out[name] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return out
-
-
-Objects = Callable[[], dict[str, bytes]]  # lists a storage: object name -> bytes
 
 
 def assert_claims_hold(api: ApiProcess, list_objects: Objects) -> list[dict[str, Any]]:

@@ -4,17 +4,11 @@ same moment, against one API process: exactly one object per content, every reco
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Callable
-from functools import partial
 
 import httpx
-import pytest
 
 from tests.api.conftest import ADMIN_KEY, meta
-from tests.faults.conftest import Key, Objects, api_env_for_s3, assert_intact, bucket_objects, local_objects, sha
-from tests.processes import ApiProcess
-from tests.servers.s3 import S3Server
+from tests.faults.conftest import BackendApi, Key, assert_intact, sha
 
 CLIENTS = 50
 # Ten contents of 20 KB to 200 KB; host i holds content j unless (i + j) % 3 == 0, so every
@@ -26,26 +20,8 @@ def holdings(host: int) -> dict[str, bytes]:
     return {f"/shared/{j}": data for j, data in enumerate(CONTENTS) if (host + j) % 3}
 
 
-@pytest.mark.parametrize("backends", ["sqlite+local", "mongodb+minio"])
-def test_fifty_hosts_uploading_the_same_contents_at_once(
-    backends: str, request: pytest.FixtureRequest, start_api: Callable[..., ApiProcess]
-) -> None:
-    if backends == "sqlite+local":
-        api = start_api()
-        list_objects: Objects = partial(local_objects, api.workdir / "data" / "content")
-    else:
-        mongodb_url: str = request.getfixturevalue("mongodb_url")
-        s3: S3Server = request.getfixturevalue("minio")
-        env = api_env_for_s3(s3)
-        # FerretDB answers fifty clients slowly on a busy machine: give it the usual patience, so
-        # that load is not mistaken for an outage (which is what the fault tests' 1 s is for).
-        api = start_api(
-            PUTPLACE_DATABASE_URL=mongodb_url.rstrip("/") + f"/pp_{uuid.uuid4().hex[:12]}",
-            PUTPLACE_DATABASE_TIMEOUT_SECONDS="10",
-            **env,
-        )
-        bucket = env["PUTPLACE_STORAGE_URL"].split("/")[2]
-        list_objects = partial(bucket_objects, s3, bucket)
+def test_fifty_hosts_uploading_the_same_contents_at_once(backend_api: BackendApi) -> None:
+    api, list_objects = backend_api.api, backend_api.list_objects
 
     start = threading.Barrier(CLIENTS)
     statuses: list[tuple[str, int, str]] = []

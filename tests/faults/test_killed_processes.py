@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from tests.faults.conftest import assert_claims_hold, assert_intact, local_objects
+from tests.faults.conftest import BackendApi, assert_claims_hold, assert_intact, local_objects
 from tests.processes import Agent, ApiProcess
 from tests.waiting import wait_until
 
@@ -46,34 +46,33 @@ def indexed(agent: Agent) -> int:
 
 
 def test_api_killed_during_a_stream_of_uploads(
-    tmp_path: Path, start_api: Callable[..., ApiProcess], make_agent: Callable[..., Agent]
+    tmp_path: Path, backend_api: BackendApi, make_agent: Callable[..., Agent]
 ) -> None:
     tree = tmp_path / "tree"
     expected = write_tree(tree, 40, 2 * MIB)
-    api = start_api()
-    content = api.workdir / "data" / "content"
+    api, list_objects = backend_api.api, backend_api.list_objects
     agent = make_agent(api=api, root=tree)
     agent.start(wait_for_scan=False)
 
-    def mid_stream() -> bool:  # cheap, so that it looks often
-        in_flight = any((content / ".tmp").iterdir())
-        return in_flight and sum(1 for _ in content.glob("??/*")) >= 3
+    def stored() -> int:
+        return sum(r["has_file_content"] for r in api.records("node-a"))
 
-    wait_until(mid_stream, 30, "some contents stored and an upload in flight")
-    api.kill()
+    wait_until(lambda: stored() >= 3, 30, "the first contents stored")
+    api.kill()  # four uploads at a time: some are cut short
     # Whatever the kill cut short, nothing partial is visible under a content's name...
-    for name, data in local_objects(content).items():
+    objects = list_objects()
+    for name, data in objects.items():
         assert hashlib.sha256(data).hexdigest() == name, f"partial object {name}"
-    assert len(local_objects(content)) < len(expected), "the kill came after every upload"
+    assert len(objects) < len(expected), "the kill came after every upload"
 
     api.start()  # same port, same data
     # ... and no record claims content that is not there, before the agent has re-sent anything.
-    assert_claims_hold(api, partial(local_objects, content))
+    assert_claims_hold(api, list_objects)
     wait_until(lambda: converged(api, "node-a", expected), 60, "the agent to converge")
     assert agent.popen is not None and agent.popen.poll() is None, "the agent gave up"
     assert agent.counter(HASHED) == len(expected)  # each file hashed once, outage or not
     assert agent.stop() == 0
-    assert_intact(api, {("node-a", p): d for p, d in expected.items()}, partial(local_objects, content))
+    assert_intact(api, {("node-a", p): d for p, d in expected.items()}, list_objects)
 
 
 def test_agent_killed_mid_scan_rehashes_only_what_it_had_not_recorded(
