@@ -146,14 +146,19 @@ class Agent:
         summary = summary_of(r.stderr)
         return r.returncode, summary
 
-    def start(self, *, wait_for_scan: bool = True) -> None:
-        """Start ``sync`` in the background; by default, return once its first scan is done."""
+    def spawn(self) -> None:
+        """Start ``sync`` in the background and return at once."""
         self.popen = subprocess.Popen(
             self.argv("--metrics-port", str(self.metrics_port)),
             env=self.environ(),
             stdout=subprocess.DEVNULL,
             stderr=self.log_path.open("ab"),
         )
+
+    def start(self, *, wait_for_scan: bool = True) -> None:
+        """Start ``sync`` in the background; return once its metrics answer and, by default,
+        once its first scan is done."""
+        self.spawn()
         wait_until(self._metrics_up, 30, "the agent's metrics endpoint")
         if wait_for_scan:
             wait_until(self.scanned, 60, "a first scan")

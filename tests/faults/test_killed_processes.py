@@ -5,7 +5,6 @@ and once restarted the agent converges, re-hashing only what its index had not y
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import sqlite3
 import time
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from tests.faults.conftest import BackendApi, assert_claims_hold, assert_intact, local_objects
+from tests.faults.conftest import BackendApi, assert_claims_hold, assert_intact, converged, local_objects, write_tree
 from tests.processes import Agent, ApiProcess
 from tests.waiting import wait_until
 
@@ -22,27 +21,14 @@ HASHED = "putplace_agent_files_hashed_total"
 UPLOADED = "putplace_agent_files_uploaded_total"
 
 
-def write_tree(root: Path, count: int, size: int) -> dict[str, str]:
-    """``count`` files of distinct random bytes; returns path -> sha256."""
-    out = {}
-    for i in range(count):
-        path = root / f"d{i % 20:02}" / f"f{i:05}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = os.urandom(size)
-        path.write_bytes(data)
-        out[str(path)] = hashlib.sha256(data).hexdigest()
-    return out
-
-
-def converged(api: ApiProcess, node: str, expected: dict[str, str]) -> bool:
-    records = api.records(node)
-    return {r["filepath"]: r["sha256"] for r in records} == expected and all(r["has_file_content"] for r in records)
-
-
 def indexed(agent: Agent) -> int:
-    """Files the (stopped) agent's index recorded as hashed."""
-    with sqlite3.connect(agent.workdir / f"state-{agent.node}" / "index.sqlite3") as db:
-        return int(db.execute("SELECT count(*) FROM files").fetchone()[0])
+    """Files the agent's index has recorded as hashed (0 while it has no index yet)."""
+    path = agent.workdir / f"state-{agent.node}" / "index.sqlite3"
+    try:
+        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT count(*) FROM files").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet, or its table not yet
+        return 0
 
 
 def test_api_killed_during_a_stream_of_uploads(
@@ -79,15 +65,16 @@ def test_agent_killed_mid_scan_rehashes_only_what_it_had_not_recorded(
     tmp_path: Path, start_api: Callable[..., ApiProcess], make_agent: Callable[..., Agent]
 ) -> None:
     tree = tmp_path / "tree"
-    expected = write_tree(tree, 2000, 16 * 1024)
+    expected = write_tree(tree, 1000, 16 * 1024)
     api = start_api()
     agent = make_agent(api=api, root=tree, env={"PUTPLACE_HASH_WORKERS": "1"})
-    agent.start(wait_for_scan=False)
-    # A tight poll, not wait_until's growing pause: hashing 2,000 small files takes about a
-    # second, and the kill must land inside it.
+    agent.spawn()
+    # A tight poll of the index itself, not wait_until's growing pause nor /metrics: hashing
+    # 1,000 small files takes about half a second, and the kill must land inside it.
     deadline = time.monotonic() + 30
-    while agent.counter(HASHED) < 50:
+    while indexed(agent) == 0:
         assert time.monotonic() < deadline, "the agent hashed nothing within 30 s"
+        time.sleep(0.005)
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     recorded = indexed(agent)
     assert 0 < recorded < len(expected), "the agent had hashed every file before the kill"
@@ -107,8 +94,8 @@ def test_agent_killed_mid_upload_finishes_it_without_rehashing(
     tree.mkdir()
     big = tree / "big.img"
     with big.open("wb") as f:
-        f.truncate(512 * MIB)  # sparse: reads as zeros
-    digest = hashlib.sha256(bytes(512 * MIB)).hexdigest()
+        f.truncate(256 * MIB)  # sparse: reads as zeros
+    digest = hashlib.sha256(bytes(256 * MIB)).hexdigest()
     api = start_api()
     content = api.workdir / "data" / "content"
 
