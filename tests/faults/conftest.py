@@ -10,6 +10,7 @@ holds exactly the stored contents, one object each, under the name of its hash.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -80,6 +81,30 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
     yield start
     for api in started:
         api.stop()
+    for api in started:
+        assert_no_error_logged(api)
+
+
+def assert_no_error_logged(api: ApiProcess) -> None:
+    """The API (or uvicorn) logged no error: a 500 answered to the agent (which retries it
+    silently) or a record found to claim missing content would show here first. (aiohttp, under
+    aiobotocore, may log an unretrieved "Cannot write to closing transport" of a request to an
+    S3 server that went away: its own background task, not an answer of ours.)"""
+    log = api.workdir / "api.log"
+    errors = [line for line in log.read_text(errors="replace").splitlines() if _is_error(line)]
+    assert not errors, f"{len(errors)} errors in {log}, e.g. {[e[:300] for e in errors[:2]]}"
+
+
+def _is_error(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "Traceback" in line
+    return (
+        isinstance(record, dict)
+        and record.get("level") in ("ERROR", "CRITICAL")
+        and str(record.get("logger", "")).startswith(("putplace", "uvicorn"))
+    )
 
 
 @dataclass(frozen=True)
