@@ -21,6 +21,7 @@ router = APIRouter(tags=["content"])
 log = logging.getLogger("putplace.content")
 
 MAX_BATCH_PARTS = 10_000
+FIRST_BYTES = 1024 * 1024  # of a download, read before answering (see get_content)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -124,12 +125,19 @@ async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: 
     if mime is None:  # batch uploads skip sniffing when no allow-list needs it: sniff on first read
         head = b"".join([chunk async for chunk in state.storage.read(sha256, 0, min(size, SNIFF_BYTES))])
         mime = detect_mime(head)
-    # Open the object and read its first chunk before the status line goes out: storage that
-    # went down since size() must be a 503, not a 200 whose body breaks off at byte 0 (and a
-    # content smaller than a chunk is then sent whole or not at all).
+    # Read the first MiB before the status line goes out: storage that went down since size()
+    # must be a 503, not a 200 whose body breaks off -- and a content up to that size is then
+    # sent whole or not at all. (A larger one failing later can only be cut short; its
+    # Content-Length tells the client.)
     chunks = state.storage.read(sha256, start, end)
+    first: list[bytes] = []
+    held = 0
     try:
-        first = await anext(chunks, b"")
+        async for chunk in chunks:
+            first.append(chunk)
+            held += len(chunk)
+            if held >= FIRST_BYTES:
+                break  # the rest streams from where this stopped
     except FileNotFoundError:
         log.error("content %s vanished from storage while it was being read", sha256)
         raise NotFound(f"File with SHA256 {sha256} not found") from None
@@ -141,8 +149,8 @@ async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: 
     )
 
 
-async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
+async def _after(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
     async for chunk in rest:
         yield chunk
