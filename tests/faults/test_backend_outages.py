@@ -13,18 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import (
-    Objects,
-    PrivateServer,
-    api_env_for_s3,
-    assert_intact,
-    bucket_objects,
-    converged,
-    local_objects,
-    outage_under_load,
-    tree_state,
-    write_tree,
-)
+from tests.faults.conftest import api_env_for_s3
+from tests.faults.integrity import Objects, assert_intact, bucket_objects, converged, local_objects, tree_state
+from tests.faults.load import PrivateServer, outage_under_load, write_tree
 from tests.processes import Agent, ApiProcess
 from tests.servers import ferretdb
 from tests.servers.s3 import S3Server

@@ -8,7 +8,8 @@ import threading
 import httpx
 
 from tests.api.conftest import ADMIN_KEY, meta
-from tests.faults.conftest import BackendApi, Key, assert_intact, sha
+from tests.faults.conftest import BackendApi
+from tests.faults.integrity import Key, assert_intact, sha
 
 CLIENTS = 50
 # Ten contents of 20 KB to 200 KB; host i holds content j unless (i + j) % 3 == 0, so every

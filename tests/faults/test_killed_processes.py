@@ -12,7 +12,9 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from tests.faults.conftest import BackendApi, assert_claims_hold, assert_intact, converged, local_objects, write_tree
+from tests.faults.conftest import BackendApi
+from tests.faults.integrity import assert_claims_hold, assert_intact, converged, local_objects
+from tests.faults.load import write_tree
 from tests.processes import Agent, ApiProcess
 from tests.waiting import wait_until
 

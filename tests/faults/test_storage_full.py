@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import meta
-from tests.faults.conftest import assert_intact, local_objects, sha
+from tests.faults.integrity import assert_intact, local_objects, sha
 from tests.processes import ApiProcess
 
 
