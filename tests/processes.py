@@ -1,12 +1,17 @@
 """Real PutPlace processes for suites that need the service as deployed: ``ApiProcess`` runs
 ``putplace-api`` on 127.0.0.1 (agent tests stop it for a while and read the catalogue, operator
-tests register keys at it); ``metric`` reads a counter from any process's /metrics."""
+tests register keys at it); ``Agent`` runs ``putplace-agent sync`` (agent and fault tests stop,
+kill and restart it); ``metric`` reads a counter from any process's /metrics."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import ssl
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +20,10 @@ from typing import Any
 import httpx
 
 from tests.api.conftest import ADMIN_KEY
-from tests.servers.base import Process, free_ports
+from tests.servers.base import Process, free_ports, tail
+from tests.waiting import wait_until
 
-__all__ = ["ApiProcess", "metric"]
+__all__ = ["Agent", "ApiProcess", "agent_factory", "metric", "summary_of"]
 
 
 @dataclass
@@ -75,6 +81,17 @@ class ApiProcess:
             self.process.stop()
             self.process = None
 
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no lifespan exit, whatever was in flight is cut."""
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the API is not running"
+        return self.process.pid
+
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": ADMIN_KEY}, timeout=30, verify=self.verify)
 
@@ -84,24 +101,154 @@ class ApiProcess:
             assert r.status_code == 201, r.text
             return str(r.json()["api_key"])
 
-    def catalogue(self, hostname: str) -> dict[str, str]:
-        """Current records of a host: filepath -> sha256."""
-        out: dict[str, str] = {}
+    def records(self, hostname: str | None = None) -> list[dict[str, Any]]:
+        """Every current record (of one host, or of all), as GET /files shows them."""
+        out: list[dict[str, Any]] = []
         cursor = None
         with self.http() as c:
             while True:
-                params: dict[str, Any] = {"hostname": hostname, "limit": 1000}
+                params: dict[str, Any] = {"limit": 1000}
+                if hostname is not None:
+                    params["hostname"] = hostname
                 if cursor:
                     params["cursor"] = cursor
                 page = c.get("/files", params=params).raise_for_status().json()
-                out.update({i["filepath"]: i["sha256"] for i in page["items"]})
+                out.extend(page["items"])
                 cursor = page["next_cursor"]
                 if cursor is None:
                     return out
 
+    def catalogue(self, hostname: str) -> dict[str, str]:
+        """Current records of a host: filepath -> sha256."""
+        return {r["filepath"]: r["sha256"] for r in self.records(hostname)}
+
     def stats(self) -> dict[str, Any]:
         with self.http() as c:
             return dict(c.get("/stats").raise_for_status().json())
+
+
+@dataclass
+class Agent:
+    """One ``putplace-agent sync`` with its own node name and state dir."""
+
+    api: ApiProcess
+    root: Path
+    workdir: Path
+    node: str = "node-a"
+    key: str = ADMIN_KEY
+    extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=lambda: free_ports(1)[0])
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"agent-{self.node}.log"
+
+    def argv(self, *more: str) -> list[str]:
+        return [
+            sys.executable, "-m", "putplace_agent", "sync", str(self.root), "--server", self.api.url,
+            "--state-dir", str(self.workdir / f"state-{self.node}"), "--node-name", self.node,
+            "--log-format", "json", *self.extra, *more,
+        ]  # fmt: skip
+
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, "PUTPLACE_API_KEY": self.key, **self.env}
+
+    def once(self, *more: str, timeout: float = 600) -> tuple[int, dict[str, Any]]:
+        """Run ``--once``; return its exit status and its final summary line."""
+        r = subprocess.run(
+            [*self.argv("--once", *more)], env=self.environ(), capture_output=True, timeout=timeout, text=True
+        )
+        self.log_path.open("a").write(r.stderr)
+        summary = summary_of(r.stderr)
+        return r.returncode, summary
+
+    def spawn(self) -> None:
+        """Start ``sync`` in the background and return at once."""
+        self.popen = subprocess.Popen(
+            self.argv("--metrics-port", str(self.metrics_port)),
+            env=self.environ(),
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("ab"),
+        )
+
+    def start(self, *, wait_for_scan: bool = True) -> None:
+        """Start ``sync`` in the background; return once its metrics answer and, by default,
+        once its first scan is done."""
+        self.spawn()
+        wait_until(self._metrics_up, 30, "the agent's metrics endpoint")
+        if wait_for_scan:
+            wait_until(self.scanned, 60, "a first scan")
+
+    def scanned(self) -> bool:
+        return bool(self.counter("putplace_agent_last_scan_completed_timestamp_seconds"))
+
+    def _metrics_up(self) -> bool:
+        if self.popen is not None and self.popen.poll() is not None:
+            raise AssertionError(f"the agent exited with {self.popen.returncode}:\n{tail(self.log_path)}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def counter(self, name: str) -> float:
+        try:
+            return metric(self.metrics(), name)
+        except KeyError:
+            return 0.0
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.popen is not None
+        self.popen.send_signal(sig)
+        code = self.popen.wait(timeout)
+        self.popen = None
+        return code
+
+    def rss_bytes(self) -> int:
+        assert self.popen is not None
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):  # peak resident set size
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+@contextmanager
+def agent_factory(
+    workdir: Path, api: ApiProcess | None = None, root: Path | None = None
+) -> Iterator[Callable[..., Agent]]:
+    """Makes ``Agent``s in ``workdir`` (keyword arguments: its fields, ``api`` and ``root``
+    defaulting to the given ones); any agent still running when the block ends is killed."""
+    agents: list[Agent] = []
+
+    def make(**kwargs: Any) -> Agent:
+        chosen_api, chosen_root = kwargs.pop("api", api), kwargs.pop("root", root)
+        assert chosen_api is not None and chosen_root is not None, "an agent needs an api and a root"
+        agent = Agent(chosen_api, chosen_root, workdir, **kwargs)
+        agents.append(agent)
+        return agent
+
+    try:
+        yield make
+    finally:
+        for agent in agents:
+            if agent.popen is not None:
+                agent.popen.kill()
+                agent.popen.wait()
+
+
+def summary_of(stderr: str) -> dict[str, Any]:
+    for line in reversed(stderr.splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("message") in ("sync complete", "sync stopped"):
+            return dict(record)
+    return {}
 
 
 def metric(text: str, name: str) -> float:

@@ -237,6 +237,11 @@ class Process:
     log_path: Path
     stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # How it was spawned, so that ``respawn`` can start it again the same way (empty when the
+    # process was found from a pid file rather than spawned).
+    argv: list[str] = field(default_factory=list, repr=False)
+    cwd: Path | None = field(default=None, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def spawn(
@@ -260,7 +265,24 @@ class Process:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        return cls(name, popen.pid, argv[0], log_path, stop_grace, popen)
+        return cls(name, popen.pid, argv[0], log_path, stop_grace, popen, list(argv), cwd, dict(env or {}))
+
+    def respawn(self) -> Process:
+        """A new process started exactly as this one was (same arguments, so same port and data
+        dir): fault tests stop a server and bring it back where its clients expect it."""
+        if not self.argv or self.cwd is None:
+            raise ServerError(f"{self.name} (pid {self.pid}) was not spawned here: cannot start it again")
+        return Process.spawn(
+            self.name, self.argv, cwd=self.cwd, log_path=self.log_path, env=self.env, stop_grace=self.stop_grace
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash, not a shutdown) and reap it."""
+        self._signal(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._reap()
 
     def alive(self) -> bool:
         if self.popen is not None:

@@ -58,7 +58,8 @@ def install() -> Path:
     )
 
 
-def _ping(url: str) -> bool:
+def ping(url: str) -> bool:
+    """True once the server at ``url`` answers ``ping``."""
     import pymongo
     from pymongo.errors import PyMongoError
 
@@ -101,7 +102,7 @@ def start(workdir: Path, *, log_path: Path | None = None, timeout: float = 30.0)
     )
     url = f"mongodb://127.0.0.1:{port}/"
     try:
-        process.wait_ready(lambda: _ping(url), timeout=timeout)
+        process.wait_ready(lambda: ping(url), timeout=timeout)
     except BaseException:
         process.stop()
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -28,6 +29,7 @@ router = APIRouter(tags=["content"], responses=KEYED_ROUTE_ERRORS)
 log = logging.getLogger("putplace.content")
 
 MAX_BATCH_PARTS = 10_000
+FIRST_BYTES = 1024 * 1024  # of a download, read before answering (see get_content)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 # The upload bodies are read as streams (not by FastAPI), so their shapes are declared here.
@@ -175,9 +177,32 @@ async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: 
     if mime is None:  # batch uploads skip sniffing when no allow-list needs it: sniff on first read
         head = b"".join([chunk async for chunk in state.storage.read(sha256, 0, min(size, SNIFF_BYTES))])
         mime = detect_mime(head)
+    # Read the first MiB before the status line goes out: storage that went down since size()
+    # must be a 503, not a 200 whose body breaks off -- and a content up to that size is then
+    # sent whole or not at all. (A larger one failing later can only be cut short; its
+    # Content-Length tells the client.)
+    chunks = state.storage.read(sha256, start, end)
+    first: list[bytes] = []
+    held = 0
+    try:
+        async for chunk in chunks:
+            first.append(chunk)
+            held += len(chunk)
+            if held >= FIRST_BYTES:
+                break  # the rest streams from where this stopped
+    except FileNotFoundError:
+        log.error("content %s vanished from storage while it was being read", sha256)
+        raise NotFound(f"File with SHA256 {sha256} not found") from None
     return StreamingResponse(
-        state.storage.read(sha256, start, end),
+        _after(first, chunks),
         status_code=206 if span is not None else 200,
         media_type=mime,
         headers=headers,
     )
+
+
+async def _after(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk

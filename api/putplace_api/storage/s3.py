@@ -16,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -191,6 +192,8 @@ class S3Storage:
         try:
             async for chunk in stream.iter_chunks(1024 * 1024):
                 yield chunk
+        except (BotoCoreError, aiohttp.ClientError) as exc:  # the server went away mid-body
+            raise _unavailable(exc) from exc
         finally:
             stream.close()
 

@@ -46,9 +46,9 @@ It must also run on FerretDB v1 (the test server), so it keeps to what FerretDB 
 - at most 50 statements per ``update`` command: FerretDB v1 keeps every statement's query open
   until the command ends and hangs forever once that reaches its 100 SQLite connections.
 
-Connection problems become ``BackendUnavailable("database", ...)`` in one place
-(``_translate_errors``); every other error (a duplicate key id, a bad argument) propagates
-unchanged, since it is the caller's bug.
+Connection problems, and server answers that mean "not now" (shutting down, an internal error),
+become ``BackendUnavailable("database", ...)`` in one place (``_translate_errors``); every other
+error (a duplicate key id, a bad argument) propagates unchanged, since it is the caller's bug.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from pymongo.errors import (
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
+    OperationFailure,
     WTimeoutError,
 )
 
@@ -114,15 +115,33 @@ def _reason(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+# Server answers that mean "not now" rather than "wrong request": the codes MongoDB gives for
+# shutting down, stepping down or an unreachable peer (pymongo's retryable codes), and
+# InternalError, which FerretDB answers for a command cut short by its own shutdown ("context
+# canceled"). A retry after the outage can succeed, so they are 503s, not 500s.
+_INTERNAL_ERROR = 1
+_TRANSIENT_CODES = frozenset(
+    {_INTERNAL_ERROR, 6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+)
+
+
+def _transient(code: object) -> bool:
+    return code in _TRANSIENT_CODES
+
+
 def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
-    # A bulk write whose only failure is the write concern timing out.
-    return (
-        isinstance(exc, BulkWriteError)
-        and not exc.details.get("writeErrors")
-        and bool(exc.details.get("writeConcernErrors"))
-    )
+    if isinstance(exc, BulkWriteError):
+        # Its write concern timed out, or a write failed for a transient reason: every write of
+        # the store is safe to retry, so the caller may send the whole batch again.
+        write_errors = exc.details.get("writeErrors") or []
+        return any(_transient(e.get("code")) for e in write_errors) or (
+            not write_errors and bool(exc.details.get("writeConcernErrors"))
+        )
+    if isinstance(exc, OperationFailure):
+        return _transient(exc.code) or exc.has_error_label("RetryableWriteError")
+    return False
 
 
 def _translating(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
