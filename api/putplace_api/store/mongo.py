@@ -95,6 +95,7 @@ T = TypeVar("T")
 
 DEFAULT_DATABASE = "putplace"
 DUPLICATE_KEY = 11000
+_LOOKUPS_AT_ONCE = 16  # up to this many ids are looked up one by one, concurrently
 _QUERY_CHUNK = 500  # keys per find: stays far below the 16 MB command limit with long paths
 _UPDATE_CHUNK = 50  # statements per update command: FerretDB v1 deadlocks at 100 (see _bulk)
 _INSERT_CHUNK = 1000
@@ -411,7 +412,10 @@ class MongoStore:
             contents.update(await self._find_contents({missing[i]["_id"] for i in raced}))
         return contents
 
-    async def _current(self, keys: Iterable[Key]) -> dict[Key, _Current]:
+    async def _current(self, keys: Collection[Key]) -> dict[Key, _Current]:
+        if len(keys) <= _LOOKUPS_AT_ONCE:  # see _find_contents
+            docs = await asyncio.gather(*(self._files.find_one({"hostname": h, "filepath": p}) for h, p in keys))
+            return {(d["hostname"], d["filepath"]): _Current(_file_row(d), d.get("rev")) for d in docs if d is not None}
         by_host: dict[str, list[str]] = {}
         for host, path in keys:
             by_host.setdefault(host, []).append(path)
@@ -514,6 +518,12 @@ class MongoStore:
         return {key: pending[key] for key in pending if key in lost}
 
     async def _find_contents(self, shas: set[str]) -> dict[str, ContentRow]:
+        if len(shas) <= _LOOKUPS_AT_ONCE:
+            # A few ids: one equality each, side by side. FerretDB answers an _id $in by reading
+            # the whole collection (420 ms for 2 of 5,000 records, against 6 ms an equality);
+            # an agent's batches while it watches are this small.
+            docs = await asyncio.gather(*(self._contents.find_one({"_id": sha}) for sha in shas))
+            return {doc["_id"]: _content_row(doc) for doc in docs if doc is not None}
         out: dict[str, ContentRow] = {}
         for chunk in _chunks(sorted(shas), _QUERY_CHUNK * 2):
             async for doc in self._contents.find({"_id": _one_of(chunk)}):
