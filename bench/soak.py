@@ -34,7 +34,7 @@ import random
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,7 +45,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import machine_line, print_table, temp_workdir  # noqa: E402
+from bench._common import cpu_seconds, machine_line, print_table, temp_workdir  # noqa: E402
 from tests.agent.conftest import Agent  # noqa: E402
 from tests.api.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import ApiProcess  # noqa: E402
@@ -82,19 +82,33 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @dataclass
 class Watched:
-    """Processes whose RSS is sampled: name -> pid."""
+    """Processes whose RSS and CPU time are sampled: name -> pid."""
 
     pids: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+    cpu: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def sample(self, t: float) -> None:
         for name, pid in self.pids.items():
             try:
                 self.samples[name].append((t, rss_mib(pid)))
+                self.cpu[name].append(cpu_seconds(pid))
             except OSError:
                 self.samples[name].append((t, float("nan")))
+
+    def cpu_share(self, name: str, seconds: float) -> float:
+        """Average cores used over the soak."""
+        series = self.cpu[name]
+        return (series[-1] - series[0]) / seconds if len(series) > 1 else float("nan")
 
     def at(self, name: str, t: float) -> float:
         """The first sample at or after t (the steady state's start), or the last one."""
@@ -148,6 +162,8 @@ class Load:
         self.rng = random.Random(seed)
         self.sent: dict[str, bytes] = {}  # sha -> bytes, for contents the server stored
         self.verified: set[str] = set()
+        self.current: dict[tuple[str, str], str] = {}  # (host, path) -> sha256, as written
+        self.refs: Counter[str] = Counter()  # current records per sha256
         self.paths = paths
         self.in_flight: set[asyncio.Task[None]] = set()
 
@@ -167,6 +183,11 @@ class Load:
             if u.status_code != 200:
                 return self.rec.error(kind, f"upload_file {u.status_code} {u.text[:200]}")
         self.sent[m["sha256"]] = data
+        old = self.current.get((host, path))
+        if old is not None:
+            self.refs[old] -= 1
+        self.current[(host, path)] = m["sha256"]
+        self.refs[m["sha256"]] += 1
         self.rec.ok(kind, scheduled)
 
     async def write_one(self, scheduled: float) -> None:
@@ -186,8 +207,11 @@ class Load:
             r = await self.r.get("/files", params={"hostname": self.rng.choice(HOSTS), "limit": 50})
             kind = "read:list"
         elif which < 0.67:
-            r = await self.r.get(f"/get_file/{self.rng.choice(list(self.sent))}")
+            sha = self.rng.choice(list(self.sent))
+            r = await self.r.get(f"/get_file/{sha}")
             kind = "read:get_file"
+            if r.status_code == 404 and self.refs[sha] <= 0:
+                return self.rec.ok(kind, scheduled)  # every path naming it was rewritten since: right
         else:
             sha = self.rng.choice(list(self.sent))
             r = await self.r.get(f"/content/{sha}")
@@ -436,8 +460,9 @@ def main() -> int:
             agents.append(agent)
 
         watched = Watched({"api master": api_pid})
-        for n, pid in enumerate(sorted(children(api_pid))):
-            watched.pids[f"api process {n + 1}"] = pid
+        workers = [pid for pid in sorted(children(api_pid)) if b"resource_tracker" not in cmdline(pid)]
+        for n, pid in enumerate(workers):
+            watched.pids[f"api worker {n + 1}"] = pid
         for agent in agents:
             assert agent.popen is not None
             watched.pids[agent.node] = agent.popen.pid
@@ -475,9 +500,10 @@ def main() -> int:
             growth = (end - start) / start if start else 0.0
             if name in ours:
                 worst = max(worst, growth)
-            mem_rows.append([name, watched.samples[name][0][1], start, end, f"{growth * 100:+.1f} %"])
+            cores = watched.cpu_share(name, args.seconds)
+            mem_rows.append([name, watched.samples[name][0][1], start, end, f"{growth * 100:+.1f} %", cores])
         print(f"\nmemory (RSS MiB; steady state from t={steady:.0f} s)")
-        print_table(["process", "at start", "steady start", "end", "growth"], mem_rows)
+        print_table(["process", "at start", "steady start", "end", "growth", "CPU cores"], mem_rows)
         served = sum(len(v) for v in rec.latencies.values())
         print(f"\nserved {served} requests, {errors} errors ({rec.late} late), {outcome['contents']} contents "
               f"written and read back, {outcome['churned']} files churned")  # fmt: skip
