@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import ferretdb, helm, kube, minio, prometheus, seaweedfs
+from . import ferretdb, helm, kube, minio, postgres, prometheus, seaweedfs
 from .base import Server, ServerError, cache_dir
 from .kube import KubeCluster
 from .s3 import S3Server
@@ -52,7 +52,11 @@ SERVERS: dict[str, ServerModule] = {
 }
 
 
-TOOLS: dict[str, ToolModule] = {"helm": cast(ToolModule, helm), "prometheus": cast(ToolModule, prometheus)}
+TOOLS: dict[str, ToolModule] = {
+    "helm": cast(ToolModule, helm),
+    "prometheus": cast(ToolModule, prometheus),
+    "postgres": cast(ToolModule, postgres),  # what FerretDB runs on for the soak benchmark
+}
 INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS}
 
 

@@ -40,6 +40,29 @@ def progress(message: str) -> None:
     print(f"[test-servers] {message}", file=sys.stderr, flush=True)
 
 
+def unpack_debian_package(package: str, into: Path) -> None:
+    """``apt-get download`` a pinned ``name=version`` and ``dpkg-deb -x`` it into ``into``:
+    nothing is installed on the machine (an ``apt-get update`` first if the lists are empty)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise ServerError(f"cannot fetch {package}: apt-get and dpkg-deb are needed (a Debian or Ubuntu machine)")
+    name = package.split("=", 1)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # apt's download user writes here
+
+        def apt(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["apt-get", *args], cwd=work, capture_output=True, text=True, timeout=600)
+
+        got = apt("download", package)
+        if got.returncode != 0:
+            apt("update")
+            got = apt("download", package)
+        debs = list(work.glob(f"{name}_*.deb"))
+        if got.returncode != 0 or not debs:
+            raise ServerError(f"apt-get download {package} failed: {got.stderr.strip()[-500:]}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(into)], check=True, timeout=120)
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -253,6 +276,7 @@ class Process:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         stop_grace: float = 10.0,
+        user: str | None = None,
     ) -> Process:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
@@ -264,6 +288,7 @@ class Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                user=user,
             )
         return cls(name, popen.pid, argv[0], log_path, stop_grace, popen, list(argv), cwd, dict(env or {}))
 
@@ -355,7 +380,8 @@ class Server:
     """A running server: its process, its data dir and the PUTPLACE_TEST_* variables for it.
 
     A server made of several processes (the Kubernetes control plane) lists the ones started
-    after ``process`` in ``extra``; they are stopped first, in reverse order.
+    after ``process`` in ``extra``; they are stopped first, in reverse order. Processes it runs
+    on (FerretDB's PostgreSQL) are in ``backing``: started before it, stopped after it.
     """
 
     name: str
@@ -363,9 +389,10 @@ class Server:
     workdir: Path
     env: dict[str, str]
     extra: list[Process] = field(default_factory=list)
+    backing: list[Process] = field(default_factory=list)
 
     def stop(self) -> None:
-        stop_all([self.process, *self.extra])
+        stop_all([*self.backing, self.process, *self.extra])
 
 
 def stop_all(processes: Iterable[Process]) -> None:

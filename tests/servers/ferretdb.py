@@ -12,9 +12,10 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .base import ENV_PREFIX, Process, Server, bin_dir, free_ports, go_build, go_module_dir
+from . import postgres
+from .base import ENV_PREFIX, Process, Server, bin_dir, free_ports, go_build, go_module_dir, stop_all
 
 NAME = "ferretdb"
 VERSION = "v1.24.2"
@@ -78,15 +79,37 @@ def ping(url: str) -> bool:
     return True
 
 
-def start(workdir: Path, *, log_path: Path | None = None, timeout: float = 30.0) -> Server:
-    """Start FerretDB with its data in ``workdir``; return once it answers ``ping``."""
+def start(
+    workdir: Path,
+    *,
+    log_path: Path | None = None,
+    timeout: float = 30.0,
+    backend: Literal["sqlite", "postgresql"] = "sqlite",
+) -> Server:
+    """Start FerretDB with its data in ``workdir``; return once it answers ``ping``.
+
+    ``backend="postgresql"`` also starts a PostgreSQL (``postgres.py``) for it to run on: equality
+    filters then run in the database instead of a scan of the collection (the SQLite backend
+    pushes down only ``_id``), which loads that grow the catalogue need.
+    """
     exe = install()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
+    backing: list[Process] = []
+    if backend == "postgresql":
+        # PostgreSQL runs unprivileged under root: it must be able to pass through our dir
+        # (make_workdir's dirs sit in /dev/shm or /tmp, which it can reach).
+        workdir.chmod(0o711)
+        (workdir / "pg").mkdir()
+        pg_log = (log_path or workdir / "ferretdb.log").with_name("postgres.log")
+        pg, pg_url = postgres.start(workdir / "pg", log_path=pg_log)
+        backing.append(pg)
+        storage = ["--handler=postgresql", f"--postgresql-url={pg_url}"]
+    else:
+        storage = ["--handler=sqlite", f"--sqlite-url=file:{workdir / 'data'}/"]  # a directory, ending in "/"
     (port,) = free_ports(1)
     argv = [
         str(exe),
-        "--handler=sqlite",
-        f"--sqlite-url=file:{workdir / 'data'}/",  # an existing directory, ending in "/"
+        *storage,
         f"--listen-addr=127.0.0.1:{port}",
         f"--state-dir={workdir}",
         "--debug-addr=-",
@@ -104,6 +127,6 @@ def start(workdir: Path, *, log_path: Path | None = None, timeout: float = 30.0)
     try:
         process.wait_ready(lambda: ping(url), timeout=timeout)
     except BaseException:
-        process.stop()
+        stop_all([*backing, process])
         raise
-    return Server(NAME, process, workdir, {ENV_URL: url})
+    return Server(NAME, process, workdir, {ENV_URL: url}, backing=backing)

@@ -9,7 +9,6 @@ writes those, so this is a tool to run rather than a server the whole suite shar
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from .base import Process, ServerError, bin_dir, free_ports, progress
+from .base import Process, bin_dir, free_ports, progress, unpack_debian_package
 
 NAME = "prometheus"
 VERSION = "2.42.0+ds-5+deb12u1"
@@ -34,31 +33,18 @@ def promtool() -> Path:
     return bin_dir(NAME, VERSION) / "promtool"
 
 
-def _apt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["apt-get", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
 def install() -> Path:
     """Unpack Debian's prometheus package into the cache unless it is there; return the binary."""
     if binary().is_file() and promtool().is_file():
         return binary()
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise ServerError("cannot fetch Prometheus: apt-get and dpkg-deb are needed (a Debian or Ubuntu machine)")
     progress(f"fetching Debian's prometheus {VERSION} (about 20 MB)")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        got = _apt("download", PACKAGE, cwd=work)
-        if got.returncode != 0:  # a fresh machine has no package lists yet
-            _apt("update", cwd=work)
-            got = _apt("download", PACKAGE, cwd=work)
-        debs = list(work.glob("prometheus_*.deb"))
-        if got.returncode != 0 or not debs:
-            raise ServerError(f"apt-get download {PACKAGE} failed: {got.stderr.strip()[-500:]}")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(work / "root")], check=True, timeout=120)
+        root = Path(tmp) / "root"
+        unpack_debian_package(PACKAGE, root)
         target = bin_dir(NAME, VERSION)
         target.mkdir(parents=True, exist_ok=True)
         for tool in ("promtool", "prometheus"):  # the binary last: its presence means installed
-            shutil.copy2(work / "root" / "usr" / "bin" / tool, target / f".{tool}.partial")
+            shutil.copy2(root / "usr" / "bin" / tool, target / f".{tool}.partial")
             (target / f".{tool}.partial").replace(target / tool)
     return binary()
 

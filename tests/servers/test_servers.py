@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from typing import Any
 
@@ -10,10 +11,29 @@ import pytest
 from botocore.exceptions import ClientError
 from pymongo.errors import DuplicateKeyError
 
-from tests.servers import S3Server
+from tests.servers import S3Server, ferretdb
+from tests.servers.base import make_workdir
 
 
 def test_ferretdb_insert_find_unique_index(mongodb_url: str) -> None:
+    check_unique_index(mongodb_url)
+
+
+def test_ferretdb_on_postgresql_works_and_stops_with_its_database() -> None:
+    workdir = make_workdir("ferretdb")
+    try:
+        server = ferretdb.start(workdir, backend="postgresql")
+        try:
+            check_unique_index(server.env[ferretdb.ENV_URL])
+            assert [p.name for p in server.backing] == ["postgres"]
+        finally:
+            server.stop()
+        assert not server.process.alive() and not server.backing[0].alive()
+    finally:
+        shutil.rmtree(workdir)
+
+
+def check_unique_index(mongodb_url: str) -> None:
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_url, serverSelectionTimeoutMS=5000)
     try:
         db = client[f"smoke_{uuid.uuid4().hex[:8]}"]
