@@ -265,6 +265,7 @@ class Process:
     argv: list[str] = field(default_factory=list, repr=False)
     cwd: Path | None = field(default=None, repr=False)
     env: dict[str, str] = field(default_factory=dict, repr=False)
+    user: str | None = field(default=None, repr=False)
 
     @classmethod
     def spawn(
@@ -290,7 +291,7 @@ class Process:
                 start_new_session=True,
                 user=user,
             )
-        return cls(name, popen.pid, argv[0], log_path, stop_grace, popen, list(argv), cwd, dict(env or {}))
+        return cls(name, popen.pid, argv[0], log_path, stop_grace, popen, list(argv), cwd, dict(env or {}), user)
 
     def respawn(self) -> Process:
         """A new process started exactly as this one was (same arguments, so same port and data
@@ -298,7 +299,13 @@ class Process:
         if not self.argv or self.cwd is None:
             raise ServerError(f"{self.name} (pid {self.pid}) was not spawned here: cannot start it again")
         return Process.spawn(
-            self.name, self.argv, cwd=self.cwd, log_path=self.log_path, env=self.env, stop_grace=self.stop_grace
+            self.name,
+            self.argv,
+            cwd=self.cwd,
+            log_path=self.log_path,
+            env=self.env,
+            stop_grace=self.stop_grace,
+            user=self.user,
         )
 
     def kill(self) -> None:
