@@ -398,7 +398,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--put-rate", type=float, help="writers' put_file per second (default: --load x capacity)")
     ap.add_argument("--read-rate", type=float, help="readers' requests per second (default: the put rate)")
-    ap.add_argument("--load", type=float, default=0.3, help="soak rate as a fraction of the two-phase capacity")
+    ap.add_argument("--load", type=float, default=0.15, help="soak rate as a fraction of the two-phase capacity")
     ap.add_argument("--agents", type=int, default=2)
     ap.add_argument("--paths-per-host", type=int, default=500, help="distinct paths each writer host uses")
     ap.add_argument("--churn", type=float, default=5, help="files per second written into the agents' trees")
