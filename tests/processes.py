@@ -217,6 +217,26 @@ class Agent:
 
 
 @contextmanager
+def api_factory(parent: Path) -> Iterator[Callable[..., ApiProcess]]:
+    """Starts ``ApiProcess``es, each in its own dir under ``parent`` (keyword arguments: its
+    fields); all are stopped when the block ends."""
+    started: list[ApiProcess] = []
+
+    def start(**fields: Any) -> ApiProcess:
+        api = ApiProcess(parent / f"api{len(started)}", **fields)
+        api.workdir.mkdir(parents=True)
+        started.append(api)
+        api.start()
+        return api
+
+    try:
+        yield start
+    finally:
+        for api in started:
+            api.stop()
+
+
+@contextmanager
 def agent_factory(
     workdir: Path, api: ApiProcess | None = None, root: Path | None = None
 ) -> Iterator[Callable[..., Agent]]:

@@ -19,6 +19,7 @@ import trustme
 from tests.agent.conftest import Agent, ApiProcess
 from tests.agent.test_cli import one_line_error
 from tests.api.conftest import ADMIN_KEY
+from tests.processes import api_factory
 
 
 @dataclass(frozen=True)
@@ -50,19 +51,8 @@ def pki(tmp_path: Path) -> Pki:
 
 @pytest.fixture
 def start_https_api(pki: Pki, tmp_path: Path) -> Iterator[Callable[[int], ApiProcess]]:
-    started: list[ApiProcess] = []
-
-    def start(workers: int) -> ApiProcess:
-        env = {**pki.server_env(), "PUTPLACE_WORKERS": str(workers)}
-        api = ApiProcess(tmp_path / "api", env=env, ca_bundle=pki.ca)
-        api.workdir.mkdir()
-        started.append(api)
-        api.start()
-        return api
-
-    yield start
-    for api in started:
-        api.stop()
+    with api_factory(tmp_path) as start:
+        yield lambda workers: start(env={**pki.server_env(), "PUTPLACE_WORKERS": str(workers)}, ca_bundle=pki.ca)
 
 
 @pytest.fixture

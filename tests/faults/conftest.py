@@ -15,7 +15,7 @@ import pytest
 from tests.api.conftest import s3_settings
 from tests.faults.integrity import Objects, assert_no_error_logged, bucket_objects, local_objects
 from tests.faults.load import PrivateServer
-from tests.processes import Agent, ApiProcess, agent_factory
+from tests.processes import Agent, ApiProcess, agent_factory, api_factory
 from tests.servers import ferretdb, minio
 from tests.servers.base import Server, ServerError, make_workdir
 from tests.servers.s3 import S3Server, s3_ready
@@ -34,17 +34,13 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
     """Start a real ``putplace-api`` process with fast outage settings (plus the given
     ``PUTPLACE_*`` variables); stopped at the end of the test."""
     started: list[ApiProcess] = []
+    with api_factory(tmp_path) as start_one:
 
-    def start(**env: str) -> ApiProcess:
-        api = ApiProcess(tmp_path / f"api{len(started)}", env={**FAST_API, **env})
-        api.workdir.mkdir(parents=True)
-        started.append(api)
-        api.start()
-        return api
+        def start(**env: str) -> ApiProcess:
+            started.append(start_one(env={**FAST_API, **env}))
+            return started[-1]
 
-    yield start
-    for api in started:
-        api.stop()
+        yield start
     for api in started:
         assert_no_error_logged(api)
 
