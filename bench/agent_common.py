@@ -6,15 +6,16 @@ line and its Prometheus metrics).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any
 
 from _common import REPO, machine_busy_seconds
+
+sys.path.insert(0, str(REPO))
+from tests.processes import summary_of as summary_of  # noqa: E402  (re-exported for the agent benchmarks)
 
 
 def code_version() -> str:
@@ -78,18 +79,6 @@ def add_common_args(ap: argparse.ArgumentParser, agent_example: str) -> None:
     )  # fmt: skip
     ap.add_argument("--wait-quiet", type=float, default=300, help="wait up to this long for other load to stop")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (tree, logs, databases)")
-
-
-def summary_of(stderr: str) -> dict[str, Any]:
-    """The agent's final JSON log line (``sync complete`` / ``sync stopped``)."""
-    for line in reversed(stderr.splitlines()):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("message") in ("sync complete", "sync stopped"):
-            return record
-    return {}
 
 
 def agent_argv(tree: str, server_url: str, state_dir: str, node: str, *more: str) -> list[str]:

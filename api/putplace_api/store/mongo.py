@@ -281,16 +281,6 @@ async def _backoff(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, 0.0005 * 2 ** min(attempt, 6)))
 
 
-def _one_of(values: Sequence[Any]) -> Any:
-    """A filter value matching any of ``values``: the value itself when there is one.
-
-    The same match on MongoDB; on FerretDB an equality runs in its database (pushdown) while
-    ``$in`` fetches the whole collection and filters it itself -- the difference between a
-    constant and a linearly growing cost for a single ``put_file``.
-    """
-    return values[0] if len(values) == 1 else {"$in": list(values)}
-
-
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -448,8 +438,12 @@ class MongoStore:
             found.extend(doc for doc in docs if doc is not None)
         return found
 
+    def _by_lookups(self, count: int) -> bool:
+        """Whether ``count`` keys are found by ``_lookups`` rather than by one ``$in``."""
+        return count <= _LOOKUPS_AT_ONCE or self._in_reads_all
+
     async def _current(self, keys: Collection[Key]) -> dict[Key, _Current]:
-        if len(keys) <= _LOOKUPS_AT_ONCE or self._in_reads_all:
+        if self._by_lookups(len(keys)):
             docs = await self._lookups(self._files, [{"hostname": h, "filepath": p} for h, p in keys])
             return {(d["hostname"], d["filepath"]): _Current(_file_row(d), d.get("rev")) for d in docs}
         by_host: dict[str, list[str]] = {}
@@ -465,7 +459,7 @@ class MongoStore:
                 size += len(clause[1])
                 continue
             if group:
-                filters = [{"hostname": host, "filepath": _one_of(paths)} for host, paths in group]
+                filters = [{"hostname": host, "filepath": {"$in": list(paths)}} for host, paths in group]
                 query = filters[0] if len(filters) == 1 else {"$or": filters}
                 async for doc in self._files.find(query):
                     found[(doc["hostname"], doc["filepath"])] = _Current(_file_row(doc), doc.get("rev"))
@@ -514,7 +508,11 @@ class MongoStore:
             return
         wanted = {_version_id(file_id, rev): (file_id, rev) for file_id, rev in claims}
         ops: list[UpdateOne | DeleteOne] = []
-        async for doc in self._history.find({"_id": _one_of(list(wanted))}):
+        if self._by_lookups(len(wanted)):
+            docs = await self._lookups(self._history, [{"_id": version} for version in wanted])
+        else:
+            docs = [doc async for doc in self._history.find({"_id": {"$in": list(wanted)}})]
+        for doc in docs:
             file_id, rev = wanted[doc["_id"]]
             if doc.get("event") == "deleted":
                 ops.append(DeleteOne({"_id": file_id, "rev": rev}))
@@ -554,12 +552,12 @@ class MongoStore:
         return {key: pending[key] for key in pending if key in lost}
 
     async def _find_contents(self, shas: set[str]) -> dict[str, ContentRow]:
-        if len(shas) <= _LOOKUPS_AT_ONCE or self._in_reads_all:  # a few ids cost no more this way
+        if self._by_lookups(len(shas)):
             docs = await self._lookups(self._contents, [{"_id": sha} for sha in shas])
             return {doc["_id"]: _content_row(doc) for doc in docs}
         out: dict[str, ContentRow] = {}
         for chunk in _chunks(sorted(shas), _QUERY_CHUNK * 2):
-            async for doc in self._contents.find({"_id": _one_of(chunk)}):
+            async for doc in self._contents.find({"_id": {"$in": list(chunk)}}):
                 out[doc["_id"]] = _content_row(doc)
         return out
 
