@@ -48,7 +48,7 @@ PYTHON_DOCKERFILE = """\
 FROM {debian}
 RUN apt-get update \\
     && apt-get install -y --no-install-recommends python3 python3-venv python-is-python3 ca-certificates \\
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 """
@@ -92,7 +92,7 @@ def _record(ref: str, seconds: float, engine: DockerEngine) -> None:
 def debian_image(engine: DockerEngine) -> str:
     """A minbase bookworm root filesystem imported as an image (made once)."""
     mirror = debian_mirror()
-    ref = f"putplace-test/debian:{SUITE}-minbase-{_digest(SUITE.encode(), mirror.encode())}"
+    ref = f"putplace-test/debian:{SUITE}-minbase-{_digest(SUITE.encode(), mirror.encode(), b'no-debs')}"
     if exists(engine, ref):
         return ref
     debootstrap = shutil.which("debootstrap")
@@ -114,6 +114,10 @@ def debian_image(engine: DockerEngine) -> str:
             ).returncode
         if code != 0:
             raise ServerError(f"debootstrap {SUITE} failed (exit {code}): {log.read_text()[-400:].strip()}")
+        # The downloaded .debs (~120 MB) and package lists: no image needs them.
+        apt = rootfs / "var"
+        for leftover in [*apt.glob("cache/apt/archives/*.deb"), *apt.glob("lib/apt/lists/*_*")]:
+            leftover.unlink()
         progress(f"  debootstrap done in {time.monotonic() - started:.0f} s; docker import")
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         assert tar.stdout is not None
