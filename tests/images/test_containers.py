@@ -1,9 +1,8 @@
 """The three images, built from the project's Dockerfile and run on a real Docker engine as
 Kubernetes would run them: the API and the agent exactly as the operator's manifests describe
-their containers (user, capabilities, read-only root, each volume mount, arguments, env), the
-operator as the chart's Deployment does. Each one does its job: the API serves and stores a file
-through the two-phase protocol, the agent syncs a mounted host tree into it, the operator
-reconciles against a real control plane and answers ``/healthz``.
+their containers (user, capabilities, read-only root, each volume mount, arguments, env). Each
+does its job: the API serves and stores a file through the two-phase protocol, the agent syncs a
+mounted host tree into it. (The operator image is built but not yet run here.)
 
 What a pod would get from Kubernetes is stood in for by the engine: an ``emptyDir`` is a tmpfs, a
 ``hostPath`` or a Secret volume a bind mount, the Service's DNS name the API container's address.
