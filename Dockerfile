@@ -4,6 +4,8 @@
 # default and needs no writable root filesystem (Kubernetes mounts /tmp and data volumes).
 ARG PYTHON=python:3.11.14-slim-bookworm
 
+# The venvs keep their bytecode (a read-only root cannot cache it) but not pip and setuptools,
+# which nothing runs once the packages are installed (about 23 MB per image).
 FROM ${PYTHON} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -13,7 +15,8 @@ COPY agent agent
 COPY operator operator
 RUN python -m venv /opt/api && /opt/api/bin/pip install ".[api]" \
     && python -m venv /opt/agent && /opt/agent/bin/pip install ".[agent]" \
-    && python -m venv /opt/operator && /opt/operator/bin/pip install ".[operator]"
+    && python -m venv /opt/operator && /opt/operator/bin/pip install ".[operator]" \
+    && for venv in /opt/api /opt/agent /opt/operator; do "$venv/bin/pip" uninstall --yes --quiet pip setuptools; done
 
 FROM ${PYTHON} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

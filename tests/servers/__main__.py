@@ -35,6 +35,7 @@ def _process(name: str, state: dict[str, Any]) -> Process:
         state["executable"],
         Path(state["log"]),
         float(state.get("grace", 10.0)),
+        signal_group=bool(state.get("group", True)),
     )
 
 
@@ -94,6 +95,8 @@ def cmd_start(names: list[str]) -> int:
                 "executable": server.process.executable,
                 "log": str(log),
                 "grace": server.process.stop_grace,
+                "group": server.process.signal_group,
+                "reused": server.reused,
                 "workdir": str(workdir),
                 "env": server.env,
                 "extra": [
@@ -108,7 +111,8 @@ def cmd_start(names: list[str]) -> int:
                 ],
             }
             _state_file(name).write_text(json.dumps(state, indent=2) + "\n")
-            print(f"started {name} (pid {server.process.pid}, log {log})", file=sys.stderr)
+            how = "reusing" if server.reused else "started"
+            print(f"{how} {name} (pid {server.process.pid}, log {log})", file=sys.stderr)
         else:
             state = running[1]
             print(f"{name} already running (pid {state['pid']})", file=sys.stderr)
@@ -134,6 +138,10 @@ def cmd_stop(names: list[str]) -> int:
         if running is None:
             continue
         processes, state = running
+        if state.get("reused"):  # found running by `start` (the Docker engine): not ours to stop
+            _forget(name, state)
+            print(f"forgot {name} (pid {state['pid']}): it was running before `start`, left running", file=sys.stderr)
+            continue
         stop_all(processes)
         _forget(name, state)
         print(f"stopped {name} (pid {', '.join(str(p.pid) for p in processes)})", file=sys.stderr)

@@ -266,6 +266,9 @@ class Process:
     cwd: Path | None = field(default=None, repr=False)
     env: dict[str, str] = field(default_factory=dict, repr=False)
     user: str | None = field(default=None, repr=False)
+    # False for a daemon that stops its own children (dockerd stops its containers, then its
+    # containerd): SIGTERM goes to it alone, so its children are not cut off mid-shutdown.
+    signal_group: bool = True
 
     @classmethod
     def spawn(
@@ -278,6 +281,7 @@ class Process:
         env: Mapping[str, str] | None = None,
         stop_grace: float = 10.0,
         user: str | None = None,
+        signal_group: bool = True,
     ) -> Process:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
@@ -291,7 +295,9 @@ class Process:
                 start_new_session=True,
                 user=user,
             )
-        return cls(name, popen.pid, argv[0], log_path, stop_grace, popen, list(argv), cwd, dict(env or {}), user)
+        return cls(
+            name, popen.pid, argv[0], log_path, stop_grace, popen, list(argv), cwd, dict(env or {}), user, signal_group
+        )
 
     def respawn(self) -> Process:
         """A new process started exactly as this one was (same arguments, so same port and data
@@ -306,6 +312,7 @@ class Process:
             env=self.env,
             stop_grace=self.stop_grace,
             user=self.user,
+            signal_group=self.signal_group,
         )
 
     def kill(self) -> None:
@@ -374,7 +381,10 @@ class Process:
 
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)  # pgid == pid: spawned with start_new_session
+            if self.signal_group or sig == signal.SIGKILL:
+                os.killpg(self.pid, sig)  # pgid == pid: spawned with start_new_session
+            else:
+                os.kill(self.pid, sig)
 
     def _reap(self) -> None:
         if self.popen is not None:
@@ -389,6 +399,8 @@ class Server:
     A server made of several processes (the Kubernetes control plane) lists the ones started
     after ``process`` in ``extra``; they are stopped first, in reverse order. Processes it runs
     on (FerretDB's PostgreSQL) are in ``backing``: started before it, stopped after it.
+    A ``reused`` server was already running when ``start()`` was called (the Docker engine on
+    its fixed socket): it is not ours, and ``stop()`` leaves it running.
     """
 
     name: str
@@ -397,8 +409,11 @@ class Server:
     env: dict[str, str]
     extra: list[Process] = field(default_factory=list)
     backing: list[Process] = field(default_factory=list)
+    reused: bool = False
 
     def stop(self) -> None:
+        if self.reused:
+            return
         stop_all([*self.backing, self.process, *self.extra])
 
 

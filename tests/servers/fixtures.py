@@ -6,6 +6,12 @@
 - ``kube`` (``KubeCluster``): a Kubernetes control plane with two kwok fake nodes: kubeconfig,
   server, plus ``kubectl(...)``, ``apply(*objects)``, ``get(...)`` and ``env()``.
 - ``helm`` (Path): the helm binary.
+- ``docker`` (``DockerEngine``): a Docker engine on ``unix:///run/putplace/docker.sock``:
+  ``host``, ``env()`` (DOCKER_HOST for a subprocess) and ``docker(*args)``; one already
+  answering on that socket is reused and left running.
+- ``python_base_image`` (str): the Debian base image with Python the test images build on.
+- ``putplace_images`` (dict[str, str]): ``{"api"|"agent"|"operator": image ref}``, the
+  project's Dockerfile targets built on that base (cached by the hash of their inputs).
 
 A server starts only when a test first asks for its fixture and stops at the end of the session.
 When the matching PUTPLACE_TEST_* variable is set (``python -m tests.servers start`` prints
@@ -25,8 +31,10 @@ from typing import TypeVar
 
 import pytest
 
-from . import INSTALLABLE, SERVERS
+from . import INSTALLABLE, SERVERS, images
 from .base import Server, ServerError, make_workdir
+from .docker import ENV_HOST as ENV_DOCKER_HOST
+from .docker import DockerEngine
 from .ferretdb import ENV_URL
 from .kube import KubeCluster
 from .s3 import S3Server
@@ -43,14 +51,18 @@ def _or_fail(name: str, action: Callable[[], T]) -> T:
     pytest.fail(failure, pytrace=False)  # outside `except`: no chained exception in the report
 
 
-def _install(request: pytest.FixtureRequest, name: str) -> None:
-    """Install with pytest's output capture off, so build progress reaches the terminal."""
+def _uncaptured(request: pytest.FixtureRequest, name: str, action: Callable[[], T]) -> T:
+    """``_or_fail(name, action)`` with pytest's output capture off, so build progress reaches the
+    terminal."""
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if capture is None:
-        _or_fail(name, INSTALLABLE[name].install)
-        return
+        return _or_fail(name, action)
     with capture.global_and_fixture_disabled():
-        _or_fail(name, INSTALLABLE[name].install)
+        return _or_fail(name, action)
+
+
+def _install(request: pytest.FixtureRequest, name: str) -> None:
+    _uncaptured(request, name, INSTALLABLE[name].install)
 
 
 @contextmanager
@@ -121,3 +133,26 @@ def helm(request: pytest.FixtureRequest) -> Path:
     """The helm command line (built once into the cache)."""
     _install(request, "helm")
     return INSTALLABLE["helm"].binary()
+
+
+@pytest.fixture(scope="session")
+def docker(request: pytest.FixtureRequest) -> Iterator[DockerEngine]:
+    """A Docker engine (dockerd, data root in the cache), or the one in $PUTPLACE_TEST_DOCKER_HOST."""
+    reused = _or_fail("docker", lambda: DockerEngine.from_env(os.environ))
+    if reused is not None:
+        yield reused
+        return
+    with _running(request, "docker") as server:
+        yield DockerEngine(server.env[ENV_DOCKER_HOST])
+
+
+@pytest.fixture(scope="session")
+def python_base_image(request: pytest.FixtureRequest, docker: DockerEngine) -> str:
+    """The Debian bookworm image with Python 3.11 and the host's CA bundle (built once, cached)."""
+    return _uncaptured(request, "images", lambda: images.python_image(docker))
+
+
+@pytest.fixture(scope="session")
+def putplace_images(request: pytest.FixtureRequest, docker: DockerEngine, python_base_image: str) -> dict[str, str]:
+    """``{target: image ref}`` of the Dockerfile's api, agent and operator images, built on the base."""
+    return _uncaptured(request, "images", lambda: images.project_images(docker))
