@@ -116,7 +116,7 @@ async def apikey_changed(body: kopf.Body, patch: kopf.Patch, retry: int, **_: An
 
 
 def _made_by_a_user(body: kopf.Body, **_: Any) -> bool:
-    """Not one the operator made for an instance (those go with their instance and its API)."""
+    """Not one the operator made for an instance (the instance's deletion handler revokes those)."""
     owners = body["metadata"].get("ownerReferences") or []
     return not any(ref.get("kind") == "PutPlaceInstance" and ref.get("controller") for ref in owners)
 
