@@ -1,8 +1,10 @@
-"""``putplace-operator``: run the kopf operator with PutPlace's handlers.
+"""``putplace-operator``: run the kopf operator with PutPlace's handlers; ``putplace-operator
+cleanup``: delete what it manages and wait until it has let go (the chart's pre-delete hook).
 
 One replica, standalone (kopf's peering is not leader election: the Deployment uses the
 ``Recreate`` strategy instead), cluster-wide or limited to some namespaces, with a liveness
-endpoint (``/healthz``) and Prometheus metrics. Exit status 2 with one line on bad settings.
+endpoint (``/healthz``) and Prometheus metrics. Exit status 2 with one line on bad settings;
+``cleanup`` exits 1 with one line when it cannot finish (see ``cleanup.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+def _scope(parser: argparse.ArgumentParser, default: object) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", dest="namespaces", metavar="NS", default=default,
+        help="watch only this namespace (repeatable, globs allowed); default: PUTPLACE_OPERATOR_NAMESPACES, "
+             "else all namespaces",
+    )  # fmt: skip
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", default=False if default is None else default,
+        help="watch every namespace (the default)",
+    )  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="putplace-operator",
@@ -37,13 +52,39 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    scope = parser.add_mutually_exclusive_group()
-    scope.add_argument(
-        "-n", "--namespace", action="append", dest="namespaces", metavar="NS",
-        help="watch only this namespace (repeatable, globs allowed); default: all namespaces",
+    _scope(parser, None)
+    commands = parser.add_subparsers(dest="command", metavar="{cleanup}")
+    clean = commands.add_parser(
+        "cleanup",
+        help="delete every PutPlaceInstance and ApiKey in the watched namespaces and wait until they are gone",
+        description=(
+            "Delete every PutPlaceInstance and ApiKey in the watched namespaces and wait until the running "
+            "operator has revoked their keys and let them go (the chart's pre-delete hook). Exit 0 when none "
+            "is left, 1 with one line at the deadline or on a Kubernetes error."
+        ),
+    )
+    _scope(clean, argparse.SUPPRESS)  # -n before or after the command
+    clean.add_argument(
+        "--timeout", type=float, default=240.0, metavar="SECONDS",
+        help="give up after this long (default: %(default)g)",
     )  # fmt: skip
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     return parser
+
+
+def _cleanup(namespaces: list[str], timeout: float) -> int:
+    import asyncio
+
+    from kubernetes.config import ConfigException
+
+    from putplace_operator.cleanup import CleanupError, cleanup
+    from putplace_operator.kube import Kube, KubeError
+
+    try:
+        asyncio.run(cleanup(Kube(), namespaces, timeout))
+    except (CleanupError, KubeError, ConfigException) as exc:
+        print(f"putplace-operator cleanup: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     namespaces = [] if args.all_namespaces else (args.namespaces or settings.namespaces)
     setup_logging(settings.log_level, settings.log_format)
+    if args.command == "cleanup":
+        log.info("cleanup of %s", ", ".join(namespaces) if namespaces else "all namespaces")
+        return _cleanup(namespaces, args.timeout)
 
     import kopf
     from prometheus_client import start_http_server

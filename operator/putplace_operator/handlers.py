@@ -5,9 +5,11 @@ computed in ``status.py``, Kubernetes reached through ``kube.py``.
 Each object is reconciled on create, update and resume here, and again periodically by the
 pass of ``resync.py`` (drift repair, rotated-out keys revoked after their grace period, status
 of an instance on its way to Ready), which runs beside kopf from startup to cleanup. No kopf
-timers: they would put a finalizer on every object. The only finalizer is the ApiKey deletion
-handler's, for keys a user made (their key is revoked at the API); a key the operator made for
-an instance goes with the instance.
+timers: they would put a finalizer on every object. The finalizers are the deletion handlers':
+a deleted instance has every key made at its API for it revoked (agent, metrics, users' keys,
+and its generated admin key) while its API still runs; a deleted ApiKey a user made has its key
+revoked (one the operator made for an instance goes with the instance). Both are released after
+``delete_retries`` failed attempts, with an error logged, so nothing stays stuck.
 
 Retries never storm: a failing change handler is retried with exponential backoff (capped), a
 permanent error (e.g. a Secret name taken by someone else) is not retried until the spec
@@ -70,9 +72,31 @@ async def instance_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None
     patch.status.update(await reconcile.reconcile_instance(body))
 
 
-@kopf.on.delete(GROUP, VERSION, INSTANCES, optional=True)
-async def instance_deleted(body: kopf.Body, **_: Any) -> None:
-    reconcile.forget(body["metadata"]["uid"])
+@kopf.on.delete(GROUP, VERSION, INSTANCES)
+async def instance_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
+    """Revoke the keys made at the instance's API while it still runs, then let the instance go
+    (its children with it); never keep it stuck."""
+    meta = body["metadata"]
+    try:
+        revoked = await reconcile.delete_instance(body)
+    except keys.NotReady as exc:
+        # A refused admin key will not be taken on a retry (e.g. revoked by an earlier attempt).
+        if exc.reason == "AdminKeyRejected" or retry >= SETTINGS.delete_retries:
+            log.error(
+                "PutPlaceInstance %s/%s deleted, but its keys could not be revoked after %d attempts (%s); "
+                "releasing it: a database or volume it leaves behind still accepts them",
+                meta["namespace"], meta["name"], retry + 1, exc.message,
+            )  # fmt: skip
+            return
+        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=SETTINGS.backoff(retry)) from None
+    if revoked is None:
+        log.info(
+            "PutPlaceInstance %s/%s released: it has no admin key, so no key was made", meta["namespace"], meta["name"]
+        )
+    else:
+        log.info(
+            "PutPlaceInstance %s/%s released: %d keys revoked at its API", meta["namespace"], meta["name"], revoked
+        )
 
 
 # -- ApiKey ------------------------------------------------------------------------------------
@@ -92,7 +116,7 @@ async def apikey_changed(body: kopf.Body, patch: kopf.Patch, retry: int, **_: An
 
 
 def _made_by_a_user(body: kopf.Body, **_: Any) -> bool:
-    """Not one the operator made for an instance (those go with their instance and its API)."""
+    """Not one the operator made for an instance (the instance's deletion handler revokes those)."""
     owners = body["metadata"].get("ownerReferences") or []
     return not any(ref.get("kind") == "PutPlaceInstance" and ref.get("controller") for ref in owners)
 

@@ -11,12 +11,18 @@ edited by hand, or revoked at the API), when ``spec.rotation`` grows (the old ke
 working for the grace period), or when what the key is made with changes (scopes, rate limit,
 expiry, description: keys are immutable at the API, and the old key is revoked at once, since
 the change may take a permission away).
+
+Deletion: a deleted ApiKey's keys are revoked (``revoke_all``); a deleted instance's keys, all
+of them at once, while its API still runs (``revoke_instance``: an instance's finalizer holds
+its children, the API's Deployment included, until it is done); an ApiKey of an instance being
+deleted gets no new key.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,11 +33,11 @@ from putplace_client.models import ApiKeyInfo
 from putplace_operator.kube import Kube, KubeError
 from putplace_operator.manifests import Instance
 from putplace_operator.manifests.api import KEY_FIELD
-from putplace_operator.manifests.apikey import ApiKeyObject, KeyRecord, controlled_by, key_secret
+from putplace_operator.manifests.apikey import ApiKeyObject, KeyRecord, controlled_by, key_secret, made_for
 from putplace_operator.manifests.common import GROUP, VERSION
 from putplace_operator.settings import OperatorSettings
 
-__all__ = ["REASONS", "Issued", "NotReady", "reconcile_key", "revoke_all"]
+__all__ = ["REASONS", "Issued", "NotReady", "reconcile_key", "revoke_all", "revoke_instance"]
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +76,19 @@ class _Target:
     deleting: bool  # the instance is being deleted (and its API with it)
     url: str  # where the operator reaches the API
     admin_key: str
+    admin_key_generated: bool  # its Secret is the operator's (owned by the instance, deleted with it)
 
 
 async def _target(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> _Target:
     body = await kube.get(f"{GROUP}/{VERSION}", "PutPlaceInstance", k.instance, k.namespace)
     if body is None:
         raise NotReady("InstanceNotFound", f"PutPlaceInstance {k.instance} does not exist in {k.namespace}")
+    return await _instance_target(body, kube, settings)
+
+
+async def _instance_target(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings) -> _Target:
     instance = Instance.from_body(body)
-    secret = await kube.get("v1", "Secret", instance.admin_secret, k.namespace)
+    secret = await kube.get("v1", "Secret", instance.admin_secret, instance.namespace)
     try:
         admin_key = base64.b64decode((secret or {})["data"][KEY_FIELD]).decode()
     except (KeyError, TypeError, ValueError):
@@ -89,7 +100,8 @@ async def _target(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> _T
         url = settings.api_url_template.format(
             name=instance.name, namespace=instance.namespace, service=instance.api_name
         )
-    return _Target(instance, bool(body["metadata"].get("deletionTimestamp")), url, admin_key)
+    owned = secret is not None and controlled_by(secret, instance.uid)
+    return _Target(instance, bool(body["metadata"].get("deletionTimestamp")), url, admin_key, owned)
 
 
 def _client(target: _Target, settings: OperatorSettings) -> PutPlaceClient:
@@ -142,6 +154,8 @@ async def reconcile_key(k: ApiKeyObject, kube: Kube, settings: OperatorSettings,
 
 async def _reconcile(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, now: datetime) -> Issued:
     target = await _target(k, kube, settings)
+    if target.deleting:  # its keys are being revoked (revoke_instance): no new one
+        raise NotReady("InstanceNotFound", f"PutPlaceInstance {k.instance} is being deleted in {k.namespace}")
     secret = await kube.get("v1", "Secret", k.secret_name, k.namespace)
     if secret is not None and not controlled_by(secret, k.uid):
         raise NotReady(
@@ -215,7 +229,7 @@ async def revoke_all(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) ->
     except KubeError as exc:
         raise NotReady("KubernetesError", f"the Kubernetes API said: {exc}") from None
     if target.deleting:
-        return False  # its API goes with it
+        return False  # revoke_instance revokes every key of the instance's ApiKeys
     try:
         async with _client(target, settings) as api:
             for key_id in await _mine(api, k):
@@ -223,3 +237,44 @@ async def revoke_all(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) ->
     except PutPlaceClientError as exc:
         raise _api_error(exc, target.url) from None
     return True
+
+
+async def revoke_instance(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings) -> int | None:
+    """Revoke, at a deleted instance's API, every key the operator made there for the ApiKeys of
+    this instance (its agent's and Prometheus' keys, and the users'), the keys of ApiKeys of its
+    namespace that are gone (orphans), and last its admin key if the operator generated it: so a
+    database or volume that outlives the instance accepts none of them. Keys of ApiKeys of another
+    instance sharing the database, keys made by hand, and an admin key given in a Secret of one's
+    own (a re-created instance uses it again) are left alone.
+
+    Returns how many keys were revoked; None: nothing to revoke at (the instance was never set up).
+    Raises ``NotReady``: the API or Kubernetes did not answer (the caller retries, boundedly).
+    """
+    try:
+        target = await _instance_target(body, kube, settings)
+        objects = [ApiKeyObject.from_body(b) for b in await kube.list(f"{GROUP}/{VERSION}", "ApiKey")]
+    except NotReady:
+        return None  # no admin key: no key was ever made with it
+    except KubeError as exc:
+        raise NotReady("KubernetesError", f"the Kubernetes API said: {exc}") from None
+    i = target.instance
+    others = {k.uid for k in objects if k.namespace == i.namespace and k.instance != i.name}
+    revoked = 0
+    try:
+        async with _client(target, settings) as api:
+            admin_ids = []
+            for info in await api.list_keys():
+                if not info.is_active:
+                    continue
+                owner = made_for(info.name)
+                if owner is not None and owner[1] == i.namespace and owner[0] not in others:
+                    await _revoke(api, info.id)
+                    revoked += 1
+                elif owner is None and target.admin_key_generated and target.admin_key.startswith(info.key_prefix):
+                    admin_ids.append(info.id)
+            for key_id in admin_ids:  # last: the operator needs it until here
+                await _revoke(api, key_id)
+                revoked += 1
+    except PutPlaceClientError as exc:
+        raise _api_error(exc, target.url) from None
+    return revoked

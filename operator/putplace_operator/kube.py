@@ -64,6 +64,11 @@ def _translated(call: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+@_translated
+def _connect() -> DynamicClient:
+    return DynamicClient(client.ApiClient())  # reads the server's version: a first request
+
+
 class Kube:
     def __init__(self, served_ttl: float = 60.0) -> None:
         """``served_ttl``: how long an answer of ``served()`` stands. A kind installed later (the
@@ -74,7 +79,7 @@ class Kube:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # read now, not at import
-        self._dynamic = DynamicClient(client.ApiClient())
+        self._dynamic = _connect()
         # The client's discovery cache is not thread-safe: every lookup and refresh goes
         # through this lock, and resolved kinds are kept here.
         self._discovery = threading.Lock()
@@ -143,6 +148,17 @@ class Kube:
 
     async def create(self, manifest: Manifest) -> None:
         await asyncio.to_thread(self._create, manifest)
+
+    @_translated
+    def _delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        try:
+            self._resource(api_version, kind).delete(name=name, namespace=namespace)
+        except NotFoundError:
+            pass  # gone already: what we wanted
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        """Delete an object (the garbage collector deletes its dependents once it is gone)."""
+        await asyncio.to_thread(self._delete, api_version, kind, name, namespace)
 
     @_translated
     def _is_served(self, api_version: str, kind: str) -> bool:

@@ -22,8 +22,8 @@ from putplace_operator.settings import OperatorSettings
 from putplace_operator.status import instance_status, key_status
 
 __all__ = [
-    "SETTINGS", "KeyResult", "delete_apikey", "forget", "kube", "last_full", "progressing", "reconcile_apikey",
-    "reconcile_instance",
+    "SETTINGS", "KeyResult", "delete_apikey", "delete_instance", "forget", "kube", "last_full", "progressing",
+    "reconcile_apikey", "reconcile_instance",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,14 @@ async def reconcile_instance(body: Mapping[str, Any], *, apply: bool = True) -> 
             )
             metrics.set_ready("PutPlaceInstance", i.uid, status["conditions"][0]["status"] == "True")
             return status
+
+
+async def delete_instance(body: Mapping[str, Any]) -> int | None:
+    """Revoke a deleted instance's keys at its API (see ``keys.revoke_instance``); raises ``keys.NotReady``."""
+    uid = body["metadata"]["uid"]
+    forget(uid)
+    async with _exclusive(uid):
+        return await keys.revoke_instance(body, kube(), SETTINGS)
 
 
 # -- ApiKey ------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ class OperatorSettings(BaseSettings):
     retry_min_seconds: float = Field(2.0, gt=0, description="first delay before a failed reconcile is retried")
     retry_max_seconds: float = Field(300.0, gt=0, description="longest delay between retries (exponential backoff)")
     delete_retries: int = Field(
-        6, ge=0, description="attempts to revoke a deleted ApiKey's key before its finalizer is released anyway"
+        6,
+        ge=0,
+        description="retries to revoke a deleted ApiKey's or instance's keys before its finalizer is released anyway",
     )
     liveness_port: int = Field(8080, ge=0, le=65535, description="port of the liveness endpoint /healthz (0 = off)")
     metrics_port: int = Field(9090, ge=0, le=65535, description="port of the Prometheus /metrics endpoint (0 = off)")

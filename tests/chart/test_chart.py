@@ -16,6 +16,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from tests.chart.conftest import CHART, ROOT, find, render, run_helm
+from tests.operator import conftest as operator_tests
 from tests.operator.conftest import CLUSTER_ROLE, CRD_DIR, CRD_NAMES, OperatorProcess, condition, monitoring_crds
 from tests.servers import KubeCluster
 from tests.waiting import wait_until
@@ -31,6 +32,7 @@ def test_the_chart_copies_are_the_sources() -> None:
         p.name for p in CRD_DIR.glob("*.yaml")
     )
     assert (CHART / "files" / "operator-clusterrole.yaml").read_bytes() == CLUSTER_ROLE.read_bytes()
+    assert (CHART / "files" / "cleanup-clusterrole.yaml").read_bytes() == operator_tests.CLEANUP_ROLE.read_bytes()
 
 
 @pytest.mark.parametrize("script", ["gen_schema.py", "gen_dashboards.py"])
@@ -51,6 +53,8 @@ def test_helm_lint_is_clean(helm: Path) -> None:
         (["operator.reconcileSeconds=soon"], "got string, want integer"),
         (["rbac.create=false"], "bind the operator's ServiceAccount yourself"),
         (["instance.enabled=true", "instance.name=" + "x" * 41], "instance.name: at most 40 characters"),
+        (["rbac.create=false", "serviceAccount.name=mine"], "cleanup.enabled needs rbac.create"),
+        (["cleanup.timeoutSeconds=soon"], "got string, want integer"),
     ],
 )
 def test_bad_values_fail_with_a_message(helm: Path, sets: list[str], message: str) -> None:
@@ -79,7 +83,7 @@ def test_secure_defaults(helm: Path) -> None:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "putplace" and labels["app.kubernetes.io/instance"] == "pp"
     # The ClusterRole is exactly the operator's (the tests of the operator run with it).
-    (role,) = find(docs, "ClusterRole")
+    (role,) = [r for r in find(docs, "ClusterRole") if r["metadata"]["name"] == "pp-putplace-operator"]
     assert role["rules"] == yaml.safe_load(CLUSTER_ROLE.read_text())["rules"]
     # Monitoring objects only where the API exists; CRDs kept on uninstall.
     assert not find(docs, "ServiceMonitor") and not find(docs, "PrometheusRule")
@@ -92,6 +96,58 @@ def test_secure_defaults(helm: Path) -> None:
     for d in dashboards:
         (body,) = d["data"].values()
         assert json.loads(body)["panels"]
+
+
+HOOK = "helm.sh/hook"
+
+
+def test_uninstall_runs_a_least_privilege_restricted_cleanup_hook_first(
+    helm: Path, crds: KubeCluster, namespace: str
+) -> None:
+    docs = render(helm, "operator.namespaces={team-a,team-*}", namespace=namespace)
+    hooks = {d["kind"]: d for d in docs if HOOK in (d["metadata"].get("annotations") or {})}
+    assert sorted(hooks) == ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"]
+    notes = {kind: d["metadata"]["annotations"] for kind, d in hooks.items()}
+    assert {n[HOOK] for n in notes.values()} == {"pre-delete"}
+    # Its RBAC exists before the Job runs, and nothing of it stays after the hooks succeeded.
+    weight = {kind: int(n["helm.sh/hook-weight"]) for kind, n in notes.items()}
+    assert max(weight[k] for k in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")) < weight["Job"]
+    for kind, n in notes.items():
+        policy = set(n["helm.sh/hook-delete-policy"].split(","))
+        assert {"before-hook-creation", "hook-succeeded"} <= policy, kind
+        assert ("hook-failed" in policy) == (kind != "Job"), kind  # a failed Job stays for its log
+    # Least privilege: list and delete the operator's two kinds, nothing else, for its own account.
+    assert (
+        hooks["ClusterRole"]["rules"]
+        == yaml.safe_load(operator_tests.CLEANUP_ROLE.read_text())["rules"]
+        == [{"apiGroups": ["putplace.io"], "resources": ["putplaceinstances", "apikeys"], "verbs": ["list", "delete"]}]
+    )
+    binding = hooks["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == hooks["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pp-putplace-cleanup", "namespace": namespace}]
+    # The operator's image, the cleanup command, the operator's namespaces; bounded in time.
+    job = hooks["Job"]["spec"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    (operator,) = find(docs, "Deployment")
+    assert container["image"] == operator["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["args"] == ["putplace-operator", "cleanup", "--timeout", "240"]
+    assert {"name": "PUTPLACE_OPERATOR_NAMESPACES", "value": "team-a,team-*"} in container["env"]
+    assert pod["serviceAccountName"] == "pp-putplace-cleanup" and pod["restartPolicy"] == "Never"
+    assert job["activeDeadlineSeconds"] > 240 and job["backoffLimit"] <= 1
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+    }  # fmt: skip
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The API server's Pod Security admission takes its pod at the restricted level.
+    crds.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    as_pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cleanup", "namespace": namespace}, "spec": pod}
+    r = crds.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(as_pod), check=False)
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+
+    off = render(helm, "cleanup.enabled=false")
+    assert not [d for d in off if HOOK in (d["metadata"].get("annotations") or {})]
 
 
 def test_monitoring_renders_where_its_api_exists(helm: Path) -> None:
@@ -147,7 +203,9 @@ def test_install_upgrade_uninstall_with_the_operator_as_the_charts_service_accou
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({"instance": {"enabled": True, "spec": instance}}))
     identity = tmp_path / "kubeconfig"
-    operator = OperatorProcess(identity, tmp_path, env={"PUTPLACE_OPERATOR_RECONCILE_SECONDS": "2"})
+    # No API answers the operator here: a deleted instance is released after one attempt.
+    env = {"PUTPLACE_OPERATOR_RECONCILE_SECONDS": "2", "PUTPLACE_OPERATOR_DELETE_RETRIES": "0"}
+    operator = OperatorProcess(identity, tmp_path, env=env)
     try:
         run_helm(helm, "install", "pp", str(CHART), *kubeconfig, "--create-namespace", "-f", str(values),
                  "--wait", "--timeout", "120s")  # fmt: skip
@@ -167,14 +225,23 @@ def test_install_upgrade_uninstall_with_the_operator_as_the_charts_service_accou
                  "--set", "operator.reconcileSeconds=45", "--wait", "--timeout", "120s")  # fmt: skip
         pod = crds.get("deployment", "pp-putplace-operator", "-n", ns)["spec"]["template"]["spec"]
         assert {"name": "PUTPLACE_OPERATOR_RECONCILE_SECONDS", "value": "45"} in pod["containers"][0]["env"]
+        # What the pre-delete hook Job runs (kwok runs no container: it marks the hook's pod
+        # Succeeded), run here as the hook would, while the operator runs: the instance goes.
+        done = operator_tests.cleanup(crds.kubeconfig, ns, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert crds.kubectl("get", "ppi,apikey", "-n", ns, "-o", "name").stdout.strip() == ""
         operator.check_log()  # the chart's RBAC was enough (during uninstall it goes away, by design)
     finally:
         # As in a cluster, the operator is still running while helm deletes the release.
         run_helm(helm, "uninstall", "pp", *kubeconfig, "--wait", "--timeout", "120s")
         operator.stop()
-    # Gone: the operator and its RBAC. Kept: the CRDs, and so the instance.
+    # Gone: the operator, its RBAC, and the hook's Job and RBAC. Kept: the CRDs.
     assert crds.kubectl("get", "deployment", "pp-putplace-operator", "-n", ns, check=False).returncode != 0
     assert crds.kubectl("get", "clusterrole", "pp-putplace-operator", check=False).returncode != 0
+    for kind in ("job", "serviceaccount"):
+        assert crds.kubectl("get", kind, "pp-putplace-cleanup", "-n", ns, check=False).returncode != 0, kind
+    for kind in ("clusterrole", "clusterrolebinding"):
+        assert crds.kubectl("get", kind, "pp-putplace-cleanup", check=False).returncode != 0, kind
     for name in CRD_NAMES:
         assert crds.kubectl("get", "crd", name, check=False).returncode == 0
     crds.kubectl("delete", "namespace", ns, "--wait=false")

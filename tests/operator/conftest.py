@@ -5,7 +5,9 @@ to the ClusterRole the chart ships (``operator/deploy/clusterrole.yaml``), RBAC 
 from __future__ import annotations
 
 import base64
+import os
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from tests.waiting import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
 CLUSTER_ROLE = ROOT / "operator" / "deploy" / "clusterrole.yaml"
+CLEANUP_ROLE = ROOT / "operator" / "deploy" / "cleanup-clusterrole.yaml"
 CRD_NAMES = ("putplaceinstances.putplace.io", "apikeys.putplace.io")
 OPERATOR_NAMESPACE = "putplace-system"
 OPERATOR_ACCOUNT = "putplace-operator"
@@ -131,6 +134,18 @@ class OperatorProcess:
         # RBAC refusals read `... is forbidden: User "system:serviceaccount:..." cannot ...`.
         for bad in ("Traceback", "is forbidden: User", "Not enough permissions"):
             assert bad not in text, f"{bad!r} in the operator's log:\n{tail(self.log_path, 60)}"
+
+
+def cleanup(kubeconfig: Path, namespaces: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """The hook Job's command, with its environment (the operator's namespaces)."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PUTPLACE_OPERATOR_NAMESPACES": namespaces,
+        "PUTPLACE_OPERATOR_LOG_FORMAT": "text",
+    }
+    argv = [sys.executable, "-m", "putplace_operator.cli", "cleanup", "--timeout", str(timeout)]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout + 60)
 
 
 def admin_secret(instance: str, namespace: str, key: str) -> dict[str, Any]:

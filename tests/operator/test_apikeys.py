@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,63 @@ def test_the_finalizer_lets_go_when_the_instance_is_gone(
     crds.kubectl("delete", "ppi", INSTANCE, "-n", instance, "--timeout=60s")
     crds.kubectl("delete", "apikey", "survivor", "-n", instance, "--timeout=30s")
     assert crds.kubectl("get", "apikey", "-n", instance, "-o", "name").stdout.strip() == ""
+
+
+def test_deleting_an_instance_revokes_every_key_made_for_it(
+    api: ApiProcess, operator: OperatorProcess, crds: KubeCluster, instance: str
+) -> None:
+    """Agent, metrics and user keys, orphans of the namespace and the generated admin key stop
+    working when their instance is deleted (its database may outlive it); a neighbour instance's
+    keys sharing that database keep working."""
+    crds.apply(
+        {"apiVersion": "putplace.io/v1alpha1", "kind": "PutPlaceInstance", "metadata": {"name": "gone"},
+         "spec": {"metrics": {"serviceMonitor": True}}},
+        namespace=instance,
+    )  # fmt: skip
+    # As if the API had bootstrapped with the admin key the operator generated (its Secret, owned
+    # by the instance): the test API's own admin key stands in for nobody's.
+    wait_until(lambda: secret_key(crds, instance, "gone-admin-key"), 20, "the generated admin-key Secret")
+    with api.http() as c:
+        admin = c.post("/api_keys", json={"name": "bootstrap admin", "scopes": ["admin"]}).json()["api_key"]
+        ghost = c.post("/api_keys", json={"name": f"{uuid.uuid4()} {instance}/ghost", "scopes": ["read"]}).json()
+    data = json.dumps({"data": {"api-key": base64.b64encode(admin.encode()).decode()}})
+    crds.kubectl("patch", "secret", "gone-admin-key", "-n", instance, "-p", data)
+    crds.apply(apikey("user", "read", instance="gone"), apikey("neighbour", "read"), namespace=instance)
+    uids = [wait_ready(crds, instance, n)["metadata"]["uid"] for n in ("gone-agent", "gone-metrics", "user")]
+    wait_ready(crds, instance, "neighbour")
+    made = {s: secret_key(crds, instance, s) for s in ("gone-agent-key", "gone-metrics-key", "user", "neighbour")}
+    assert status(api, made["user"], "GET", "/files") == 200 and status(api, admin, "GET", "/api_keys") == 200
+
+    crds.kubectl("delete", "ppi", "gone", "-n", instance, "--timeout=30s")
+    for name in ("gone-agent-key", "gone-metrics-key", "user"):
+        assert status(api, made[name], "GET", "/metrics") == 401, name
+    assert status(api, admin, "GET", "/api_keys") == 401
+    assert status(api, ghost["api_key"], "GET", "/files") == 401
+    assert all(live_keys(api, uid) == [] for uid in uids)
+    assert status(api, made["neighbour"], "GET", "/files") == 200
+    assert f"PutPlaceInstance {instance}/gone released: 5 keys revoked" in operator.log()
+    # The agent's and Prometheus' ApiKeys go with the instance; the user's lets go at once.
+    left = ("get", "apikey", "gone-agent", "gone-metrics", "-n", instance, "--ignore-not-found", "-o", "name")
+    wait_until(lambda: not crds.kubectl(*left).stdout.strip(), 30, "the instance's ApiKeys gone")
+    crds.kubectl("delete", "apikey", "user", "-n", instance, "--timeout=30s")
+
+
+def test_an_instance_whose_api_is_unreachable_is_released_after_bounded_retries(
+    api: ApiProcess, operator: OperatorProcess, crds: KubeCluster, instance: str
+) -> None:
+    crds.apply(apikey("stays", "read"), namespace=instance)
+    wait_ready(crds, instance, "stays")
+    api.stop()
+    try:
+        started = time.monotonic()
+        crds.kubectl("delete", "ppi", INSTANCE, "-n", instance, "--timeout=60s")
+        assert time.monotonic() - started < 30  # 3 attempts, 0.5 s doubling to 2 s apart
+    finally:
+        api.start()
+    assert f"PutPlaceInstance {instance}/{INSTANCE} deleted, but its keys could not be revoked after 3 attempts" in (
+        operator.log()
+    )
+    crds.kubectl("delete", "apikey", "stays", "-n", instance, "--timeout=30s")
 
 
 def test_the_operator_converges_after_a_crash_mid_reconcile(

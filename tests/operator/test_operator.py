@@ -21,6 +21,9 @@ def operator(crds: KubeCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Kop
     monkeypatch.setenv("KUBECONFIG", str(crds.kubeconfig))
     # Read when kopf imports the handlers module (its timer's interval): nothing imports it before.
     monkeypatch.setenv("PUTPLACE_OPERATOR_RECONCILE_SECONDS", "2")
+    # No API answers here (kwok runs no containers): a deleted instance's keys cannot be revoked,
+    # and the instance is released after one attempt rather than after minutes of retries.
+    monkeypatch.setenv("PUTPLACE_OPERATOR_DELETE_RETRIES", "0")
     args = ["run", "--standalone", "--all-namespaces", "--verbose", "-m", "putplace_operator.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         yield runner

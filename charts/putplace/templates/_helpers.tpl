@@ -58,7 +58,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (not .Values.rbac.create) .Values.serviceAccount.create (not .Values.serviceAccount.name) }}
 {{- fail "rbac.create=false: bind the operator's ServiceAccount yourself and name it in serviceAccount.name" }}
 {{- end }}
+{{- if and .Values.cleanup.enabled (not .Values.rbac.create) }}
+{{- fail "cleanup.enabled needs rbac.create (its hook Job has a ClusterRole of its own): set cleanup.enabled=false and delete PutPlaceInstances and ApiKeys before helm uninstall" }}
+{{- end }}
 {{- if and .Values.instance.enabled (gt (len .Values.instance.name) 40) }}
 {{- fail "instance.name: at most 40 characters (the names of its children must fit in 63)" }}
 {{- end }}
+{{- end }}
+
+{{- define "putplace.cleanup.fullname" -}}
+{{- printf "%s-cleanup" (include "putplace.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* A pre-delete hook; pass (dict "weight" "-5" "keepFailed" false). Removed once the hooks
+     succeeded, and before a new attempt; a failed Job is kept (keepFailed) for its log. */}}
+{{- define "putplace.cleanup.hook" -}}
+helm.sh/hook: pre-delete
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: {{ if .keepFailed }}before-hook-creation,hook-succeeded{{ else }}before-hook-creation,hook-succeeded,hook-failed{{ end }}
 {{- end }}

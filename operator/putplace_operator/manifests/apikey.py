@@ -10,6 +10,7 @@ API, before anything else, so a restart anywhere in a reconcile finds what it di
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,12 +19,14 @@ from typing import Any
 from putplace_operator.manifests.api import KEY_FIELD
 from putplace_operator.manifests.common import GROUP, MANAGED_BY, VERSION, Manifest, Resource, checksum
 
-__all__ = ["URL_FIELD", "ApiKeyObject", "KeyRecord", "controlled_by", "key_secret"]
+__all__ = ["URL_FIELD", "ApiKeyObject", "KeyRecord", "controlled_by", "key_secret", "made_for"]
 
 URL_FIELD = "api-url"  # beside KEY_FIELD: where the key works (the in-cluster Service URL)
 _PREFIX = "putplace.io/"
 _KEY_ID, _ROTATION, _CHECKSUM = _PREFIX + "key-id", _PREFIX + "rotation", _PREFIX + "spec-checksum"
 _PREVIOUS, _REVOKE_AFTER = _PREFIX + "previous-key-id", _PREFIX + "revoke-after"
+# A key's name at the API as ``ApiKeyObject.api_name`` makes it: "<uid> <namespace>/<name>".
+_API_NAME = re.compile(r"(?P<uid>[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}) (?P<namespace>[a-z0-9-]{1,63})/")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,13 @@ class KeyRecord:
         if self.revoke_after:
             notes[_REVOKE_AFTER] = self.revoke_after.isoformat()
         return notes
+
+
+def made_for(name: str) -> tuple[str, str] | None:
+    """(uid, namespace) of the ApiKey a key at the API was made for, from the key's name; None if
+    the operator did not make it (a key made by hand through the admin key, the admin key)."""
+    found = _API_NAME.match(name)
+    return (found["uid"], found["namespace"]) if found else None
 
 
 def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
