@@ -1,8 +1,9 @@
 """The three images, built from the project's Dockerfile and run on a real Docker engine as
 Kubernetes would run them: the API and the agent exactly as the operator's manifests describe
-their containers (user, capabilities, read-only root, each volume mount, arguments, env). Each
-does its job: the API serves and stores a file through the two-phase protocol, the agent syncs a
-mounted host tree into it. (The operator image is built but not yet run here.)
+their containers (user, capabilities, read-only root, each volume mount, arguments, env), the
+operator as the chart's Deployment does. Each one does its job: the API serves and stores a file
+through the two-phase protocol, the agent syncs a mounted host tree into it, the operator
+reconciles against a real control plane and answers ``/healthz``.
 
 What a pod would get from Kubernetes is stood in for by the engine: an ``emptyDir`` is a tmpfs, a
 ``hostPath`` or a Secret volume a bind mount, the Service's DNS name the API container's address.
@@ -28,7 +29,8 @@ from putplace_client.models import FileMetadata
 from putplace_operator.manifests import agent as agent_manifests
 from putplace_operator.manifests import api as api_manifests
 from putplace_operator.manifests.common import API_PORT, Instance
-from tests.servers import DockerEngine
+from tests.servers import DockerEngine, KubeCluster
+from tests.servers.base import free_ports
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -245,3 +247,73 @@ async def test_the_agent_image_syncs_a_mounted_host_tree_as_the_daemonset_runs_i
         assert stopped == 0 and code == "0", logs(docker, name)  # SIGTERM: drained, exit 0
     finally:
         remove(docker, name)
+
+
+def test_the_operator_image_reconciles_and_answers_healthz_as_the_chart_runs_it(
+    docker: DockerEngine, putplace_images: dict[str, str], kube: KubeCluster, tmp_path: Path
+) -> None:
+    kube.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    kubeconfig = tmp_path / "kubeconfig"
+    shutil.copyfile(kube.kubeconfig, kubeconfig)
+    kubeconfig.chmod(0o644)  # the chart's pod reads a token as uid 65532; this stands in for it
+    liveness, metrics = free_ports(2)
+    # The chart's operator Deployment (charts/putplace/templates/operator-deployment.yaml).
+    pod = {
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532},
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "kubeconfig", "secret": {}}],
+    }
+    container = {
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "kubeconfig", "mountPath": "/etc/kubeconfig", "readOnly": True},
+        ],
+    }
+    namespace = f"images-{secrets.token_hex(3)}"
+    kube.kubectl("create", "namespace", namespace)
+    flags = run_flags(pod, container, {"kubeconfig": kubeconfig})
+    flags += ["--network", "host", "-e", "KUBECONFIG=/etc/kubeconfig"]  # the control plane is on 127.0.0.1
+    for key, value in {
+        "NAMESPACES": namespace,
+        "LIVENESS_PORT": str(liveness),
+        "METRICS_PORT": str(metrics),
+        "LOG_LEVEL": "INFO",
+    }.items():
+        flags += ["-e", f"PUTPLACE_OPERATOR_{key}={value}"]
+    name = f"putplace-test-operator-{secrets.token_hex(4)}"
+    docker.docker("run", "--detach", "--name", name, *flags, putplace_images["operator"], "putplace-operator")
+    try:
+        assert uid_of(process_status(docker, name)) == 65532
+
+        def healthz() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{liveness}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(healthz, timeout=60, what="the operator container's /healthz")
+            # It reconciles for real: an instance gets its API Deployment from the container.
+            kube.apply(
+                {
+                    "apiVersion": "putplace.io/v1alpha1",
+                    "kind": "PutPlaceInstance",
+                    "metadata": {"name": "pp", "namespace": namespace},
+                    "spec": {"agent": {"enabled": False}},
+                }
+            )
+            wait_until(
+                lambda: kube.kubectl("get", "deployment", "pp-api", "-n", namespace, check=False).returncode == 0,
+                timeout=60,
+                what="the operator container to create the instance's API Deployment",
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{logs(docker, name)}") from None
+        assert httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).status_code == 200
+    finally:
+        remove(docker, name)
+        kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

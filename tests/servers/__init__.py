@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import docker, ferretdb, helm, images, kube, minio, postgres, prometheus, seaweedfs
+from . import docker, ferretdb, helm, images, kind, kube, minio, postgres, prometheus, seaweedfs
 from .base import Server, ServerError, cache_dir
 from .docker import DockerEngine
 from .kube import KubeCluster
@@ -60,6 +60,7 @@ TOOLS: dict[str, ToolModule] = {
     "prometheus": cast(ToolModule, prometheus),
     "postgres": cast(ToolModule, postgres),  # what FerretDB runs on for the soak benchmark
     "images": cast(ToolModule, images),  # base + project images, built on the engine (after docker)
+    "kind": cast(ToolModule, kind),  # the kind CLI and node image (after kube and images)
 }
 INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS}
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import runc_bounded
 from .base import ENV_PREFIX, Process, Server, ServerError, cache_dir, progress
 
 NAME = "docker"
@@ -160,6 +161,8 @@ def start(workdir: Path, *, log_path: Path | None = None, timeout: float = 60.0)
         f"-H={HOST}",
         "--storage-driver=overlay2",
     ]
+    if runc_bounded.missing():  # a privileged container (a kind node) could not start otherwise
+        argv += [f"--add-runtime=bounded={Path(runc_bounded.__file__)}", "--default-runtime=bounded"]
     process = Process.spawn(NAME, argv, cwd=workdir, log_path=log_path, stop_grace=60.0, signal_group=False)
     process.wait_ready(engine.answers, timeout=timeout)
     return Server(NAME, process, workdir, env)

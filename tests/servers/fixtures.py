@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import pytest
 
-from . import INSTALLABLE, SERVERS, images
+from . import INSTALLABLE, SERVERS, images, kind
 from .base import Server, ServerError, make_workdir
 from .docker import ENV_HOST as ENV_DOCKER_HOST
 from .docker import DockerEngine
@@ -156,3 +156,10 @@ def python_base_image(request: pytest.FixtureRequest, docker: DockerEngine) -> s
 def putplace_images(request: pytest.FixtureRequest, docker: DockerEngine, python_base_image: str) -> dict[str, str]:
     """``{target: image ref}`` of the Dockerfile's api, agent and operator images, built on the base."""
     return _uncaptured(request, "images", lambda: images.project_images(docker))
+
+
+@pytest.fixture(scope="session")
+def kind_node_image(request: pytest.FixtureRequest, docker: DockerEngine) -> str:
+    """The kind node image (tests/servers/kind.py: every part built here), with the kind CLI."""
+    _uncaptured(request, "kind", kind.install_binaries)
+    return _uncaptured(request, "kind", lambda: kind.node_image(docker, images.debian_image(docker)))

@@ -54,7 +54,7 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-
 """
 
 
-def _digest(*parts: bytes) -> str:
+def digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(len(part).to_bytes(8, "big") + part)
@@ -82,7 +82,7 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _record(ref: str, seconds: float, engine: DockerEngine) -> None:
+def record(ref: str, seconds: float, engine: DockerEngine) -> None:
     """Append what a build took to ``<cache>/image-builds.jsonl`` (docs/benchmarks.md reads it)."""
     line = {"ref": ref, "seconds": round(seconds, 1), "bytes": size_bytes(engine, ref), "at": time.time()}
     with (cache_dir() / "image-builds.jsonl").open("a") as out:
@@ -92,7 +92,7 @@ def _record(ref: str, seconds: float, engine: DockerEngine) -> None:
 def debian_image(engine: DockerEngine) -> str:
     """A minbase bookworm root filesystem imported as an image (made once)."""
     mirror = debian_mirror()
-    ref = f"putplace-test/debian:{SUITE}-minbase-{_digest(SUITE.encode(), mirror.encode(), b'no-debs')}"
+    ref = f"putplace-test/debian:{SUITE}-minbase-{digest(SUITE.encode(), mirror.encode(), b'no-debs')}"
     if exists(engine, ref):
         return ref
     debootstrap = shutil.which("debootstrap")
@@ -134,7 +134,7 @@ def debian_image(engine: DockerEngine) -> str:
         tar.wait()
         if imported.returncode != 0 or tar.returncode != 0:
             raise ServerError(f"docker import of the {SUITE} rootfs failed: {imported.stderr.strip()[-300:]}")
-    _record(ref, time.monotonic() - started, engine)
+    record(ref, time.monotonic() - started, engine)
     progress(f"made {ref} in {time.monotonic() - started:.0f} s")
     return ref
 
@@ -147,7 +147,7 @@ def python_image(engine: DockerEngine) -> str:
         bundle = HOST_CA_BUNDLE.read_bytes()
     except OSError as error:
         raise ServerError(f"the host's CA bundle {HOST_CA_BUNDLE} is unreadable: {error}") from None
-    ref = f"putplace-test/python:{PYTHON}-{SUITE}-{_digest(dockerfile.encode(), bundle, SUITE.encode())}"
+    ref = f"putplace-test/python:{PYTHON}-{SUITE}-{digest(dockerfile.encode(), bundle, SUITE.encode())}"
     if exists(engine, ref):
         return ref
     progress(f"building {ref}: python3 from {SUITE}'s apt (about a minute)")
@@ -156,19 +156,19 @@ def python_image(engine: DockerEngine) -> str:
         context = Path(tmp)
         (context / "Dockerfile").write_text(dockerfile)
         (context / "ca-certificates.crt").write_bytes(bundle)
-        _build(engine, context, ["-t", ref])
+        build(engine, context, ["-t", ref])
     version = engine.docker(
         "run", "--rm", "--network=none", ref, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"
     ).stdout.strip()
     if version != PYTHON:
         engine.docker("image", "rm", ref, check=False)
         raise ServerError(f"{SUITE}'s python3 is {version}, the test images are meant to carry {PYTHON}")
-    _record(ref, time.monotonic() - started, engine)
+    record(ref, time.monotonic() - started, engine)
     progress(f"built {ref} in {time.monotonic() - started:.0f} s")
     return ref
 
 
-def _build(engine: DockerEngine, context: Path, args: list[str], timeout: float = 1200.0) -> None:
+def build(engine: DockerEngine, context: Path, args: list[str], timeout: float = 1200.0) -> None:
     """``docker build`` (the legacy builder: no buildkit here) with its log kept on failure."""
     log = cache_dir() / "image-build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -215,9 +215,9 @@ def project_images(engine: DockerEngine, targets: tuple[str, ...] = TARGETS) -> 
     parts = [base.encode()]
     for path in files:
         parts += [path.encode(), (ROOT / path).read_bytes()]
-    inputs = _digest(*parts)
+    inputs = digest(*parts)
     refs = {target: f"putplace-{target}:test-{inputs}" for target in targets}
-    missing = [target for target, ref in refs.items() if not _built_from(engine, ref, inputs)]
+    missing = [target for target, ref in refs.items() if not built_from(engine, ref, inputs)]
     if not missing:
         return refs
     with tempfile.TemporaryDirectory(prefix="putplace-build-context-") as tmp:
@@ -229,14 +229,14 @@ def project_images(engine: DockerEngine, targets: tuple[str, ...] = TARGETS) -> 
             progress(f"building {refs[target]} (--target {target}; first build ~2 min, the others reuse its venvs)")
             started = time.monotonic()
             args = ["--build-arg", f"PYTHON={base}", "--target", target, "--label", f"{LABEL}={inputs}"]
-            _build(engine, context, [*args, "-t", refs[target]])
-            _record(refs[target], time.monotonic() - started, engine)
+            build(engine, context, [*args, "-t", refs[target]])
+            record(refs[target], time.monotonic() - started, engine)
             size = size_bytes(engine, refs[target]) / 1e6
             progress(f"built {refs[target]} in {time.monotonic() - started:.0f} s ({size:.0f} MB)")
     return refs
 
 
-def _built_from(engine: DockerEngine, ref: str, inputs: str) -> bool:
+def built_from(engine: DockerEngine, ref: str, inputs: str) -> bool:
     got = engine.docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{LABEL}"}}}}', ref, check=False)
     return got.returncode == 0 and got.stdout.strip() == inputs
 

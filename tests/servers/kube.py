@@ -5,7 +5,7 @@ etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as child pr
 scheduled and reported Running (no containers run anywhere). All five binaries are built from
 the Go module proxy once and cached:
 
-- etcd v3.6.14: ``go.etcd.io/etcd/server/v3`` (its own replaces do not matter in a throwaway
+- etcd v3.6.8 (what kubeadm v1.36 deploys): ``go.etcd.io/etcd/server/v3`` (its own replaces do not matter in a throwaway
   module, all submodules are tagged).
 - Kubernetes v1.36.4: ``k8s.io/kubernetes/cmd/...``; its go.mod requires the staging modules at
   ``v0.0.0`` and maps them to ``./staging/src/...``, so the throwaway module replaces each of them
@@ -51,7 +51,7 @@ from .base import (
 NAME = "kube"
 KUBE_VERSION = "v1.36.4"
 STAGING_VERSION = "v0.36.4"
-ETCD_VERSION = "v3.6.14"
+ETCD_VERSION = "v3.6.8"  # what kubeadm v1.36 deploys: the kind nodes run the same etcd build
 KWOK_VERSION = "v0.8.0"
 VERSION = f"{KUBE_VERSION}+etcd-{ETCD_VERSION}+kwok-{KWOK_VERSION}"
 
@@ -163,22 +163,26 @@ def install() -> Path:
         prepare=_copy_stages,
         minutes="2-3",
     )
-    replace = {f"k8s.io/{module}": f"k8s.io/{module}@{STAGING_VERSION}" for module in STAGING}
     for name, minutes in zip(KUBE_BINARIES, ("3-6", "1-3", "< 1"), strict=True):
-        go_build(
-            name="kubernetes",
-            version=KUBE_VERSION,
-            module=f"k8s.io/kubernetes/cmd/{name}",
-            module_version=KUBE_VERSION,
-            package=f"k8s.io/kubernetes/cmd/{name}",
-            binary=name,
-            tags=KUBE_TAGS,
-            ldflags=_kube_ldflags(),
-            replace=replace,
-            minutes=minutes,
-        )
+        build_kubernetes_binary(name, minutes=minutes)
     progress(f"Kubernetes control plane installed in {time.monotonic() - started:.0f} s")
     return binary()
+
+
+def build_kubernetes_binary(name: str, *, minutes: str = "1-5") -> Path:
+    """Build ``k8s.io/kubernetes/cmd/<name>`` at KUBE_VERSION (one build module for all of them)."""
+    return go_build(
+        name="kubernetes",
+        version=KUBE_VERSION,
+        module=f"k8s.io/kubernetes/cmd/{name}",
+        module_version=KUBE_VERSION,
+        package=f"k8s.io/kubernetes/cmd/{name}",
+        binary=name,
+        tags=KUBE_TAGS,
+        ldflags=_kube_ldflags(),
+        replace={f"k8s.io/{module}": f"k8s.io/{module}@{STAGING_VERSION}" for module in STAGING},
+        minutes=minutes,
+    )
 
 
 # --------------------------------------------------------------------------- PKI and kubeconfig

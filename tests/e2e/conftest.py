@@ -1,0 +1,84 @@
+"""Fixtures of the end-to-end suite: PutPlace on a real kind cluster, as its users run it.
+
+``kind_cluster`` is pytest-kind's own ``KindCluster`` (the fixture pytest-kind ships, same
+name and shape), pointed at the kind CLI, kubectl and node image built here (tests/servers/kind.py)
+and at the tests' Docker engine. The cluster has a control-plane node and a worker; the
+project's three images, built from its Dockerfile, are loaded into both under the names the
+chart and the operator use, so `helm install` and `kubectl apply` run unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+from pytest_kind import KindCluster  # type: ignore[import-untyped]
+
+from tests.servers import images, kind
+from tests.servers.docker import DockerEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_NAME = "putplace-e2e"
+APP_VERSION = yaml.safe_load((ROOT / "charts" / "putplace" / "Chart.yaml").read_text())["appVersion"]
+# What the chart and the operator run by default (tests/test_images.py pins these names).
+PUBLISHED = {target: f"ghcr.io/putplace/putplace-{target}:{APP_VERSION}" for target in images.TARGETS}
+
+# kind on a cgroup v1 host (this machine's): kubelet >= 1.35 refuses v1 unless told otherwise.
+CLUSTER_CONFIG = {
+    "kind": "Cluster",
+    "apiVersion": "kind.x-k8s.io/v1alpha4",
+    "nodes": [{"role": "control-plane"}, {"role": "worker"}],
+    "kubeadmConfigPatches": ["kind: KubeletConfiguration\nfailCgroupV1: false\n"],
+}
+
+
+@pytest.fixture(scope="session")
+def kind_cluster(
+    docker: DockerEngine,
+    putplace_images: dict[str, str],
+    kind_node_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[KindCluster]:
+    """A two-node kind cluster with the project's images loaded; deleted at the end."""
+    for target, ref in putplace_images.items():
+        docker.docker("tag", ref, PUBLISHED[target])
+    os.environ.update(docker.env())  # pytest-kind runs kind and kubectl with our environment
+    work = tmp_path_factory.mktemp("kind")
+    config = work / "cluster.yaml"
+    config.write_text(yaml.safe_dump(CLUSTER_CONFIG))
+    cluster = KindCluster(
+        CLUSTER_NAME,
+        kubeconfig=work / "kubeconfig",
+        image=kind_node_image,
+        kind_path=kind.binary(),
+        kubectl_path=kind.node_binary("kubectl"),
+    )
+    cluster.delete()  # a cluster left by an interrupted run
+    cluster.create(config)
+    try:
+        for ref in PUBLISHED.values():
+            cluster.load_docker_image(ref)
+        yield cluster
+    finally:
+        cluster.delete()
+
+
+def kubectl_json(cluster: KindCluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json"))
+
+
+def node_exec(docker: DockerEngine, node: str, script: str) -> str:
+    """Run a shell script in a kind node (a container of our engine)."""
+    return docker.docker("exec", node, "sh", "-c", script).stdout
+
+
+def nodes(cluster: KindCluster) -> list[str]:
+    return subprocess.run(
+        [str(kind.binary()), "get", "nodes", "--name", cluster.name], capture_output=True, text=True, check=True
+    ).stdout.split()
