@@ -132,6 +132,7 @@ def etcd_version() -> str:
 
 
 IMAGE_DIR = Path(__file__).with_name("kind_images")
+NODE_REPOSITORY = "putplace-test/kind-node"
 
 
 def _kind_source() -> Path:
@@ -209,7 +210,7 @@ PATH_ENV = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 def _apt(packages: str) -> str:
     return (
         f"RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {packages} "
-        "&& rm -rf /var/lib/apt/lists/*\n"
+        "&& apt-get clean && rm -rf /var/lib/apt/lists/*\n"
     )
 
 
@@ -320,7 +321,7 @@ def node_image(engine: DockerEngine, debian: str) -> str:
         for tag in tags
     ]
     node_binaries = [node_binary(name) for name in ("kubeadm", "kubelet", "kubectl")]
-    node_tag = f"putplace-test/kind-node:{kube.KUBE_VERSION}-{_inputs(base_tag, *image_ids, *node_binaries)}"
+    node_tag = f"{NODE_REPOSITORY}:{kube.KUBE_VERSION}-{_inputs(base_tag, *image_ids, *node_binaries)}"
     if images.exists(engine, node_tag):  # kind commits it: the tag, made of its inputs, is the cache key
         return node_tag
     started = time.monotonic()
@@ -346,6 +347,10 @@ def node_image(engine: DockerEngine, debian: str) -> str:
         if result.returncode != 0:
             raise ServerError(f"kind build node-image failed (log {log}): {(result.stdout + result.stderr)[-800:]}")
     progress(f"built the kind node image in {time.monotonic() - started:.0f} s")
+    # An older node image (1.4 GB each) is dead weight in the cache once its inputs changed.
+    listed = engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", NODE_REPOSITORY).stdout.split()
+    for stale in (tag for tag in listed if tag != node_tag):
+        engine.docker("image", "rm", stale, check=False)
     return node_tag
 
 
