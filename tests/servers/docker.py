@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,3 +168,15 @@ def start(workdir: Path, *, log_path: Path | None = None, timeout: float = 60.0)
     process = Process.spawn(NAME, argv, cwd=workdir, log_path=log_path, stop_grace=60.0, signal_group=False)
     process.wait_ready(engine.answers, timeout=timeout)
     return Server(NAME, process, workdir, env)
+
+
+@contextmanager
+def engine_for_install() -> Iterator[DockerEngine]:
+    """The engine at the fixed socket for an install step (images, kind): the one running, or
+    one started for the occasion and stopped again afterwards."""
+    with tempfile.TemporaryDirectory(prefix="putplace-docker-") as tmp:
+        server = start(Path(tmp))
+        try:
+            yield DockerEngine(server.env[ENV_HOST])
+        finally:
+            server.stop()

@@ -248,11 +248,7 @@ def binary() -> Path:
 def install() -> Path:
     """Build the base and the project's images (CI's install step, ahead of pytest's timeouts),
     on the engine at the fixed socket, started for the occasion and stopped again if none runs."""
-    with tempfile.TemporaryDirectory(prefix="putplace-docker-") as tmp:
-        server = docker.start(Path(tmp))
-        try:
-            for target, ref in project_images(DockerEngine(server.env[docker.ENV_HOST])).items():
-                progress(f"{target}: {ref}")
-        finally:
-            server.stop()
+    with docker.engine_for_install() as engine:
+        for target, ref in project_images(engine).items():
+            progress(f"{target}: {ref}")
     return binary()

@@ -358,11 +358,6 @@ def install() -> Path:
     """Build the binaries and the node image (CI's install step, ahead of pytest's timeouts),
     on the engine at the fixed socket, started for the occasion and stopped again if none runs."""
     install_binaries()
-    with tempfile.TemporaryDirectory(prefix="putplace-docker-") as tmp:
-        server = docker.start(Path(tmp))
-        try:
-            engine = DockerEngine(server.env[docker.ENV_HOST])
-            progress(f"kind node image: {node_image(engine, images.debian_image(engine))}")
-        finally:
-            server.stop()
+    with docker.engine_for_install() as engine:
+        progress(f"kind node image: {node_image(engine, images.debian_image(engine))}")
     return binary()
