@@ -10,7 +10,6 @@ chart and the operator use, so `helm install` and `kubectl apply` run unchanged.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +47,6 @@ def kind_cluster(
     """A two-node kind cluster with the project's images loaded; deleted at the end."""
     for target, ref in putplace_images.items():
         docker.docker("tag", ref, PUBLISHED[target])
-    os.environ.update(docker.env())  # pytest-kind runs kind and kubectl with our environment
     work = tmp_path_factory.mktemp("kind")
     config = work / "cluster.yaml"
     config.write_text(yaml.safe_dump(CLUSTER_CONFIG))
@@ -59,14 +57,17 @@ def kind_cluster(
         kind_path=kind.binary(),
         kubectl_path=kind.node_binary("kubectl"),
     )
-    cluster.delete()  # a cluster left by an interrupted run
-    cluster.create(config)
-    try:
-        for ref in PUBLISHED.values():
-            cluster.load_docker_image(ref)
-        yield cluster
-    finally:
-        cluster.delete()
+    with pytest.MonkeyPatch.context() as env:  # pytest-kind runs kind and kubectl with our environment
+        for name, value in docker.env().items():
+            env.setenv(name, value)
+        cluster.delete()  # a cluster left by an interrupted run
+        cluster.create(config)
+        try:
+            for ref in PUBLISHED.values():
+                cluster.load_docker_image(ref)
+            yield cluster
+        finally:
+            cluster.delete()
 
 
 def kubectl_json(cluster: KindCluster, *args: str) -> Any:

@@ -235,7 +235,7 @@ def _component_images(engine: DockerEngine, debian: str, sandbox: str) -> dict[s
     base = f"FROM {debian}\n{PATH_ENV}"
     archives: dict[str, list[str]] = {}
     for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"):
-        context = {name: node_binary(name) if name == "kube-proxy" else kube.binaries()[name]}
+        context = {name: node_binary(name)}  # the control plane's build, and kube-proxy beside it
         extra = ""
         if name == "kube-proxy":
             extra = _apt("conntrack ipset kmod") + IPTABLES
