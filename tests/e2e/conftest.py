@@ -19,10 +19,11 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from pytest_kind import KindCluster  # type: ignore[import-untyped]
 
-from tests.servers import images, kind
+from tests.servers import ferretdb, images, kind, minio
 from tests.servers.docker import DockerEngine
 
 ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "crds" / "examples"
 CLUSTER_NAME = "putplace-e2e"
 APP_VERSION = yaml.safe_load((ROOT / "charts" / "putplace" / "Chart.yaml").read_text())["appVersion"]
 # What the chart and the operator run by default (tests/test_images.py pins these names).
@@ -68,6 +69,35 @@ def kind_cluster(
             yield cluster
         finally:
             cluster.delete()
+
+
+def example_images(example: Path) -> dict[str, str]:
+    """Deployment name -> its container's image, in an example file."""
+    return {
+        doc["metadata"]["name"]: doc["spec"]["template"]["spec"]["containers"][0]["image"]
+        for doc in yaml.safe_load_all(example.read_text())
+        if doc["kind"] == "Deployment"
+    }
+
+
+@pytest.fixture(scope="session")
+def backend_images(kind_cluster: KindCluster, docker: DockerEngine) -> dict[str, str]:
+    """The FerretDB and MinIO images production-backends.yaml names, loaded into the nodes.
+
+    Their public images cannot be pulled here: each is the tests' own build of that server
+    (tests/servers/ferretdb.py, minio.py) on the Debian base, at the path the public image has
+    it, under the public name, so the example applies unchanged."""
+    named = example_images(EXAMPLES / "production-backends.yaml")
+    debian = images.debian_image(docker)
+    servers = {
+        "ferretdb": (ferretdb.install(), "/ferretdb", '\nENTRYPOINT ["/ferretdb"]'),
+        "minio": (minio.install(), "/usr/bin/minio", ""),
+    }
+    for name, (binary, path, entrypoint) in servers.items():
+        dockerfile = f"FROM {debian}\n{kind.PATH_ENV}COPY {binary.name} {path}{entrypoint}\n"
+        kind.build_image(docker, [named[name]], dockerfile, {binary.name: binary})
+        kind_cluster.load_docker_image(named[name])
+    return named
 
 
 def kubectl_json(cluster: KindCluster, *args: str) -> Any:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
 import subprocess
 import time
 import uuid
@@ -28,7 +31,8 @@ from pytest_kind import KindCluster  # type: ignore[import-untyped]
 
 from putplace_client import PutPlaceClient
 from putplace_client.errors import RateLimited
-from tests.e2e.conftest import PUBLISHED, ROOT, kubectl_json, node_exec, nodes
+from tests.e2e.conftest import EXAMPLES, PUBLISHED, ROOT, kubectl_json, node_exec, nodes
+from tests.servers import images, kind
 from tests.servers.base import free_ports
 from tests.servers.docker import DockerEngine
 from tests.waiting import wait_until
@@ -65,12 +69,16 @@ def _ready_pods(cluster: KindCluster, namespace: str, selector: str) -> list[dic
     ]
 
 
+def _create_namespace(cluster: KindCluster, name: str, level: str) -> None:
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, f"pod-security.kubernetes.io/enforce={level}")
+
+
 @pytest.fixture(scope="module")
 def release(kind_cluster: KindCluster, helm: Path) -> Iterator[KindCluster]:
     """The chart installed as the README says, with the images built from this checkout."""
     for namespace, level in ((SYSTEM, "restricted"), (NS, "privileged")):
-        kind_cluster.kubectl("create", "namespace", namespace)
-        kind_cluster.kubectl("label", "namespace", namespace, f"pod-security.kubernetes.io/enforce={level}")
+        _create_namespace(kind_cluster, namespace, level)
     repository, tag = PUBLISHED["operator"].rsplit(":", 1)
     _helm(
         helm, kind_cluster, "install", RELEASE, str(ROOT / "charts" / "putplace"), "-n", SYSTEM,
@@ -81,22 +89,20 @@ def release(kind_cluster: KindCluster, helm: Path) -> Iterator[KindCluster]:
 
 
 class Api:
-    """The instance's API through `kubectl port-forward svc/putplace-api`, as the README does."""
+    """An instance's API through `kubectl port-forward svc/<instance>-api`, as the README does."""
 
-    def __init__(self, cluster: KindCluster, log: Path) -> None:
+    def __init__(self, cluster: KindCluster, log: Path, namespace: str = NS, service: str = "putplace-api") -> None:
         self.cluster = cluster
+        self.namespace, self.service = namespace, service
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log
         self._forward: subprocess.Popen[bytes] | None = None
 
     def _start(self) -> None:
-        with self._log.open("ab") as out:
-            self._forward = subprocess.Popen(
-                [str(self.cluster.kubectl_path), "--kubeconfig", str(self.cluster.kubeconfig_path), "-n", NS,
-                 "port-forward", "svc/putplace-api", f"{self.port}:80"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+        self._forward = _kubectl_port_forward(
+            self.cluster, self.namespace, f"svc/{self.service}", self.port, 80, self._log
+        )
 
     def _answers(self) -> bool:
         try:
@@ -155,13 +161,37 @@ def api(release: KindCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     forward.stop()
 
 
-def _secret_exists(cluster: KindCluster, name: str) -> bool:
-    return bool(cluster.kubectl("get", "secret", name, "-n", NS, "--ignore-not-found", "-o", "name").strip())
+def _secret_exists(cluster: KindCluster, name: str, namespace: str = NS) -> bool:
+    return bool(cluster.kubectl("get", "secret", name, "-n", namespace, "--ignore-not-found", "-o", "name").strip())
 
 
-def _secret_key(cluster: KindCluster, name: str) -> str:
-    data = kubectl_json(cluster, "get", "secret", name, "-n", NS)["data"]
+def _secret_key(cluster: KindCluster, name: str, namespace: str = NS) -> str:
+    data = kubectl_json(cluster, "get", "secret", name, "-n", namespace)["data"]
     return base64.b64decode(data["api-key"]).decode()
+
+
+def _kubectl_port_forward(
+    cluster: KindCluster, namespace: str, target: str, port: int, remote: int, log: Path
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(cluster.kubectl_path), "--kubeconfig", str(cluster.kubeconfig_path), "-n", namespace,
+             "port-forward", target, f"{port}:{remote}"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _port_forward(cluster: KindCluster, namespace: str, target: str, remote: int, log: Path) -> Iterator[int]:
+    """`kubectl port-forward` to ``target`` for the block; yields the local port (callers retry
+    their first request: the tunnel to the pod opens with the first connection)."""
+    (port,) = free_ports(1)
+    forward = _kubectl_port_forward(cluster, namespace, target, port, remote, log)
+    try:
+        yield port
+    finally:
+        forward.terminate()
+        forward.wait(10)
 
 
 # --------------------------------------------------------------------------- 1. the chart
@@ -200,18 +230,24 @@ def _schedulable(cluster: KindCluster) -> list[str]:
     ]
 
 
+def _instance_ready(cluster: KindCluster, namespace: str, name: str, agents: int) -> dict[str, Any] | None:
+    """The PutPlaceInstance once its status says Ready with ``agents`` agents ready."""
+    ppi = kubectl_json(cluster, "get", "ppi", name, "-n", namespace)
+    status = ppi.get("status", {})
+    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    return ppi if conditions.get("Ready") == "True" and status.get("agentsReady") == agents else None
+
+
 def test_the_minimal_instance_becomes_ready_through_real_probes(release: KindCluster) -> None:
     release.kubectl("apply", "-n", NS, "-f", str(ROOT / "crds" / "examples" / "minimal.yaml"))
     count = len(_schedulable(release))
     assert count >= 1 and len(nodes(release)) == 2
 
-    def ready() -> dict[str, Any] | None:
-        ppi = kubectl_json(release, "get", "ppi", "putplace", "-n", NS)
-        status = ppi.get("status", {})
-        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-        return ppi if conditions.get("Ready") == "True" and status.get("agentsReady") == count else None
-
-    wait_until(ready, timeout=POD_READY * 2, what="the PutPlaceInstance Ready with an agent on every node")
+    wait_until(
+        partial(_instance_ready, release, NS, "putplace", count),
+        timeout=POD_READY * 2,
+        what="the PutPlaceInstance Ready with an agent on every node",
+    )
     (pod,) = _ready_pods(release, NS, "app.kubernetes.io/component=api")
     (container,) = pod["spec"]["containers"]
     assert container["image"] == PUBLISHED["api"]
@@ -344,6 +380,104 @@ def test_a_killed_operator_pod_comes_back_and_converges(release: KindCluster, ap
     assert api.call(_secret_key(release, "after-restart-key"), "stats").files >= 1
 
 
+# --------------------------------------------------------------------------- 6. production
+
+
+STORAGE = "storage"  # production-backends.yaml's namespace (its header), restricted Pod Security
+PROD = "putplace-prod"  # the production instance's: privileged, for its agents
+PROD_WATCHED = "/var/log/putplace-e2e-prod"  # under production.yaml's agent path /var/log
+BUCKET, PREFIX = "putplace-contents", "prod/"  # production.yaml's storage.s3
+
+
+def test_the_production_example_runs_on_ferretdb_and_minio_pods(
+    release: KindCluster, backend_images: dict[str, str], docker: DockerEngine, tmp_path: Path
+) -> None:
+    """production.yaml as its header says, on production-backends.yaml's FerretDB and MinIO:
+    three API pods, agents on both nodes (the example tolerates the control plane), each node's
+    files catalogued in FerretDB and their contents stored once in MinIO under the prefix."""
+    password = secrets.token_hex(16)
+    _create_namespace(release, STORAGE, "restricted")
+    release.kubectl("create", "secret", "generic", "minio-root", "-n", STORAGE,
+                    "--from-literal=user=putplace", f"--from-literal=password={password}")  # fmt: skip
+    release.kubectl("apply", "-n", STORAGE, "-f", str(EXAMPLES / "production-backends.yaml"))
+    _create_namespace(release, PROD, "privileged")
+    release.kubectl("create", "secret", "generic", "putplace-mongodb", "-n", PROD,
+                    "--from-literal=uri=mongodb://mongodb.storage.svc:27017/putplace")  # fmt: skip
+    release.kubectl("create", "secret", "generic", "putplace-s3", "-n", PROD,
+                    "--from-literal=accessKeyId=putplace", f"--from-literal=secretAccessKey={password}")  # fmt: skip
+    release.kubectl("apply", "-n", PROD, "-f", str(EXAMPLES / "production.yaml"))
+    for name, image in backend_images.items():  # the backends pass restricted Pod Security, as written
+        selector = f"app.kubernetes.io/name={name}"
+        (pod,) = wait_until(partial(_ready_pods, release, STORAGE, selector), timeout=POD_READY, what=name)
+        assert pod["spec"]["containers"][0]["image"] == image
+    everywhere = nodes(release)
+    ppi = wait_until(
+        partial(_instance_ready, release, PROD, "putplace-prod", len(everywhere)),
+        timeout=POD_READY * 2,
+        what="the production instance Ready with an agent on every node",
+    )
+    assert ppi["status"]["readyReplicas"] == 3
+    apis = _ready_pods(release, PROD, "app.kubernetes.io/component=api")
+    assert len(apis) == 3 and all(p["spec"]["containers"][0]["image"] == PUBLISHED["api"] for p in apis)
+
+    contents = {node: f"notes of {node}, {uuid.uuid4()}\n".encode() for node in everywhere}
+    for node, content in contents.items():
+        node_exec(
+            docker, node, f"mkdir -p {PROD_WATCHED} && printf '%s' '{content.decode()}' > {PROD_WATCHED}/notes.txt"
+        )
+    path = f"{PROD_WATCHED}/notes.txt"
+    api = Api(release, tmp_path / "port-forward.log", namespace=PROD, service="putplace-prod-api")
+    try:
+        api.ensure()
+        admin = _secret_key(release, "putplace-prod-admin-key", PROD)
+
+        def catalogued(node: str, sha: str) -> bool:
+            return api.records(admin, node, PROD_WATCHED).get(path) == sha
+
+        for node, content in contents.items():
+            sha = hashlib.sha256(content).hexdigest()
+            wait_until(partial(catalogued, node, sha), timeout=120, what=f"{path} of {node}")
+            assert api.call(admin, "download", sha) == content
+    finally:
+        api.stop()
+
+    # where the example says: the records in FerretDB's database putplace, the contents in MinIO
+    import boto3
+    import pymongo
+
+    with _port_forward(release, STORAGE, "svc/mongodb", 27017, tmp_path / "mongodb.log") as port:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            f"mongodb://127.0.0.1:{port}/", directConnection=True, serverSelectionTimeoutMS=5000
+        )
+
+        def records() -> dict[str, str] | None:
+            try:
+                return {d["hostname"]: d["sha256"] for d in client["putplace"]["files"].find({"filepath": path})}
+            except pymongo.errors.PyMongoError:  # the tunnel opening
+                return None
+
+        try:
+            found = wait_until(records, timeout=60, what="FerretDB through kubectl port-forward")
+        finally:
+            client.close()
+    assert found == {node: hashlib.sha256(content).hexdigest() for node, content in contents.items()}
+    with _port_forward(release, STORAGE, "svc/minio", 9000, tmp_path / "minio.log") as port:
+        s3 = boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="putplace",
+            aws_secret_access_key=password, region_name="us-east-1",
+        )  # fmt: skip
+
+        def stored(sha: str) -> bytes | None:
+            try:
+                return bytes(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}{sha[:2]}/{sha}")["Body"].read())
+            except Exception:  # noqa: BLE001 - the tunnel opening, or not there (yet)
+                return None
+
+        for content in contents.values():
+            sha = hashlib.sha256(content).hexdigest()
+            assert wait_until(partial(stored, sha), timeout=60, what=f"{sha} in MinIO") == content
+
+
 # --------------------------------------------------------------------------- 7. upgrade, uninstall
 
 
@@ -371,14 +505,15 @@ def test_helm_uninstall_lets_every_instance_and_key_go_and_leaves_nothing_stuck(
 ) -> None:
     assert kubectl_json(release, "get", "apikeys", "-n", NS)["items"]  # there is something to let go
     _helm(helm, release, "uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout", f"{int(POD_READY)}s")
-    for kind in ("putplaceinstances", "apikeys"):
-        assert kubectl_json(release, "get", kind, "-A")["items"] == [], kind
+    for resource in ("putplaceinstances", "apikeys"):
+        assert kubectl_json(release, "get", resource, "-A")["items"] == [], resource
     # nothing the operator made is left in the instance's namespace, nothing of the release in its own
-    wait_until(
-        lambda: not kubectl_json(release, "get", "deployments,daemonsets,services,secrets", "-n", NS, "-l",
-                                 "app.kubernetes.io/managed-by=putplace-operator")["items"],
-        timeout=POD_READY, what="the instance's children gone",
-    )  # fmt: skip
+    for namespace in (NS, PROD):
+        wait_until(
+            lambda: not kubectl_json(release, "get", "deployments,daemonsets,services,secrets", "-n", namespace,  # noqa: B023
+                                     "-l", "app.kubernetes.io/managed-by=putplace-operator")["items"],
+            timeout=POD_READY, what=f"the children of the instance in {namespace} gone",
+        )  # fmt: skip
 
     def left_in_system() -> list[str]:
         found = kubectl_json(release, "get", "all,serviceaccounts,roles,rolebindings,jobs", "-n", SYSTEM)["items"]
@@ -390,3 +525,63 @@ def test_helm_uninstall_lets_every_instance_and_key_go_and_leaves_nothing_stuck(
         release, "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}"
     )
     assert bindings["items"] == []
+
+
+# --------------------------------------------------------------------------- 8. skaffold
+
+
+def test_skaffold_builds_the_images_and_runs_the_chart_on_kind(
+    release: KindCluster, skaffold: Path, helm: Path, docker: DockerEngine, tmp_path: Path
+) -> None:
+    """The project's skaffold.yaml, as the README's `skaffold dev` uses it, on a cluster the
+    release has left: `skaffold build` builds the three targets, `skaffold run` loads them into
+    the nodes (the kind profile, on by itself for the kind-* context) and installs the chart with
+    an instance that runs them, `skaffold delete` takes it all away again."""
+    # No registry here: the Dockerfile's default base is the tests' Debian Python under that name.
+    (base,) = re.findall(r"^ARG PYTHON=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    docker.docker("tag", images.python_image(docker), base)
+    # As on a cluster skaffold meets first: its release namespace does not exist yet.
+    release.kubectl("delete", "namespace", SYSTEM, "--ignore-not-found", "--wait=true")
+    tools = [kind.binary(), Path(release.kubectl_path), helm]
+    env = {
+        **os.environ, **docker.env(), "KUBECONFIG": str(release.kubeconfig_path),
+        "PATH": os.pathsep.join([*(str(t.parent) for t in tools), os.environ["PATH"]]),
+        "SKAFFOLD_UPDATE_CHECK": "false", "SKAFFOLD_INTERACTIVE": "false",
+        "SKAFFOLD_CACHE_FILE": str(tmp_path / "skaffold-cache"),  # not the user's ~/.skaffold
+    }  # fmt: skip
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [str(skaffold), *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"skaffold {args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
+
+    built_file = tmp_path / "build.json"
+    run("build", "--file-output", str(built_file))
+    built = {b["imageName"]: b["tag"] for b in json.loads(built_file.read_text())["builds"]}
+    assert sorted(built) == sorted(ref.rsplit(":", 1)[0] for ref in PUBLISHED.values()), built
+    for tag in built.values():  # the engine holds each, as the target's non-root user
+        assert docker.docker("image", "inspect", "--format", "{{.Config.User}}", tag).stdout.strip() == "65532"
+
+    run("run", "--build-artifacts", str(built_file), "--status-check=true")  # the tags run only if loaded
+    repository = {target: ref.rsplit(":", 1)[0] for target, ref in PUBLISHED.items()}
+    (operator,) = wait_until(partial(_ready_pods, release, SYSTEM, OPERATOR), timeout=POD_READY, what="the operator")
+    assert operator["spec"]["containers"][0]["image"] == built[repository["operator"]]
+    everywhere = len(_schedulable(release))  # the chart's instance: the empty spec, agents off the control plane
+    wait_until(
+        partial(_instance_ready, release, SYSTEM, "putplace", everywhere),
+        timeout=POD_READY * 2,
+        what="skaffold's instance Ready with an agent on every node",
+    )
+    for component, target in (("api", "api"), ("agent", "agent")):
+        pods = _ready_pods(release, SYSTEM, f"app.kubernetes.io/component={component}")
+        assert pods and all(p["spec"]["containers"][0]["image"] == built[repository[target]] for p in pods), pods
+
+    run("delete")
+    wait_until(
+        lambda: not kubectl_json(release, "get", "deployments,daemonsets", "-n", SYSTEM)["items"],
+        timeout=POD_READY,
+        what="skaffold delete to leave nothing",
+    )

@@ -1,6 +1,6 @@
 """Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3),
 a Kubernetes control plane with kwok fake nodes (kube), and a Docker engine (docker) with the
-project's images built on it (images); and the real command-line tools the tests drive (helm, and
+project's images built on it (images); and the real command-line tools the tests drive (helm, skaffold, and
 Prometheus, which tests start with their own config), installed and cached the same way.
 
 One mechanism, three entry points:
@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import docker, ferretdb, helm, images, kind, kube, minio, postgres, prometheus, seaweedfs
+from . import docker, ferretdb, helm, images, kind, kube, minio, postgres, prometheus, seaweedfs, skaffold
 from .base import Server, ServerError, cache_dir
 from .docker import DockerEngine
 from .kube import KubeCluster
@@ -61,6 +61,7 @@ TOOLS: dict[str, ToolModule] = {
     "postgres": cast(ToolModule, postgres),  # what FerretDB runs on for the soak benchmark
     "images": cast(ToolModule, images),  # base + project images, built on the engine (after docker)
     "kind": cast(ToolModule, kind),  # the kind CLI and node image (after kube and images)
+    "skaffold": cast(ToolModule, skaffold),  # what the e2e suite runs skaffold.yaml with
 }
 INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS}
 

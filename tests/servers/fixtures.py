@@ -5,7 +5,7 @@
   ``client()`` (boto3) and ``create_bucket(prefix)`` for a fresh, uniquely named bucket.
 - ``kube`` (``KubeCluster``): a Kubernetes control plane with two kwok fake nodes: kubeconfig,
   server, plus ``kubectl(...)``, ``apply(*objects)``, ``get(...)`` and ``env()``.
-- ``helm`` (Path): the helm binary.
+- ``helm`` / ``skaffold`` (Path): the helm and skaffold binaries.
 - ``docker`` (``DockerEngine``): a Docker engine on ``unix:///run/putplace/docker.sock``:
   ``host``, ``env()`` (DOCKER_HOST for a subprocess) and ``docker(*args)``; one already
   answering on that socket is reused and left running.
@@ -133,6 +133,13 @@ def helm(request: pytest.FixtureRequest) -> Path:
     """The helm command line (built once into the cache)."""
     _install(request, "helm")
     return INSTALLABLE["helm"].binary()
+
+
+@pytest.fixture(scope="session")
+def skaffold(request: pytest.FixtureRequest) -> Path:
+    """The skaffold command line (built once into the cache)."""
+    _install(request, "skaffold")
+    return INSTALLABLE["skaffold"].binary()
 
 
 @pytest.fixture(scope="session")
