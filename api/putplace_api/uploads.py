@@ -56,8 +56,11 @@ async def receive_content(
         metrics.UPLOADS.labels("not_announced").inc()
         raise NotFound(f"No metadata announced for SHA256 {sha256}; call /put_file first")
     if content.stored:
+        # Nothing to store, but the bytes are still checked: a client must learn that it sent
+        # the wrong ones, whether or not the server already holds the right ones.
+        size = await _verify_only(sha256, chunks, content.size)
         metrics.UPLOADS.labels("already_stored").inc()
-        return UploadResult(sha256, content.size, True, content.mime_type)
+        return UploadResult(sha256, size, True, content.mime_type)
     if max_bytes is not None and content.size > max_bytes:
         metrics.UPLOADS.labels("too_large").inc()
         raise PayloadTooLarge(f"Content of {content.size} bytes exceeds the upload limit of {max_bytes} bytes")
@@ -119,6 +122,32 @@ async def receive_content(
     return UploadResult(sha256, size, False, mime)
 
 
+async def _verify_only(sha256: str, chunks: AsyncIterator[bytes], expected_size: int) -> int:
+    """Hash an upload of content already stored, storing nothing; its size, or BadRequest for
+    bytes that are not that content (refused as soon as the body outgrows it)."""
+    digest = hashlib.sha256()
+    size = 0
+    pieces: list[bytes] = []
+    gathered = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > expected_size:
+            break
+        pieces.append(chunk)
+        gathered += len(chunk)
+        if gathered >= WRITE_BLOCK:
+            await anyio.to_thread.run_sync(digest.update, b"".join(pieces))
+            pieces, gathered = [], 0
+    if pieces:
+        await anyio.to_thread.run_sync(digest.update, b"".join(pieces))
+    calculated = digest.hexdigest()
+    if size != expected_size or calculated != sha256:
+        metrics.UPLOADS.labels("hash_mismatch").inc()
+        shown = calculated if size <= expected_size else f"more than the {expected_size} bytes stored"
+        raise BadRequest(f"File content SHA256 ({shown}) does not match provided hash ({sha256})")
+    return size
+
+
 def _first_error(group: BaseExceptionGroup) -> BaseException:
     """The error that stopped the pipeline, unwrapped from anyio's exception group, so that
     a PutPlaceError still becomes its 4xx/503 answer."""
@@ -154,6 +183,7 @@ async def receive_batch(
     known = await store.contents({name for name, _ in parts if is_sha256(name)})
     outcome: dict[str, UploadStatus] = {}
     candidates: list[tuple[str, bytes]] = []
+    stored: list[tuple[str, bytes]] = []
     for name, data in parts:
         if name in outcome:
             continue  # a repeated part is answered like its first occurrence
@@ -163,7 +193,8 @@ async def receive_batch(
         elif row is None:
             outcome[name] = UploadStatus.NOT_ANNOUNCED
         elif row.stored:
-            outcome[name] = UploadStatus.EXISTS
+            outcome[name] = UploadStatus.EXISTS  # unless its bytes are not that content (below)
+            stored.append((name, data))
         elif max_bytes is not None and len(data) > max_bytes:
             outcome[name] = UploadStatus.TOO_LARGE
         else:
@@ -171,6 +202,9 @@ async def receive_batch(
             candidates.append((name, data))
 
     def verify() -> list[tuple[str, bytes, str | None]]:
+        for name, data in stored:
+            if hashlib.sha256(data).hexdigest() != name:
+                outcome[name] = UploadStatus.MISMATCH
         good = []
         for name, data in candidates:
             if hashlib.sha256(data).hexdigest() != name:

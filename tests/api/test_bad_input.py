@@ -107,6 +107,29 @@ def test_hash_mismatch_stores_nothing(api: Api) -> None:
     assert _objects(api) == [] and _temps(api) == []
 
 
+def test_wrong_bytes_for_content_already_stored_are_refused_and_change_nothing(backend_api: Api) -> None:
+    """A client that sends the wrong bytes learns it, whether or not the server holds the right
+    ones: the same 400 as for content not yet stored (the original PutPlace server's answer)."""
+    data = b"the stored content"
+    body = meta(data)
+    with backend_api.http() as c:
+        c.post("/put_file", json=body)
+        assert c.post(f"/upload_file/{body['sha256']}", files={"file": ("f", data)}).status_code == 200
+        for wrong in (b"the stored contenT", b"the stored", data + b" and more", b""):
+            r = c.post(
+                f"/upload_file/{body['sha256']}", content=wrong, headers={"content-type": "application/octet-stream"}
+            )
+            assert r.status_code == 400, (wrong, r.text)
+            assert r.json()["detail"].endswith(f"does not match provided hash ({body['sha256']})"), r.json()
+        same_length = c.post(f"/upload_file/{body['sha256']}", files={"file": ("f", b"the stored contenT")})
+        assert same_length.json()["detail"] == (
+            f"File content SHA256 ({sha(b'the stored contenT')}) does not match provided hash ({body['sha256']})"
+        )
+        assert c.get(f"/content/{body['sha256']}").content == data  # the stored content is untouched
+        again = c.post(f"/upload_file/{body['sha256']}", files={"file": ("f", data)})
+        assert again.status_code == 200 and again.json()["size"] == str(len(data))
+
+
 def test_upload_of_a_sha_never_announced_is_404_and_stores_nothing(api: Api) -> None:
     data = b"never announced"
     with api.http() as c:

@@ -53,8 +53,11 @@ def test_each_part_is_judged_on_its_own(backend_api: Api) -> None:
         assert c.get(f"/content/{sha(corrupt)}").status_code == 404
         assert c.get(f"/get_file/{sha(corrupt)}").json()["has_file_content"] is False
         assert c.get(f"/get_file/{sha(good)}").json()["has_file_content"] is True
-    again = upload(backend_api, [(sha(good), good)]).json()["files"]
-    assert again[0]["status"] == "exists"
+    again = upload(backend_api, [(sha(good), good), (sha(other), b"not empty")]).json()["files"]
+    # stored already: the right bytes exist, the wrong ones are a mismatch all the same
+    assert [(f["status"], f["size"]) for f in again] == [("exists", 5000), ("mismatch", 9)]
+    with backend_api.http() as c:
+        assert c.get(f"/content/{sha(other)}").content == b""
 
 
 def test_limits_of_the_server_apply_per_part(start_api: Callable[..., Api]) -> None:
