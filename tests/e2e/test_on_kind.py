@@ -535,6 +535,29 @@ def test_helm_uninstall_lets_every_instance_and_key_go_and_leaves_nothing_stuck(
 # --------------------------------------------------------------------------- 8. skaffold
 
 
+@pytest.fixture
+def engine_as_found(docker: DockerEngine) -> Iterator[None]:
+    """Take out of the engine what the test adds: skaffold builds through the engine's API,
+    which keeps every intermediate container (about ten a build), and tags each build by commit,
+    so the cached data root would grow with every run."""
+
+    def containers() -> set[str]:
+        return set(docker.docker("ps", "--all", "--quiet", "--no-trunc").stdout.split())
+
+    def refs() -> set[str]:
+        listed = docker.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        return {ref for ref in listed if "<none>" not in ref}
+
+    containers_before, refs_before = containers(), refs()
+    yield
+    if added := containers() - containers_before:
+        docker.docker("rm", "--force", *added, check=False)
+    if added := refs() - refs_before:
+        docker.docker("image", "rm", *added, check=False)
+    images.prune_dangling(docker)
+
+
+@pytest.mark.usefixtures("engine_as_found")
 def test_skaffold_builds_the_images_and_runs_the_chart_on_kind(
     release: KindCluster, skaffold: Path, helm: Path, docker: DockerEngine, tmp_path: Path
 ) -> None:

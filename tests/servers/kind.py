@@ -347,10 +347,7 @@ def node_image(engine: DockerEngine, debian: str) -> str:
         if result.returncode != 0:
             raise ServerError(f"kind build node-image failed (log {log}): {(result.stdout + result.stderr)[-800:]}")
     progress(f"built the kind node image in {time.monotonic() - started:.0f} s")
-    # An older node image (1.4 GB each) is dead weight in the cache once its inputs changed.
-    listed = engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", NODE_REPOSITORY).stdout.split()
-    for stale in (tag for tag in listed if tag != node_tag):
-        engine.docker("image", "rm", stale, check=False)
+    images.drop_stale(engine, NODE_REPOSITORY, keep=node_tag)  # an older node image is 1.4 GB
     return node_tag
 
 
