@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from . import docker
@@ -233,17 +234,21 @@ def project_images(engine: DockerEngine, targets: tuple[str, ...] = TARGETS) -> 
             record(refs[target], time.monotonic() - started, engine)
             size = size_bytes(engine, refs[target]) / 1e6
             progress(f"built {refs[target]} in {time.monotonic() - started:.0f} s ({size:.0f} MB)")
-    for ref in refs.values():
-        drop_stale(engine, ref.rsplit(":", 1)[0], keep=ref)
+    drop_stale(engine, refs.values())
     return refs
 
 
-def drop_stale(engine: DockerEngine, repository: str, keep: str) -> None:
-    """Untag every ``repository:*`` but ``keep``, then drop the images no tag needs any more:
-    the engine's data root is a cache that would otherwise grow with every change of inputs
-    (each set of project images leaves ~800 MB and its ~470 MB build stage behind)."""
-    listed = engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.split()
-    stale = [ref for ref in listed if ref != keep]
+def drop_stale(engine: DockerEngine, keep: Iterable[str]) -> None:
+    """Untag every other tag of the repositories of ``keep``, then drop the images no tag needs
+    any more: the engine's data root is a cache that would otherwise grow with every change of
+    inputs (each set of project images leaves ~800 MB and its ~470 MB build stage behind)."""
+    kept = set(keep)
+    stale = [
+        ref
+        for repository in sorted({ref.rsplit(":", 1)[0] for ref in kept})
+        for ref in engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.split()
+        if ref not in kept
+    ]
     if stale:
         engine.docker("image", "rm", *stale, check=False)
     prune_dangling(engine)

@@ -347,7 +347,7 @@ def node_image(engine: DockerEngine, debian: str) -> str:
         if result.returncode != 0:
             raise ServerError(f"kind build node-image failed (log {log}): {(result.stdout + result.stderr)[-800:]}")
     progress(f"built the kind node image in {time.monotonic() - started:.0f} s")
-    images.drop_stale(engine, NODE_REPOSITORY, keep=node_tag)  # an older node image is 1.4 GB
+    images.drop_stale(engine, [node_tag])  # an older node image is 1.4 GB
     return node_tag
 
 
