@@ -65,6 +65,7 @@ def test_minimal_instance(crds: KubeCluster, namespace: str) -> None:
     deployment = kinds[f"Deployment/{i.api_name}"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # a ReadWriteOnce claim cannot be shared
+    assert "topologySpreadConstraints" not in deployment["spec"]["template"]["spec"]  # one pod: nothing to spread
     config = kinds[f"ConfigMap/{i.api_name}"]["data"]
     assert config["PUTPLACE_DATABASE_URL"] == "sqlite:////data/db/putplace.db"
     assert config["PUTPLACE_STORAGE_URL"] == "file:///data/content"
@@ -77,6 +78,11 @@ def test_production_instance(crds: KubeCluster, namespace: str) -> None:
     assert f"ApiKey/{i.name}-metrics" in kinds and kinds[f"ApiKey/{i.name}-metrics"]["spec"]["scopes"] == ["metrics"]
     assert not any(k.startswith("PersistentVolumeClaim/") for k in kinds)
     pod = kinds[f"Deployment/{i.api_name}"]["spec"]["template"]["spec"]
+    (spread,) = pod["topologySpreadConstraints"]  # replicas on different nodes where possible
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == ("kubernetes.io/hostname", "ScheduleAnyway")
+    assert (
+        spread["labelSelector"]["matchLabels"] == kinds[f"Deployment/{i.api_name}"]["spec"]["selector"]["matchLabels"]
+    )
     env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in pod["containers"][0]["env"]}
     assert env["PUTPLACE_DATABASE_URL"] == {"name": "putplace-mongodb", "key": "uri"}
     assert env["PUTPLACE_S3_SECRET_ACCESS_KEY"] == {"name": "putplace-s3", "key": "secretAccessKey"}

@@ -207,9 +207,31 @@ def deployment(i: Instance) -> Manifest:
                     "securityContext": pod_security(),
                     "containers": [container],
                     "volumes": volumes,
+                    **_spread(i),
                 },
             },
         },
+    }
+
+
+def _spread(i: Instance) -> dict[str, Any]:
+    """Replicas on different nodes where the scheduler can, so one node's loss is not an outage.
+
+    Soft (ScheduleAnyway): a cluster with fewer schedulable nodes than replicas still runs them
+    all. ``pod-template-hash`` keeps a rolling update's new pods from counting the old ones.
+    """
+    if i.spec.get("replicas", 1) <= 1:
+        return {}
+    return {
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(i, COMPONENT)},
+                "matchLabelKeys": ["pod-template-hash"],
+            }
+        ]
     }
 
 
