@@ -410,9 +410,8 @@ def test_sigterm_during_an_upload_then_a_restart_finishes_it_without_rehashing(
     assert agent.counter("putplace_agent_files_uploaded_total") == 0
     assert not content_stored(big_api, ZEROS_3_GIB)
 
-    started = time.monotonic()
     assert agent.stop() == 0
-    assert time.monotonic() - started < 5
+    # Stopped at the 1 s drain, not after the 3 GiB upload (no clock here: a busy machine is slow).
     assert not content_stored(big_api, ZEROS_3_GIB)  # the upload was cut short: nothing stored
     wait_until(lambda: not list(temps.glob(ZEROS_3_GIB + ".*")), 5, "the server to drop the partial upload")
     assert any("still pending" in r["message"] for r in log_records(agent))

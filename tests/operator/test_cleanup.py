@@ -6,7 +6,6 @@ instead of waiting forever."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,9 +106,8 @@ def test_without_the_operator_cleanup_fails_at_its_deadline_with_one_line(
     instance_with_keys(crds, namespace)
     operator.stop()  # the instance and the users' keys keep its finalizer; the agents' key has none
     try:
-        started = time.monotonic()
+        # Ends at its own deadline (the last line says so), not the harness's (timeout + 60 s).
         r = cleanup(cleanup_kubeconfig, namespace, timeout=5)
-        assert time.monotonic() - started < 30
         assert r.returncode == 1, r.stderr
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("putplace-operator cleanup: 3 objects still there after 5 s: "), last
