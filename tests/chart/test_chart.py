@@ -164,7 +164,7 @@ def test_monitoring_renders_where_its_api_exists(helm: Path) -> None:
 def monitoring_served(crds: KubeCluster) -> Iterator[KubeCluster]:
     crds.apply(*MONITORING_CRDS)
     names = [c["metadata"]["name"] for c in MONITORING_CRDS]
-    crds.kubectl("wait", "--for=condition=Established", *(f"crd/{n}" for n in names), "--timeout=60s")
+    crds.wait_established(*names)
     yield crds
     crds.kubectl("delete", "crd", *names, "--timeout=60s")  # gone before the next test makes them again
 

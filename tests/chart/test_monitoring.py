@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -20,22 +21,27 @@ import yaml  # type: ignore[import-untyped]
 from tests.agent.conftest import Agent
 from tests.api.conftest import ADMIN_KEY
 from tests.chart.conftest import CHART, find, render
+from tests.chart.dashboard_pictures import PICTURES_ENV, draw_dashboards
 from tests.operator.conftest import OperatorProcess, admin_secret, condition
 from tests.processes import ApiProcess
 from tests.servers import KubeCluster
 from tests.servers.prometheus import Target, promtool, run
 from tests.waiting import wait_until
 
-WINDOW = "30s"  # stands for Grafana's $__rate_interval
+DASHBOARDS = sorted((CHART / "files" / "dashboards").glob("*.json"))
+# Grafana's variables as the test fills them: 30 s stands for $__rate_interval, every namespace.
+FILL = {"$__rate_interval": "30s", "$namespace": ".*"}
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
     """(dashboard, panel, PromQL) of every target of every dashboard, variables filled in."""
     out = []
-    for path in sorted((CHART / "files" / "dashboards").glob("*.json")):
+    for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel["targets"]:
-                expr = target["expr"].replace("$__rate_interval", WINDOW).replace("$namespace", ".*")
+                expr = target["expr"]
+                for variable, value in FILL.items():
+                    expr = expr.replace(variable, value)
                 out.append((path.stem, panel["title"], expr))
     return out
 
@@ -47,25 +53,33 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 
 
 def workload(api: ApiProcess, tree: Path) -> None:
-    """What makes every panel move: files (some duplicated) for the agent, a key that keeps
-    hitting its rate limit, an upload whose bytes do not match what was announced."""
-    for n in range(30):
-        (tree / f"f{n}.txt").write_text(f"content {n % 10}\n" * (n + 1))
+    """What makes every panel move, spread over several scrapes (a counter born with its first
+    jump shows no increase()): files for the agent in three waves, the later two repeating the
+    first one's contents (deduplicated), a key that keeps hitting its rate limit, and uploads
+    whose bytes do not match what was announced."""
     with api.http() as admin:
         noisy = admin.post("/api_keys", json={"name": "noisy", "scopes": ["read"], "rate_limit": 1,
                                               "rate_limit_burst": 1}).json()["api_key"]  # fmt: skip
-        for _ in range(12):  # over several scrapes: a counter that only jumps once shows no increase()
+        for tick in range(12):
+            if tick % 4 == 0:
+                for n in range(10):
+                    (tree / f"wave{tick // 4}-{n}.txt").write_text(f"content {n}\n" * (n + 1))
+            if tick % 6 == 0:
+                mismatch(admin, f"/announced-{tick}")
             httpx.get(api.url + "/files", headers={"X-API-Key": noisy}, timeout=5)
-            time.sleep(0.3)
-        sha = hashlib.sha256(b"announced").hexdigest()
-        meta = {"filepath": "/m", "hostname": "h", "ip_address": "127.0.0.1", "sha256": sha, "file_size": 9,
-                "file_mode": 33188, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0, "file_atime": 1.0,
-                "file_ctime": 1.0}  # fmt: skip
-        assert admin.post("/put_file", json=meta).status_code == 201
-        refused = admin.post(
-            f"/upload_file/{sha}", content=b"different", headers={"Content-Type": "application/octet-stream"}
-        )
-        assert refused.status_code == 400
+            time.sleep(0.5)
+
+
+def mismatch(admin: httpx.Client, path: str) -> None:
+    sha = hashlib.sha256(path.encode()).hexdigest()
+    meta = {"filepath": path, "hostname": "h", "ip_address": "127.0.0.1", "sha256": sha, "file_size": 9,
+            "file_mode": 33188, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0, "file_atime": 1.0,
+            "file_ctime": 1.0}  # fmt: skip
+    assert admin.post("/put_file", json=meta).status_code == 201
+    refused = admin.post(
+        f"/upload_file/{sha}", content=b"different", headers={"Content-Type": "application/octet-stream"}
+    )
+    assert refused.status_code == 400
 
 
 def test_alerts_and_dashboards_against_real_scraped_data(
@@ -109,6 +123,7 @@ def test_alerts_and_dashboards_against_real_scraped_data(
         ]
         (tmp_path / "prom").mkdir()
         prometheus, url = run(tmp_path / "prom", targets, [rules])
+        started = time.time()
         wait_until(lambda: len([s for s in query(url, "up == 1")]) == 3, 30, "all three targets up")
         wait_until(
             lambda: condition(crds.get("apikey", "k", "-n", ns), "Ready") == ("True", "KeyIssued"), 30, "the key Ready"
@@ -125,6 +140,11 @@ def test_alerts_and_dashboards_against_real_scraped_data(
         # Every panel shows data.
         empty = [(board, panel, expr) for board, panel, expr in dashboard_queries() if not query(url, expr)]
         assert empty == [], "panels without data:\n" + "\n".join(map(str, empty))
+        # ... and over time: each dashboard drawn from query_range (not by Grafana: see dashboard_pictures).
+        pictures = Path(os.environ.get(PICTURES_ENV) or tmp_path / "pictures")
+        drawn = draw_dashboards(DASHBOARDS, url, started, time.time(), pictures, FILL)
+        assert drawn == {pictures / f"{d.stem}.png": [] for d in DASHBOARDS}, "panels drawn without data"
+        assert all(picture.stat().st_size > 20_000 for picture in drawn), "a picture with nothing on it"
 
         # Every alert evaluates without error.
         def evaluated() -> list[dict[str, Any]] | None:

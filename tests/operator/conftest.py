@@ -36,7 +36,7 @@ OPERATOR_ACCOUNT = "putplace-operator"
 def crds(kube: KubeCluster) -> KubeCluster:
     """The cluster with ``kubectl apply -f crds/`` done, both CRDs Established and served."""
     kube.kubectl("apply", "-f", str(CRD_DIR))
-    kube.kubectl("wait", "--for=condition=Established", *(f"crd/{name}" for name in CRD_NAMES), "--timeout=60s")
+    kube.wait_established(*CRD_NAMES)
     resources = ",".join(CRD_NAMES)  # discovery has caught up once kubectl resolves the names
     wait_until(
         lambda: kube.kubectl("get", resources, "--all-namespaces", check=False).returncode == 0,

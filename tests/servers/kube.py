@@ -584,6 +584,20 @@ class KubeCluster:
         """``kubectl get ... -o json``, parsed."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Wait until each CRD (by name) is Established. Not ``kubectl wait --for=condition``:
+        on a CRD created a moment ago, whose status has no conditions yet, it fails at once
+        ("<nil> is of the type <nil>") instead of waiting."""
+        deadline = time.monotonic() + timeout
+        for name in crds:
+            while True:
+                conditions = self.get(f"crd/{name}").get("status", {}).get("conditions") or []
+                if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                    break
+                if time.monotonic() > deadline:
+                    raise ServerError(f"CRD {name} not Established after {timeout:.0f} s: {conditions}")
+                time.sleep(0.2)
+
     def token_kubeconfig(self, account: str, namespace: str, path: Path) -> Path:
         """A kubeconfig at ``path`` that authenticates as ServiceAccount ``namespace/account``
         (a token from the TokenRequest API, valid 6 h): what that account may do, and no more."""

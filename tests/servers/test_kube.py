@@ -109,7 +109,7 @@ def test_custom_resource_definition_and_object(kube: KubeCluster, namespace: str
         },
     }
     kube.apply(crd)
-    kube.kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=60s")
+    kube.wait_established(f"widgets.{group}")
     widget = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}}
     kube.apply(widget, namespace=namespace)
     got = kube.get(f"widgets.{group}", "w1", f"--namespace={namespace}")
