@@ -61,7 +61,7 @@ class DeliveryWorker:
         self._wake = wake
         self._holder = uuid.uuid4().hex  # this process, in the lease table
         # A lease outlives any one attempt by far: a holder that dies is replaced after it.
-        self._lease = timedelta(seconds=3 * settings.webhook_timeout_seconds + 30)
+        self._lease = timedelta(seconds=2 * settings.webhook_timeout_seconds + 5)
         self._limit = asyncio.Semaphore(_CONCURRENT)
         self._gauge_at = 0.0
 
