@@ -4,16 +4,20 @@ per file, retries until a dead letter and its replay, a receiver down for a minu
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from putplace_api.maintenance.common import opened
 from putplace_api.maintenance.verify import VerifyOptions, verify
+from putplace_client import NotFoundError, PutPlaceClient
+from putplace_client.models import WebhookEvent
 from tests.api.conftest import Api, meta, s3_settings, sha
 from tests.processes import metric
 from tests.waiting import wait_until
@@ -45,9 +49,27 @@ def start_hooked(request: pytest.FixtureRequest, start_api: Callable[..., Api]) 
 
 
 def subscribe(c: httpx.Client, url: str, events: list[str] | None = None) -> dict[str, Any]:
-    r = c.post("/webhooks", json={"url": url, **({"events": events} if events else {})})
+    r = c.post("/webhooks/subscriptions", json={"url": url, **({"events": events} if events else {})})
     assert r.status_code == 201, r.text
     return dict(r.json())
+
+
+def readme_check() -> Callable[..., bool]:
+    """The signature check the README shows a receiver, as written there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Webhooks\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
+    assert len(code) == 1, "the README's Webhooks section shows one Python check"
+    scope: dict[str, Any] = {}
+    exec(code[0], scope)
+    return cast(Callable[..., bool], scope["genuine"])
+
+
+def _as_sent(headers: dict[str, str]) -> dict[str, str]:
+    """Header names as the README spells them (what a receiver's framework may hand over)."""
+    return {
+        "-".join(w.capitalize() for w in k.split("-")).replace("Putplace", "PutPlace"): v for k, v in headers.items()
+    }
 
 
 def test_events_are_signed_and_ordered(start_hooked: Callable[..., Api], receiver: Receiver) -> None:
@@ -57,7 +79,7 @@ def test_events_are_signed_and_ordered(start_hooked: Callable[..., Api], receive
         everything = subscribe(c, receiver.url("/all"))
         deletes = subscribe(c, receiver.url("/deletes"), ["file.deleted"])
         assert everything["secret"].startswith("whsec_") and everything["secret"] != deletes["secret"]
-        listed = c.get("/webhooks").json()
+        listed = c.get("/webhooks/subscriptions").json()
         assert {s["id"] for s in listed} == {everything["id"], deletes["id"]}
         assert all("secret" not in s for s in listed), "a secret is shown once, at creation"
 
@@ -92,6 +114,9 @@ def test_events_are_signed_and_ordered(start_hooked: Callable[..., Api], receive
     assert [d.event for d in got] == [d.payload["event"] for d in got]
     assert [d.id for d in got] == [d.payload["id"] for d in got] == sorted(d.id for d in got)
     assert all(d.signed_by(everything["secret"]) for d in got)
+    genuine = readme_check()
+    assert all(genuine(everything["secret"], _as_sent(d.headers), d.body) for d in got)
+    assert not genuine(deletes["secret"], _as_sent(got[0].headers), got[0].body)
     assert not any(d.signed_by(deletes["secret"]) for d in got), "another secret does not verify"
     tampered = got[0].body.replace(b"/a", b"/z")
     assert tampered != got[0].body
@@ -134,6 +159,8 @@ def test_a_receiver_answering_500_gets_dead_letters_an_admin_replays(
         wait_until(lambda: len(receiver.delivered()) == 2, 60, "the other one")
         assert c.get("/webhooks/dead_letters").json()["items"] == []
         assert c.post(f"/webhooks/dead_letters/{letters[0]['id']}/replay").status_code == 404, "delivered: gone"
+        assert c.delete(f"/webhooks/subscriptions/{sub['id']}").status_code == 200
+        assert c.get("/webhooks/subscriptions").json() == []
         text = c.get("/metrics").text
         assert metric(text, "putplace_webhook_deliveries_total") >= 8
 
@@ -204,16 +231,16 @@ def test_verify_reports_corruption_to_subscribers(start_hooked: Callable[..., Ap
 )
 def test_bad_subscriptions_are_refused(api: Api, body: dict[str, Any]) -> None:
     with api.http() as c:
-        r = c.post("/webhooks", json=body)
+        r = c.post("/webhooks/subscriptions", json=body)
         assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.text
-        assert c.get("/webhooks").json() == []
+        assert c.get("/webhooks/subscriptions").json() == []
 
 
 def test_unknown_ids_are_404_and_cursors_checked(api: Api) -> None:
     with api.http() as c:
         for method, url in [
-            ("DELETE", "/webhooks/0123456789abcdef01234567"),
-            ("DELETE", "/webhooks/not-an-id"),
+            ("DELETE", "/webhooks/subscriptions/0123456789abcdef01234567"),
+            ("DELETE", "/webhooks/subscriptions/not-an-id"),
             ("POST", "/webhooks/dead_letters/0123456789abcdef01234567/replay"),
             ("POST", "/webhooks/dead_letters/x/replay"),
         ]:
@@ -221,3 +248,20 @@ def test_unknown_ids_are_404_and_cursors_checked(api: Api) -> None:
             assert r.status_code == 404 and "detail" in r.json(), (url, r.text)
         assert c.get("/webhooks/dead_letters", params={"cursor": "zz"}).status_code == 400
         assert c.post("/webhooks/dead_letters/replay").json() == {"replayed": 0}
+
+
+def test_the_client_manages_webhooks(api: Api, receiver: Receiver) -> None:
+    async def run() -> None:
+        async with PutPlaceClient(api.url, api.admin_key) as client:
+            created = await client.create_webhook(receiver.url(), ["file.deleted"], description="audit")
+            assert created.secret.startswith("whsec_") and created.events == [WebhookEvent.FILE_DELETED]
+            assert [w.id for w in await client.list_webhooks()] == [created.id]
+            assert (await client.dead_letters()).items == [] and await client.replay() == 0
+            with pytest.raises(NotFoundError):
+                await client.replay("0123456789abcdef01234567")
+            await client.delete_webhook(created.id)
+            assert await client.list_webhooks() == []
+            with pytest.raises(NotFoundError):
+                await client.delete_webhook(created.id)
+
+    asyncio.run(run())

@@ -42,7 +42,7 @@ def test_api_killed_after_acknowledging_loses_no_event(
         receiver.hold_after = FIRST
         paths = [f"/kill/{i:03d}" for i in range(FILES)]
         with api.http() as c:
-            r = c.post("/webhooks", json={"url": receiver.url(), "events": ["file.deleted"]})
+            r = c.post("/webhooks/subscriptions", json={"url": receiver.url(), "events": ["file.deleted"]})
             assert r.status_code == 201, r.text
             assert c.post("/put_files", json={"files": [meta(filepath=p) for p in paths]}).status_code == 201
             for p in paths:  # each acknowledged before the next is sent

@@ -59,7 +59,7 @@ def to_dead_letter(row: DeliveryRow) -> DeadLetter:
     )
 
 
-@router.post("", status_code=201, response_model=WebhookCreated)
+@router.post("/subscriptions", status_code=201, response_model=WebhookCreated)
 async def create_subscription(body: WebhookCreate, state: StateDep, _: AdminKey) -> WebhookCreated:
     """Subscribe a URL to events; the response is the only place its signing secret appears."""
     if body.url.scheme not in ("http", "https"):
@@ -77,12 +77,12 @@ async def create_subscription(body: WebhookCreate, state: StateDep, _: AdminKey)
     return WebhookCreated(**to_info(row).model_dump(), secret=row.secret)
 
 
-@router.get("", response_model=list[WebhookInfo])
+@router.get("/subscriptions", response_model=list[WebhookInfo])
 async def list_subscriptions(state: StateDep, _: AdminKey) -> list[WebhookInfo]:
     return [to_info(r) for r in await _store(state).list_subscriptions()]
 
 
-@router.delete("/{subscription_id}", response_model=MessageResponse, responses=error_responses(404))
+@router.delete("/subscriptions/{subscription_id}", response_model=MessageResponse, responses=error_responses(404))
 async def delete_subscription(subscription_id: SubscriptionId, state: StateDep, _: AdminKey) -> MessageResponse:
     """Unsubscribe; deliveries still queued for it (dead letters too) go with it."""
     if not _well_formed(subscription_id) or not await _store(state).delete_subscription(subscription_id):
