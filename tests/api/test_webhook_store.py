@@ -80,6 +80,11 @@ async def test_the_queue_keeps_order_retries_and_dead_letters(store: MetadataSto
     assert (head.id, head.attempts, head.status, head.next_attempt_at) == (second.id, 0, DELIVERY_PENDING, at(10))
     assert await hooks.replay_deliveries(None, at(11)) == 0
 
+    assert await hooks.purge_deliveries({sub.id, other.id}, at(3600)) == 0, "kept: both exist"
+    assert await hooks.purge_deliveries({sub.id}, T0) == 0, "kept: not queued before the cutoff"
+    assert await hooks.purge_deliveries({sub.id}, at(1)) == 2
+    assert await hooks.delivery_head(other.id) is None
+    await hooks.enqueue_deliveries(deliveries(other, 1))
     assert await hooks.delete_subscription(sub.id)
     assert not await hooks.delete_subscription(sub.id)
     assert await hooks.delivery_head(sub.id) is None

@@ -324,5 +324,9 @@ class WebhookStore(Protocol):
     async def delivery_counts(self) -> dict[str, int]:
         """Queued deliveries by status (pending, dead)."""
 
+    async def purge_deliveries(self, keep: Collection[str], before: datetime) -> int:
+        """Delete deliveries queued before ``before`` for a subscription not in ``keep`` (one deleted
+        while another replica still had it cached); how many."""
+
 
 __all__ += ["DELIVERY_PENDING", "DELIVERY_DEAD", "SubscriptionRow", "DeliveryRow", "WebhookStore"]

@@ -969,6 +969,16 @@ class MongoStore:
         )
         return {DELIVERY_PENDING: pending, DELIVERY_DEAD: dead}
 
+    async def purge_deliveries(self, keep: Collection[str], before: datetime) -> int:
+        deliveries = self._db["webhook_deliveries"]
+        cursor = await deliveries.aggregate([{"$group": {"_id": "$s"}}])
+        gone = [doc["_id"] async for doc in cursor if doc["_id"] not in set(keep)]
+        purged = 0
+        for sub in gone:  # equalities, as FerretDB likes them
+            result = await deliveries.delete_many({"s": sub, "created_at": {"$lt": _ms(before)}})
+            purged += result.deleted_count
+        return purged
+
 
 def _delivery_row(doc: Mapping[str, Any]) -> DeliveryRow:
     return DeliveryRow(

@@ -766,6 +766,24 @@ class SqliteStore:
 
         return await self._run(run)
 
+    async def purge_deliveries(self, keep: Collection[str], before: datetime) -> int:
+        def run() -> int:
+            with self._write() as c:
+                gone = [
+                    r[0]
+                    for r in c.execute("SELECT DISTINCT subscription_id FROM webhook_deliveries")
+                    if r[0] not in set(keep)
+                ]
+                return sum(
+                    c.execute(
+                        "DELETE FROM webhook_deliveries WHERE subscription_id = ? AND created_at < ?",
+                        (sub, before.timestamp()),
+                    ).rowcount
+                    for sub in gone
+                )
+
+        return await self._run(run)
+
 
 _WEBHOOK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_subscriptions (

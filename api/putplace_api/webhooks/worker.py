@@ -81,9 +81,15 @@ class DeliveryWorker:
                     await asyncio.wait_for(self._wake.wait(), self._settings.webhook_poll_seconds)
 
     async def pass_once(self, client: httpx.AsyncClient) -> None:
-        subs = [s for s in await self._store.list_subscriptions() if s.active]
-        await asyncio.gather(*(self._serve(client, s) for s in subs))
+        listed = datetime.now(UTC)
+        subs = await self._store.list_subscriptions()
+        await asyncio.gather(*(self._serve(client, s) for s in subs if s.active))
         if time.monotonic() - self._gauge_at > _GAUGE_EVERY:
+            # Deliveries another replica queued from its cached list after a subscription was
+            # deleted. Only those queued well before the list was read: a subscription made since
+            # (not in it) has none that old; the minute covers clock skew between replicas.
+            cutoff = listed - timedelta(seconds=self._settings.webhook_cache_seconds + 60)
+            await self._store.purge_deliveries({s.id for s in subs}, cutoff)
             counts = await self._store.delivery_counts()
             for status in (DELIVERY_PENDING, DELIVERY_DEAD):
                 QUEUED.labels(status).set(counts.get(status, 0))
