@@ -108,3 +108,13 @@ def test_a_missing_instance_is_reported_in_status(
         return condition(obj, "Ready") == ("False", "InstanceNotFound")
 
     wait_until(waiting, 30, "InstanceNotFound in status")
+
+
+def test_deleting_the_instance_deletes_its_subscriptions_at_the_api(
+    api: ApiProcess, operator: OperatorProcess, crds: KubeCluster, instance: str
+) -> None:
+    crds.apply(hook("gone-with-it", "http://127.0.0.1:9/x"), namespace=instance)
+    uid = wait_subscribed(crds, instance, "gone-with-it")["metadata"]["uid"]
+    assert len(live(api, uid)) == 1
+    crds.kubectl("delete", "putplaceinstance", INSTANCE, "-n", instance, "--wait=true")
+    assert live(api, uid) == [], "a database that outlives the instance must not keep sending its events"
