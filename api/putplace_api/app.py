@@ -23,7 +23,7 @@ from putplace_api import __version__
 from putplace_api.auth import AGENT_KEY_FILE
 from putplace_api.errors import PutPlaceError, error_response, validation_response
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
-from putplace_api.routes import content, files, health, keys
+from putplace_api.routes import content, files, health, keys, webhooks
 from putplace_api.settings import Settings, get_settings
 from putplace_api.state import AppState, build_state
 from putplace_api.tracing import setup_tracing
@@ -68,11 +68,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.sync:
             await state.auth.local_agent_key(settings.data_dir / AGENT_KEY_FILE)
         flusher = asyncio.create_task(_flush_last_used(state))
+        await state.webhooks.start()
         log.info("PutPlace API ready: database=%s storage=%s", state.store.kind, state.storage.kind)
         try:
             yield
         finally:
             flusher.cancel()
+            await state.webhooks.stop()
             with contextlib.suppress(Exception):
                 await state.auth.flush_last_used()
             await state.storage.close()
@@ -87,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.putplace = state
-    for router in (health.router, files.router, content.router, keys.router):
+    for router in (health.router, files.router, content.router, keys.router, webhooks.router):
         app.include_router(router)
 
     @app.exception_handler(PutPlaceError)

@@ -5,6 +5,7 @@ Routes and services raise these; backends translate their drivers' exceptions in
 
     PutPlaceError
     ├── BadRequest (400)
+    │   └── HashMismatch: uploaded bytes that are not the content they name
     ├── Unauthorized (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 __all__ = [
     "PutPlaceError",
     "BadRequest",
+    "HashMismatch",
     "Unauthorized",
     "Forbidden",
     "NotFound",
@@ -56,6 +58,10 @@ class PutPlaceError(Exception):
 
 class BadRequest(PutPlaceError):
     status_code = 400
+
+
+class HashMismatch(BadRequest):
+    pass
 
 
 class Unauthorized(PutPlaceError):

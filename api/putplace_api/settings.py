@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     rate_limit: float | None = Field(None, gt=0, description="default requests/second per key; unset = unlimited")
     rate_limit_burst: int | None = Field(None, ge=1, description="default burst per key; unset = max(1, rate_limit)")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 when a backend is down")
+    webhook_max_attempts: int = Field(
+        12, ge=1, description="delivery attempts of a webhook event before it becomes a dead letter"
+    )
+    webhook_backoff_seconds: float = Field(
+        2.0, gt=0, description="wait after a webhook's first failed attempt; doubles after each one"
+    )
+    webhook_backoff_max_seconds: float = Field(900.0, gt=0, description="longest wait between two webhook attempts")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="how long a webhook receiver may take to answer")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="how often the delivery worker looks for due events")
+    webhook_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a replica reuses the subscription list before re-reading it"
+    )
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset = tracing off")
     sync: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

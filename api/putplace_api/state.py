@@ -19,6 +19,8 @@ from putplace_api.ratelimit import RateLimiter
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
 from putplace_api.store import MetadataStore, open_store
+from putplace_api.store.base import WebhookStore
+from putplace_api.webhooks import Webhooks
 
 __all__ = ["AppState", "build_state"]
 
@@ -58,6 +60,7 @@ class AppState:
     storage: ContentStorage
     auth: Authenticator
     limiter: RateLimiter
+    webhooks: Webhooks
 
 
 def build_state(settings: Settings) -> AppState:
@@ -69,4 +72,5 @@ def build_state(settings: Settings) -> AppState:
         storage=storage,
         auth=Authenticator(store),
         limiter=RateLimiter(store, settings.rate_limit, settings.rate_limit_burst),
+        webhooks=Webhooks(cast(WebhookStore, store), settings),
     )

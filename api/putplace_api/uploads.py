@@ -18,7 +18,7 @@ import anyio
 import anyio.to_thread
 
 from putplace_api import metrics
-from putplace_api.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from putplace_api.errors import HashMismatch, NotFound, PayloadTooLarge, UnsupportedMediaType
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
 from putplace_api.storage.base import ContentStorage
 from putplace_api.store.base import MetadataStore, StoredContent
@@ -111,7 +111,7 @@ async def receive_content(
         calculated = digest.hexdigest()
         if calculated != sha256:
             metrics.UPLOADS.labels("hash_mismatch").inc()
-            raise BadRequest(f"File content SHA256 ({calculated}) does not match provided hash ({sha256})")
+            raise HashMismatch(f"File content SHA256 ({calculated}) does not match provided hash ({sha256})")
         await writer.commit()
     except BaseException:
         await writer.abort()
@@ -144,7 +144,7 @@ async def _verify_only(sha256: str, chunks: AsyncIterator[bytes], expected_size:
     if size != expected_size or calculated != sha256:
         metrics.UPLOADS.labels("hash_mismatch").inc()
         shown = calculated if size <= expected_size else f"more than the {expected_size} bytes stored"
-        raise BadRequest(f"File content SHA256 ({shown}) does not match provided hash ({sha256})")
+        raise HashMismatch(f"File content SHA256 ({shown}) does not match provided hash ({sha256})")
     return size
 
 

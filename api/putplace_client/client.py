@@ -25,6 +25,7 @@ from putplace_client.models import (
     ApiKeyInfo,
     BatchUploadItem,
     BatchUploadResponse,
+    DeadLetter,
     FileMetadata,
     FileRecord,
     HistoryRecord,
@@ -32,9 +33,14 @@ from putplace_client.models import (
     PutFileResponse,
     PutFileResult,
     PutFilesResponse,
+    ReplayResponse,
     Scope,
     Stats,
     UploadResponse,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookEvent,
+    WebhookInfo,
     escape_path,
 )
 
@@ -262,3 +268,31 @@ class PutPlaceClient:
 
     async def delete_key(self, key_id: str) -> None:
         await self._send("DELETE", f"/api_keys/{key_id}")
+
+    # -- webhooks ------------------------------------------------------------------------
+    async def create_webhook(
+        self, url: str, events: Iterable[WebhookEvent | str] | None = None, *, description: str | None = None
+    ) -> WebhookCreated:
+        """Subscribe ``url``; the answer holds the signing secret, which is never shown again."""
+        fields: dict[str, Any] = {"url": url, "description": description}
+        if events is not None:
+            fields["events"] = [WebhookEvent(e) for e in events]
+        body = WebhookCreate.model_validate(fields)
+        r = await self._send("POST", "/webhooks/subscriptions", json=body.model_dump(mode="json", exclude_none=True))
+        return WebhookCreated.model_validate(r.json())
+
+    async def list_webhooks(self) -> list[WebhookInfo]:
+        return [WebhookInfo.model_validate(w) for w in (await self._send("GET", "/webhooks/subscriptions")).json()]
+
+    async def delete_webhook(self, subscription_id: str) -> None:
+        await self._send("DELETE", f"/webhooks/subscriptions/{subscription_id}")
+
+    async def dead_letters(self, cursor: str | None = None, limit: int = 100) -> Page[DeadLetter]:
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        r = await self._send("GET", "/webhooks/dead_letters", params=params)
+        return Page[DeadLetter].model_validate(r.json())
+
+    async def replay(self, delivery_id: str | None = None) -> int:
+        """Queue one dead letter (or, with no id, every one) again; how many were."""
+        url = "/webhooks/dead_letters/replay" if delivery_id is None else f"/webhooks/dead_letters/{delivery_id}/replay"
+        return ReplayResponse.model_validate((await self._send("POST", url)).json()).replayed

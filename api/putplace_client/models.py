@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl, field_validator
 
 __all__ = [
     "SHA256_RE",
@@ -301,3 +301,66 @@ class ApiKeyCreated(ApiKeyInfo):
 
 class MessageResponse(BaseModel):
     message: str
+
+
+# -- webhooks ------------------------------------------------------------------------------
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook subscription can be told about."""
+
+    FILE_UPLOADED = "file.uploaded"  # a content was stored (the upload named its file, if it did)
+    FILE_DUPLICATE = "file.duplicate"  # a new or changed file record whose content was stored already
+    FILE_DELETED = "file.deleted"  # a deletion notice
+    UPLOAD_MISMATCH = "upload.mismatch"  # an upload refused: its bytes did not hash to its sha256
+    CONTENT_CORRUPT = "content.corrupt"  # verify found stored content corrupt or missing
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[
+        HttpUrl,
+        Field(
+            description="where events are POSTed: http:// or https://, at most 2083 characters",
+            examples=["https://example.com/hook"],
+        ),
+    ]
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WebhookEvent), min_length=1, description="the events wanted (default: all)"
+    )
+    description: str | None = Field(None, max_length=1000)
+
+
+class WebhookInfo(BaseModel):
+    """A subscription as listed: never its secret."""
+
+    id: str
+    url: str
+    events: list[WebhookEvent]
+    description: str | None = None
+    created_at: datetime
+    active: bool
+
+
+class WebhookCreated(WebhookInfo):
+    secret: str = Field(description="signs every delivery (X-PutPlace-Signature); shown only here")
+
+
+class DeadLetter(BaseModel):
+    """A delivery given up after its last retry; replaying sends it again."""
+
+    id: str
+    subscription_id: str
+    event: WebhookEvent
+    created_at: datetime
+    attempts: int
+    last_error: str | None = None
+    payload: dict[str, Any] = Field(description="the body that was sent")
+
+
+class ReplayResponse(BaseModel):
+    replayed: int = Field(description="dead letters queued again")
+
+
+__all__ += ["WebhookEvent", "WebhookCreate", "WebhookInfo", "WebhookCreated", "DeadLetter", "ReplayResponse"]

@@ -1,4 +1,4 @@
-"""``putplace-operator cleanup``: delete every PutPlaceInstance and ApiKey in the watched
+"""``putplace-operator cleanup``: delete every PutPlaceInstance, ApiKey and WebhookSubscription in the watched
 namespaces and wait, with a deadline, until they are gone.
 
 Run by the chart's pre-delete hook Job while the operator still runs: its finalizers revoke the
@@ -25,7 +25,7 @@ __all__ = ["KINDS", "CleanupError", "cleanup"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("ApiKey", "PutPlaceInstance")  # the keys first: each is then let go on its own
+KINDS = ("WebhookSubscription", "ApiKey", "PutPlaceInstance")  # keys and hooks first: each is then let go on its own
 
 
 class CleanupError(Exception):
@@ -82,7 +82,7 @@ async def cleanup(kube: Kube, namespaces: list[str], timeout: float, poll: float
         while True:
             remaining = [left for left, _ in await _remaining(kube, namespaces)]
             if not remaining:
-                log.info("cleanup: done, no PutPlaceInstance or ApiKey left in %s", where)
+                log.info("cleanup: done, no PutPlaceInstance, ApiKey or WebhookSubscription left in %s", where)
                 return len(first)
             if len(remaining) != reported:
                 reported = len(remaining)

@@ -31,7 +31,7 @@ from putplace_operator.resync import resync_forever
 
 log = logging.getLogger(__name__)
 
-INSTANCES, KEYS = "putplaceinstances", "apikeys"
+INSTANCES, KEYS, HOOKS = "putplaceinstances", "apikeys", "webhooksubscriptions"
 _resync: tuple[asyncio.Task[None], asyncio.Event] | None = None
 
 
@@ -108,6 +108,11 @@ async def instance_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
 async def apikey_changed(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
     status, problem = await reconcile.reconcile_apikey(body)
     patch.status.update(status)
+    _retry_unless_done(problem, retry)
+
+
+def _retry_unless_done(problem: keys.NotReady | None, retry: int) -> None:
+    """A permanent problem waits for a spec change; any other is retried with backoff."""
     if problem is None:
         return
     if problem.permanent:
@@ -138,3 +143,33 @@ async def apikey_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
         raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=SETTINGS.backoff(retry)) from None
     if not revoked:
         log.info("ApiKey %s/%s released: its instance is gone, and its keys with it", meta["namespace"], meta["name"])
+
+
+# -- WebhookSubscription -----------------------------------------------------------------------
+
+
+@kopf.on.create(GROUP, VERSION, HOOKS)
+@kopf.on.update(GROUP, VERSION, HOOKS, field="spec")
+@kopf.on.resume(GROUP, VERSION, HOOKS)
+async def webhook_changed(body: kopf.Body, patch: kopf.Patch, retry: int, **_: Any) -> None:
+    status, problem = await reconcile.reconcile_webhook(body)
+    patch.status.update(status)
+    _retry_unless_done(problem, retry)
+
+
+@kopf.on.delete(GROUP, VERSION, HOOKS)
+async def webhook_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
+    """Delete the subscriptions at the API, then let the object go; never keep it stuck."""
+    meta = body["metadata"]
+    try:
+        await reconcile.delete_webhook(body)
+    except keys.NotReady as exc:
+        if retry >= SETTINGS.delete_retries:
+            log.error(
+                "WebhookSubscription %s/%s deleted, but its subscriptions could not be deleted after %d "
+                "attempts (%s); releasing it: delete those whose description begins with '%s' "
+                "(DELETE /webhooks/subscriptions/{id})",
+                meta["namespace"], meta["name"], retry + 1, exc.message, meta["uid"],
+            )  # fmt: skip
+            return
+        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=SETTINGS.backoff(retry)) from None

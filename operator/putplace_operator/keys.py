@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,10 +34,10 @@ from putplace_operator.kube import Kube, KubeError
 from putplace_operator.manifests import Instance
 from putplace_operator.manifests.api import KEY_FIELD
 from putplace_operator.manifests.apikey import ApiKeyObject, KeyRecord, controlled_by, key_secret, made_for
-from putplace_operator.manifests.common import GROUP, VERSION
+from putplace_operator.manifests.common import GROUP, VERSION, InstanceChild
 from putplace_operator.settings import OperatorSettings
 
-__all__ = ["REASONS", "Issued", "NotReady", "reconcile_key", "revoke_all", "revoke_instance"]
+__all__ = ["REASONS", "Issued", "NotReady", "at_live_instance", "reconcile_key", "revoke_all", "revoke_instance"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class _Target:
     admin_key_generated: bool  # its Secret is the operator's (owned by the instance, deleted with it)
 
 
-async def _target(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> _Target:
+async def _target(k: InstanceChild, kube: Kube, settings: OperatorSettings) -> _Target:
     body = await kube.get(f"{GROUP}/{VERSION}", "PutPlaceInstance", k.instance, k.namespace)
     if body is None:
         raise NotReady("InstanceNotFound", f"PutPlaceInstance {k.instance} does not exist in {k.namespace}")
@@ -110,12 +110,13 @@ def _client(target: _Target, settings: OperatorSettings) -> PutPlaceClient:
     )
 
 
-def _api_error(exc: PutPlaceClientError, url: str) -> NotReady:
-    """A client error as a reason a user can act on."""
+def _api_error(exc: PutPlaceClientError, url: str, refused: tuple[str, str] = ("KeyRejected", "the key")) -> NotReady:
+    """A client error as a reason a user can act on (``refused``: the reason and the object's name
+    when the API refuses what the spec asks for)."""
     if isinstance(exc, StatusError) and exc.status_code in (401, 403):
         return NotReady("AdminKeyRejected", f"the API at {url} refused the instance's admin key: {exc.detail}")
     if isinstance(exc, StatusError) and 400 <= exc.status_code < 500 and exc.status_code != 429:
-        return NotReady("KeyRejected", f"the API at {url} refused the key: {exc.detail}", permanent=True)
+        return NotReady(refused[0], f"the API at {url} refused {refused[1]}: {exc.detail}", permanent=True)
     return NotReady("ApiUnreachable", f"cannot reach the API at {url}: {exc}")
 
 
@@ -220,8 +221,15 @@ async def _issue(
     return record, created.api_key
 
 
-async def revoke_all(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> bool:
-    """Revoke every key of a deleted ApiKey. False: nothing to revoke at (the instance is gone)."""
+async def at_live_instance(
+    k: InstanceChild,
+    kube: Kube,
+    settings: OperatorSettings,
+    work: Callable[[PutPlaceClient], Awaitable[None]],
+    api_error: Callable[[PutPlaceClientError, str], NotReady] = _api_error,
+) -> bool:
+    """Run ``work`` against the API of a deleted object's instance. False: nothing to do it at
+    (the instance is gone, or being deleted: its own deletion handler does it for all)."""
     try:
         target = await _target(k, kube, settings)
     except NotReady:
@@ -229,14 +237,23 @@ async def revoke_all(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) ->
     except KubeError as exc:
         raise NotReady("KubernetesError", f"the Kubernetes API said: {exc}") from None
     if target.deleting:
-        return False  # revoke_instance revokes every key of the instance's ApiKeys
+        return False
     try:
         async with _client(target, settings) as api:
-            for key_id in await _mine(api, k):
-                await _revoke(api, key_id)
+            await work(api)
     except PutPlaceClientError as exc:
-        raise _api_error(exc, target.url) from None
+        raise api_error(exc, target.url) from None
     return True
+
+
+async def revoke_all(k: ApiKeyObject, kube: Kube, settings: OperatorSettings) -> bool:
+    """Revoke every key of a deleted ApiKey. False: nothing to revoke at (the instance is gone)."""
+
+    async def revoke(api: PutPlaceClient) -> None:
+        for key_id in await _mine(api, k):
+            await _revoke(api, key_id)
+
+    return await at_live_instance(k, kube, settings, revoke)
 
 
 async def revoke_instance(body: Mapping[str, Any], kube: Kube, settings: OperatorSettings) -> int | None:

@@ -10,20 +10,21 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from putplace_operator import keys, metrics
+from putplace_operator import keys, metrics, webhooks
 from putplace_operator.kube import Kube, KubeError
 from putplace_operator.manifests import Instance, agent, api, children
 from putplace_operator.manifests.apikey import ApiKeyObject
+from putplace_operator.manifests.webhook import WebhookObject
 from putplace_operator.settings import OperatorSettings
-from putplace_operator.status import instance_status, key_status
+from putplace_operator.status import instance_status, key_status, webhook_status
 
 __all__ = [
     "SETTINGS", "KeyResult", "delete_apikey", "delete_instance", "forget", "kube", "last_full", "progressing",
-    "reconcile_apikey", "reconcile_instance",
+    "reconcile_apikey", "reconcile_instance", "reconcile_webhook", "delete_webhook",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ _locks: dict[str, asyncio.Lock] = {}
 last_full: dict[str, float] = {}
 metrics.declare("PutPlaceInstance", ["KubernetesError"])
 metrics.declare("ApiKey", keys.REASONS)
+metrics.declare("WebhookSubscription", webhooks.REASONS)
 
 
 def kube() -> Kube:
@@ -133,6 +135,7 @@ async def delete_instance(body: Mapping[str, Any]) -> int | None:
     uid = body["metadata"]["uid"]
     forget(uid)
     async with _exclusive(uid):
+        await webhooks.delete_instance_subscriptions(body, kube(), SETTINGS)  # needs the admin key: first
         return await keys.revoke_instance(body, kube(), SETTINGS)
 
 
@@ -141,38 +144,49 @@ async def delete_instance(body: Mapping[str, Any]) -> int | None:
 KeyResult = tuple[dict[str, Any], keys.NotReady | None]
 
 
-async def reconcile_apikey(body: Mapping[str, Any]) -> KeyResult:
-    """One attempt: the status to write, and why the key is not ready (None: it is)."""
-    k = ApiKeyObject.from_body(body)
+async def _made_at_api(
+    kind: str,
+    uid: str,
+    body: Mapping[str, Any],
+    attempt: Callable[[int, list[dict[str, Any]]], Awaitable[dict[str, Any]]],
+    not_ready: Callable[..., dict[str, Any]],
+) -> KeyResult:
+    """One attempt at an object made at an instance's API (an ApiKey, a WebhookSubscription): the
+    status ``attempt`` returns, or the one ``not_ready`` makes of why it failed (and that reason)."""
     generation = body["metadata"].get("generation", 0)
-    async with _exclusive(k.uid):
-        with metrics.reconciling("ApiKey") as outcome:
-            last_full[k.uid] = time.monotonic()
+    previous = _conditions(body)
+    async with _exclusive(uid):
+        with metrics.reconciling(kind) as outcome:
+            last_full[uid] = time.monotonic()
             try:
-                done = await keys.reconcile_key(k, kube(), SETTINGS)
+                status = await attempt(generation, previous)
             except keys.NotReady as exc:
                 outcome.reason = exc.reason
                 why = (exc.reason, exc.message)
-                status = key_status(
-                    generation=generation,
-                    previous=_conditions(body),
-                    failed=why if exc.permanent else None,
-                    waiting=None if exc.permanent else why,
-                )
-                metrics.set_ready("ApiKey", k.uid, False)
-                return status, exc
-            record = done.record
-            status = key_status(
-                generation=generation,
-                previous=_conditions(body),
-                key_id=record.key_id,
-                secret_name=done.secret_name,
-                rotation=record.rotation,
-                previous_key_id=record.previous_key_id,
-                revoke_after=record.revoke_after.strftime("%Y-%m-%dT%H:%M:%SZ") if record.revoke_after else None,
-            )
-            metrics.set_ready("ApiKey", k.uid, True)
+                metrics.set_ready(kind, uid, False)
+                failed, waiting = (why, None) if exc.permanent else (None, why)
+                return not_ready(generation=generation, previous=previous, failed=failed, waiting=waiting), exc
+            metrics.set_ready(kind, uid, True)
             return status, None
+
+
+async def reconcile_apikey(body: Mapping[str, Any]) -> KeyResult:
+    """One attempt: the status to write, and why the key is not ready (None: it is)."""
+    k = ApiKeyObject.from_body(body)
+
+    async def attempt(generation: int, previous: list[dict[str, Any]]) -> dict[str, Any]:
+        record = (done := await keys.reconcile_key(k, kube(), SETTINGS)).record
+        return key_status(
+            generation=generation,
+            previous=previous,
+            key_id=record.key_id,
+            secret_name=done.secret_name,
+            rotation=record.rotation,
+            previous_key_id=record.previous_key_id,
+            revoke_after=record.revoke_after.strftime("%Y-%m-%dT%H:%M:%SZ") if record.revoke_after else None,
+        )
+
+    return await _made_at_api("ApiKey", k.uid, body, attempt, key_status)
 
 
 async def delete_apikey(body: Mapping[str, Any]) -> bool:
@@ -181,3 +195,30 @@ async def delete_apikey(body: Mapping[str, Any]) -> bool:
     forget(k.uid)
     async with _exclusive(k.uid):
         return await keys.revoke_all(k, kube(), SETTINGS)
+
+
+# -- WebhookSubscription -----------------------------------------------------------------------
+
+
+async def reconcile_webhook(body: Mapping[str, Any]) -> KeyResult:
+    """One attempt: the status to write, and why the subscription is not ready (None: it is)."""
+    w = WebhookObject.from_body(body)
+
+    async def attempt(generation: int, previous: list[dict[str, Any]]) -> dict[str, Any]:
+        done = await webhooks.reconcile_subscription(w, kube(), SETTINGS)
+        return webhook_status(
+            generation=generation,
+            previous=previous,
+            subscription_id=done.subscription_id,
+            secret_name=done.secret_name,
+        )
+
+    return await _made_at_api("WebhookSubscription", w.uid, body, attempt, webhook_status)
+
+
+async def delete_webhook(body: Mapping[str, Any]) -> bool:
+    """Delete a deleted WebhookSubscription's subscriptions at the API; raises ``keys.NotReady``."""
+    w = WebhookObject.from_body(body)
+    forget(w.uid)
+    async with _exclusive(w.uid):
+        return await webhooks.delete_subscriptions(w, kube(), SETTINGS)

@@ -1,8 +1,9 @@
-"""The periodic pass over every PutPlaceInstance and ApiKey, started and stopped by ``handlers.py``.
+"""The periodic pass over every PutPlaceInstance, ApiKey and WebhookSubscription, started and
+stopped by ``handlers.py``.
 
 It replaces kopf timers, which put a finalizer on every object they run for: with them, an
 instance deleted while the operator is gone (or losing its permissions, as during
-``helm uninstall``) would stay stuck. Every ``progress_seconds`` the pass lists both kinds;
+``helm uninstall``) would stay stuck. Every ``progress_seconds`` the pass lists every kind;
 an object whose last full reconcile is ``reconcile_seconds`` old is reconciled again (drift
 repair, a rotated-out key revoked once its grace period is over, a failed one tried again),
 and an instance on its way to Ready has its status refreshed in between.
@@ -27,6 +28,7 @@ from putplace_operator.reconcile import (
     progressing,
     reconcile_apikey,
     reconcile_instance,
+    reconcile_webhook,
 )
 
 __all__ = ["resync_forever"]
@@ -49,9 +51,14 @@ async def _apikey(body: Mapping[str, Any], due: bool) -> dict[str, Any] | None:
     return (await reconcile_apikey(body))[0] if due else None
 
 
+async def _webhook(body: Mapping[str, Any], due: bool) -> dict[str, Any] | None:
+    return (await reconcile_webhook(body))[0] if due else None
+
+
 PASSES: dict[str, Callable[[Mapping[str, Any], bool], Awaitable[dict[str, Any] | None]]] = {
     "PutPlaceInstance": _instance,
     "ApiKey": _apikey,
+    "WebhookSubscription": _webhook,
 }
 
 

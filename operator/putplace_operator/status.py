@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["instance_status", "key_status"]
+__all__ = ["instance_status", "key_status", "webhook_status"]
 
 
 def _condition(kind: str, status: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -89,6 +89,25 @@ def _conditions(
     return _keep_transition_times(conditions, previous)
 
 
+def _attempt_status(
+    generation: int,
+    previous: list[dict[str, Any]],
+    done: tuple[str, str],
+    waiting: tuple[str, str] | None,
+    failed: tuple[str, str] | None,
+) -> dict[str, Any]:
+    """The conditions after one attempt at an object made at the API: ready with ``done`` (reason,
+    message), or ``waiting`` to retry, or ``failed`` for good (Degraded)."""
+    reason, message = failed or waiting or done
+    return {
+        "observedGeneration": generation,
+        "conditions": _conditions(
+            ready=failed is None and waiting is None, degraded=failed is not None, reason=reason, message=message,
+            generation=generation, previous=previous,
+        ),
+    }  # fmt: skip
+
+
 def key_status(
     *,
     generation: int,
@@ -102,19 +121,8 @@ def key_status(
     failed: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """An ApiKey's status: ready with its key, ``waiting`` (reason, message) to retry, or ``failed``."""
-    if failed is not None:
-        reason, message = failed
-    elif waiting is not None:
-        reason, message = waiting
-    else:
-        reason, message = "KeyIssued", f"key {key_id} is in Secret {secret_name}"
-    status: dict[str, Any] = {
-        "observedGeneration": generation,
-        "conditions": _conditions(
-            ready=failed is None and waiting is None, degraded=failed is not None, reason=reason, message=message,
-            generation=generation, previous=previous,
-        ),
-    }  # fmt: skip
+    done = ("KeyIssued", f"key {key_id} is in Secret {secret_name}")
+    status = _attempt_status(generation, previous, done, waiting, failed)
     if key_id is not None:
         # None values remove the fields in kopf's merge patch (no previous key any more).
         status |= {
@@ -124,4 +132,21 @@ def key_status(
             "previousKeyId": previous_key_id,
             "revokeAfter": revoke_after,
         }
+    return status
+
+
+def webhook_status(
+    *,
+    generation: int,
+    previous: list[dict[str, Any]],
+    subscription_id: str | None = None,
+    secret_name: str | None = None,
+    waiting: tuple[str, str] | None = None,
+    failed: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """A WebhookSubscription's status: ready with its subscription, ``waiting`` to retry, or ``failed``."""
+    done = ("Subscribed", f"subscription {subscription_id}; its signing secret is in Secret {secret_name}")
+    status = _attempt_status(generation, previous, done, waiting, failed)
+    if subscription_id is not None:
+        status |= {"subscriptionId": subscription_id, "secretName": secret_name}
     return status

@@ -43,6 +43,12 @@ def _fresh_key_id(admin: httpx.Client) -> str:
     return str(r.json()["_id"])
 
 
+def _fresh_subscription_id(admin: httpx.Client) -> str:
+    r = admin.post("/webhooks/subscriptions", json={"url": "http://127.0.0.1:9/victim"})
+    assert r.status_code == 201
+    return str(r.json()["id"])
+
+
 def _fixed(**args: Any) -> Build:
     return lambda _: args
 
@@ -75,6 +81,19 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Build, int]] = {
     ("POST", "/api_keys"): ("admin", _fixed(url="/api_keys", json={"name": "k"}), 201),
     ("PUT", "/api_keys/{key_id}/revoke"): ("admin", lambda a: {"url": f"/api_keys/{_fresh_key_id(a)}/revoke"}, 200),
     ("DELETE", "/api_keys/{key_id}"): ("admin", lambda a: {"url": f"/api_keys/{_fresh_key_id(a)}"}, 200),
+    ("POST", "/webhooks/subscriptions"): (
+        "admin", _fixed(url="/webhooks/subscriptions", json={"url": "http://127.0.0.1:9/hook"}), 201
+    ),
+    ("GET", "/webhooks/subscriptions"): ("admin", _fixed(url="/webhooks/subscriptions"), 200),
+    ("DELETE", "/webhooks/subscriptions/{subscription_id}"): (
+        "admin", lambda a: {"url": f"/webhooks/subscriptions/{_fresh_subscription_id(a)}"}, 200
+    ),
+    ("GET", "/webhooks/dead_letters"): ("admin", _fixed(url="/webhooks/dead_letters"), 200),
+    ("POST", "/webhooks/dead_letters/replay"): ("admin", _fixed(url="/webhooks/dead_letters/replay"), 200),
+    # No dead letter exists: an admin is told so (404), everyone else is refused before that.
+    ("POST", "/webhooks/dead_letters/{delivery_id}/replay"): (
+        "admin", _fixed(url="/webhooks/dead_letters/0123456789abcdef01234567/replay"), 404
+    ),
 }  # fmt: skip
 
 

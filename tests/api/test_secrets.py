@@ -20,6 +20,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tests.agent.conftest import Agent
 from tests.api.conftest import ADMIN_KEY, s3_settings
 from tests.processes import ApiProcess
+from tests.waiting import wait_until
+from tests.webhook_receiver import Receiver
 
 
 def _create(admin: httpx.Client, **fields: Any) -> dict[str, Any]:
@@ -39,6 +41,8 @@ def _misuses(key: str) -> list[tuple[str, str, dict[str, str]]]:
         ("GET", f"/content/{key}", {"X-API-Key": ADMIN_KEY}),
         ("PUT", f"/api_keys/{key}/revoke", {"X-API-Key": ADMIN_KEY}),
         ("DELETE", f"/api_keys/{key}", {"X-API-Key": ADMIN_KEY}),
+        ("DELETE", f"/webhooks/subscriptions/{key}", {"X-API-Key": ADMIN_KEY}),
+        ("POST", f"/webhooks/dead_letters/{key}/replay", {"X-API-Key": ADMIN_KEY}),
         ("GET", f"/{key}", {"X-API-Key": ADMIN_KEY}),
         ("GET", f"/{key}", {}),
     ]
@@ -71,6 +75,8 @@ def test_no_secret_in_logs_metrics_traces_or_error_bodies(
     look_alike = "pp_" + secrets.token_urlsafe(32)
     used = {ADMIN_KEY, seaweedfs.secret_key, look_alike}
     error_bodies: list[str] = []
+    receiver = Receiver(status=500)  # failed deliveries get logged: with no webhook secret
+    receiver.start()
     with ApiProcess.running(tmp_path / "api", **env) as api:
         with api.http() as admin:
             writer = _create(admin, scopes=["write"])["api_key"]
@@ -79,6 +85,9 @@ def test_no_secret_in_logs_metrics_traces_or_error_bodies(
             expired = _create(admin, scopes=["read"], expires_at=(datetime.now(UTC) - timedelta(1)).isoformat())
             revoked = _create(admin, scopes=["admin"])
             assert admin.put(f"/api_keys/{revoked['_id']}/revoke").status_code == 200
+            hook = admin.post("/webhooks/subscriptions", json={"url": receiver.url()})
+            assert hook.status_code == 201, hook.text
+            used.add(hook.json()["secret"])
         used |= {writer, metrics_key, limited, expired["api_key"], revoked["api_key"]}
 
         tree = tmp_path / "tree"
@@ -89,6 +98,8 @@ def test_no_secret_in_logs_metrics_traces_or_error_bodies(
         code, summary = agent.once(timeout=120)
         assert code == 0 and summary, agent.log_path.read_text()
         assert len(api.catalogue("node-a")) == 5
+        wait_until(lambda: len(receiver.requests) >= 2, 60, "failed webhook deliveries")
+        receiver.stop()
 
         with httpx.Client(base_url=api.url, timeout=30) as c:
             statuses = [c.get("/stats", headers={"X-API-Key": limited}).status_code for _ in range(2)]

@@ -116,11 +116,17 @@ def test_uninstall_runs_a_least_privilege_restricted_cleanup_hook_first(
         policy = set(n["helm.sh/hook-delete-policy"].split(","))
         assert {"before-hook-creation", "hook-succeeded"} <= policy, kind
         assert ("hook-failed" in policy) == (kind != "Job"), kind  # a failed Job stays for its log
-    # Least privilege: list and delete the operator's two kinds, nothing else, for its own account.
+    # Least privilege: list and delete the operator's kinds, nothing else, for its own account.
     assert (
         hooks["ClusterRole"]["rules"]
         == yaml.safe_load(operator_tests.CLEANUP_ROLE.read_text())["rules"]
-        == [{"apiGroups": ["putplace.io"], "resources": ["putplaceinstances", "apikeys"], "verbs": ["list", "delete"]}]
+        == [
+            {
+                "apiGroups": ["putplace.io"],
+                "resources": ["putplaceinstances", "apikeys", "webhooksubscriptions"],
+                "verbs": ["list", "delete"],
+            }
+        ]
     )
     binding = hooks["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == hooks["ClusterRole"]["metadata"]["name"]

@@ -510,7 +510,7 @@ def test_helm_uninstall_lets_every_instance_and_key_go_and_leaves_nothing_stuck(
 ) -> None:
     assert kubectl_json(release, "get", "apikeys", "-n", NS)["items"]  # there is something to let go
     _helm(helm, release, "uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout", f"{int(POD_READY)}s")
-    for resource in ("putplaceinstances", "apikeys"):
+    for resource in ("putplaceinstances", "apikeys", "webhooksubscriptions"):
         assert kubectl_json(release, "get", resource, "-A")["items"] == [], resource
     # nothing the operator made is left in the instance's namespace, nothing of the release in its own
     for namespace in (NS, PROD):

@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
 CLUSTER_ROLE = ROOT / "operator" / "deploy" / "clusterrole.yaml"
 CLEANUP_ROLE = ROOT / "operator" / "deploy" / "cleanup-clusterrole.yaml"
-CRD_NAMES = ("putplaceinstances.putplace.io", "apikeys.putplace.io")
+CRD_NAMES = ("putplaceinstances.putplace.io", "apikeys.putplace.io", "webhooksubscriptions.putplace.io")
 OPERATOR_NAMESPACE = "putplace-system"
 OPERATOR_ACCOUNT = "putplace-operator"
 
 
 @pytest.fixture(scope="session")
 def crds(kube: KubeCluster) -> KubeCluster:
-    """The cluster with ``kubectl apply -f crds/`` done, both CRDs Established and served."""
+    """The cluster with ``kubectl apply -f crds/`` done, every CRD Established and served."""
     kube.kubectl("apply", "-f", str(CRD_DIR))
     kube.wait_established(*CRD_NAMES)
     resources = ",".join(CRD_NAMES)  # discovery has caught up once kubectl resolves the names

@@ -55,6 +55,13 @@ def api_key(name: str = "key", spec: Mapping[str, Any] | None = None, **extra: A
 
 
 KEY_SPEC = {"instanceRef": {"name": "pp"}, "scopes": ["read", "write"]}
+HOOK_SPEC = {"instanceRef": {"name": "pp"}, "url": "https://hooks.example.com/pp"}
+
+
+def webhook(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "WebhookSubscription", "metadata": {"name": "hook"}, "spec": dict(spec)}
+
+
 MONGO_S3 = {
     "database": {"mongodb": {"uriSecretRef": {"name": "mongo"}}},
     "storage": {"s3": {"bucket": "contents"}},
@@ -89,7 +96,7 @@ def table(kube: KubeCluster, *args: str) -> list[list[str]]:
 # --------------------------------------------------------------------------- the files themselves
 
 
-def test_crds_directory_holds_exactly_the_two_crds() -> None:
+def test_crds_directory_holds_exactly_the_three_crds() -> None:
     documents = list(crd_documents())
     assert sorted(d["metadata"]["name"] for d in documents) == sorted(CRD_NAMES)
     for crd in documents:
@@ -107,6 +114,7 @@ def test_crds_directory_holds_exactly_the_two_crds() -> None:
     assert {p.name for p in CRD_DIR.iterdir() if p.suffix in (".yaml", ".yml", ".json")} == {
         f"{GROUP}_putplaceinstances.yaml",
         f"{GROUP}_apikeys.yaml",
+        f"{GROUP}_webhooksubscriptions.yaml",
     }
 
 
@@ -131,8 +139,12 @@ def test_every_field_has_a_description() -> None:
 # --------------------------------------------------------------------------- against the API server
 
 
-def test_both_crds_are_established_with_their_names(crds: KubeCluster) -> None:
-    short = {"putplaceinstances.putplace.io": ["ppi"], "apikeys.putplace.io": ["ppkey"]}
+def test_every_crd_is_established_with_its_names(crds: KubeCluster) -> None:
+    short = {
+        "putplaceinstances.putplace.io": ["ppi"],
+        "apikeys.putplace.io": ["ppkey"],
+        "webhooksubscriptions.putplace.io": ["pphook"],
+    }
     for name in CRD_NAMES:
         crd = crds.get("crd", name)
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
@@ -167,6 +179,10 @@ def test_examples_apply(crds: KubeCluster, namespace: str) -> None:
     assert key["scopes"] == ["read", "write"]
     assert key["rotation"] == 0  # defaulted
     assert key["secretName"] == "ci-uploader-key"
+
+    hook = crds.get("pphook", "audit-hook", f"--namespace={namespace}")["spec"]
+    assert hook["instanceRef"] == {"name": "putplace"}
+    assert hook["events"] == ["file.deleted", "upload.mismatch"]
 
 
 @pytest.mark.parametrize("spec", [{}, None], ids=["empty-spec", "no-spec"])
@@ -312,6 +328,13 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         "key-bad-secret-name",
         api_key(spec={**KEY_SPEC, "secretName": "Not_A_Name"}),
         ['spec.secretName: Invalid value: "Not_A_Name"'],
+    ),
+    ("hook-without-url", webhook({"instanceRef": {"name": "pp"}}), ["spec.url: Required value"]),
+    ("hook-ftp-url", webhook({**HOOK_SPEC, "url": "ftp://example.com/x"}), ["spec.url in body should match"]),
+    (
+        "hook-unknown-event",
+        webhook({**HOOK_SPEC, "events": ["file.deleted", "file.exploded"]}),
+        ['spec.events[1]: Unsupported value: "file.exploded"'],
     ),
 ]
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 
 from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded
 from putplace_api.storage.base import ContentStorage
-from putplace_api.store.base import ContentRow
+from putplace_api.store.base import ContentRow, WebhookStore
+from putplace_api.webhooks.events import corruption_found
 
 __all__ = ["Problem", "VerifyOptions", "VerifyReport", "verify"]
 
@@ -104,6 +105,10 @@ async def verify(backends: Backends, options: VerifyOptions) -> VerifyReport:
     await _check_contents(backends, options, report)
     await _check_references(backends, options, report)
     await _check_objects(backends, options, report)
+    await corruption_found(
+        cast(WebhookStore, backends.store),
+        ((p.sha256, p.reason) for p in (*report.corrupt.items, *report.missing.items)),
+    )
     return report
 
 

@@ -15,6 +15,7 @@ from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
 from putplace_api.errors import (
     KEYED_ROUTE_ERRORS,
     BadRequest,
+    HashMismatch,
     NotFound,
     RangeNotSatisfiable,
     UnsupportedMediaType,
@@ -99,6 +100,11 @@ async def upload_file(
     except ClientDisconnect:
         # Nothing was stored; nobody is left to read an answer. Not a server error.
         raise BadRequest("The client disconnected before the upload was complete") from None
+    except HashMismatch:
+        await state.webhooks.mismatch(sha256, hostname, filepath)
+        raise
+    if not result.already_stored:
+        await state.webhooks.uploaded(sha256, result.size, result.mime_type, hostname, filepath)
     return UploadResponse(
         message="File uploaded successfully",
         sha256=sha256,
@@ -134,6 +140,7 @@ async def upload_files(request: Request, state: StateDep, _: WriteKey) -> BatchU
         max_bytes=state.settings.max_upload_bytes,
         allowed_mime=state.settings.allowed_mime_types,
     )
+    await state.webhooks.batch_uploaded(files)
     return BatchUploadResponse(files=files)
 
 

@@ -55,7 +55,8 @@ def to_put_response(result: PutResult) -> PutFileResponse:
 
 
 async def _announce(state: StateDep, files: list[FileMetadata]) -> list[PutResult]:
-    results = await state.store.put_files(files, datetime.now(UTC))
+    results = await state.store.put_files(files, now := datetime.now(UTC))
+    await state.webhooks.announced(results, now)
     required = sum(not r.content.stored for r in results)
     deduplicated = sum(r.file.meta.file_size for r in results if r.content.stored)
     if required:
@@ -157,6 +158,7 @@ async def delete_file(state: StateDep, _: WriteKey, hostname: str, filepath: str
     """A deletion notice: the record leaves the current catalogue, its history stays, its content stays."""
     if not await state.store.delete_file(hostname, filepath, datetime.now(UTC)):
         raise NotFound(f"No current record for {filepath} on {hostname}")
+    await state.webhooks.deleted(hostname, filepath)
     return DeleteFileResponse(message="File record deleted", hostname=hostname, filepath=filepath)
 
 

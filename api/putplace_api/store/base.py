@@ -248,3 +248,85 @@ def gcra(tat: float, now: float, rate: float, burst: int, want: int) -> tuple[in
 
 def record_changed(old: FileMetadata, new: FileMetadata) -> bool:
     return any(getattr(old, f) != getattr(new, f) for f in FILE_FIELDS)
+
+
+# -- webhooks: subscriptions and their delivery queue (putplace_api.webhooks) -------------
+# Kept apart from the rest of the store so that the section can be read (and merged) alone.
+
+DELIVERY_PENDING = "pending"
+DELIVERY_DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRow:
+    """A webhook subscription. ``secret`` signs every delivery, so it is stored as it is (a hash
+    could not sign); it is shown once, at creation, and never logged."""
+
+    id: str
+    url: str
+    events: tuple[str, ...]
+    secret: str
+    created_at: datetime
+    description: str | None = None
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One event for one subscription; ``id`` sorts by creation, which is the delivery order."""
+
+    id: str
+    subscription_id: str
+    event: str
+    body: str  # the JSON sent, byte for byte what is signed
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: int = 0
+    status: str = DELIVERY_PENDING
+    last_error: str | None = None
+
+
+class WebhookStore(Protocol):
+    """The webhook part of ``MetadataStore`` (both backends implement both)."""
+
+    async def insert_subscription(self, row: SubscriptionRow) -> None: ...
+
+    async def list_subscriptions(self) -> list[SubscriptionRow]: ...
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        """Delete it and every delivery still queued for it; False if there was none."""
+
+    async def enqueue_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
+        """Queue deliveries, in as few round trips as the backend allows."""
+
+    async def take_delivery_lease(self, subscription_id: str, holder: str, now: datetime, until: datetime) -> bool:
+        """Hold the subscription's queue until ``until``: True for one holder at a time across all
+        processes and replicas (an expired lease may be taken over; its holder may renew it)."""
+
+    async def release_delivery_lease(self, subscription_id: str, holder: str) -> None: ...
+
+    async def delivery_head(self, subscription_id: str) -> DeliveryRow | None:
+        """The oldest pending delivery of a subscription: the only one that may be sent."""
+
+    async def delivery_done(self, delivery_id: str) -> None:
+        """Delivered: forget it."""
+
+    async def delivery_failed(
+        self, delivery_id: str, attempts: int, next_attempt_at: datetime, error: str, dead: bool
+    ) -> None: ...
+
+    async def dead_deliveries(self, after_id: str | None, limit: int) -> list[DeliveryRow]:
+        """Dead letters, oldest first."""
+
+    async def replay_deliveries(self, delivery_ids: Collection[str] | None, now: datetime) -> int:
+        """Dead letters (these, or all when None) back to pending with fresh attempts; how many."""
+
+    async def delivery_counts(self) -> dict[str, int]:
+        """Queued deliveries by status (pending, dead)."""
+
+    async def purge_deliveries(self, keep: Collection[str], before: datetime) -> int:
+        """Delete deliveries queued before ``before`` for a subscription not in ``keep`` (one deleted
+        while another replica still had it cached); how many."""
+
+
+__all__ += ["DELIVERY_PENDING", "DELIVERY_DEAD", "SubscriptionRow", "DeliveryRow", "WebhookStore"]

@@ -62,7 +62,7 @@ import inspect
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, InsertOne, ReturnDocument, UpdateOne
@@ -77,8 +77,11 @@ from pymongo.errors import (
 
 from putplace_api.errors import BackendUnavailable
 from putplace_api.store.base import (
+    DELIVERY_DEAD,
+    DELIVERY_PENDING,
     FILE_FIELDS,
     ContentRow,
+    DeliveryRow,
     FileQuery,
     FileRow,
     HistoryRow,
@@ -86,6 +89,7 @@ from putplace_api.store.base import (
     PutResult,
     StatsRow,
     StoredContent,
+    SubscriptionRow,
     TokenGrant,
     gcra,
     new_id,
@@ -374,6 +378,7 @@ class MongoStore:
         ]
         for collection, keys, name, unique in indexes:
             await collection.create_index(keys, name=name, unique=unique)
+        await self._open_webhooks()
         info = await self._client.admin.command("buildInfo")
         self._in_reads_all = "ferretdbFeatures" in info
 
@@ -818,3 +823,172 @@ class MongoStore:
             return TokenGrant(granted=granted)
         # Still contended after all attempts: refuse for now rather than over-grant.
         return TokenGrant(granted=0, retry_after=min(1.0, 1.0 / rate))
+
+    # -- webhooks (putplace_api.webhooks) -------------------------------------------------
+    # Collections: ``webhook_subscriptions`` (_id = id), ``webhook_deliveries`` (_id = delivery
+    # id, ``s`` = subscription id), ``webhook_leases``: per subscription a chain of lease states
+    # ``"<s>:<k>"``, unique by _id -- taking a lease inserts state k+1 computed from state k, the
+    # one compare-and-set FerretDB v1 makes atomic (as the rate buckets do).
+
+    async def _open_webhooks(self) -> None:
+        # One index per command, as above.
+        deliveries = self._db["webhook_deliveries"]
+        await deliveries.create_index([("s", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)], name="s_status_id")
+        await deliveries.create_index([("status", ASCENDING), ("_id", ASCENDING)], name="status_id")
+        await self._db["webhook_leases"].create_index([("s", ASCENDING), ("k", ASCENDING)], name="s_k")
+
+    async def insert_subscription(self, row: SubscriptionRow) -> None:
+        await self._db["webhook_subscriptions"].insert_one(
+            {
+                "_id": row.id,
+                "url": row.url,
+                "events": list(row.events),
+                "secret": row.secret,
+                "description": row.description,
+                "created_at": _ms(row.created_at),
+                "active": row.active,
+            }
+        )
+
+    async def list_subscriptions(self) -> list[SubscriptionRow]:
+        return [
+            SubscriptionRow(
+                id=doc["_id"],
+                url=doc["url"],
+                events=tuple(doc.get("events") or ()),
+                secret=doc["secret"],
+                description=doc.get("description"),
+                created_at=doc["created_at"],
+                active=bool(doc.get("active", True)),
+            )
+            async for doc in self._db["webhook_subscriptions"].find().sort("_id", ASCENDING)
+        ]
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        await self._db["webhook_deliveries"].delete_many({"s": subscription_id})
+        await self._db["webhook_leases"].delete_many({"s": subscription_id})
+        return (await self._db["webhook_subscriptions"].delete_one({"_id": subscription_id})).deleted_count > 0
+
+    async def enqueue_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
+        docs = [
+            {
+                "_id": r.id,
+                "s": r.subscription_id,
+                "event": r.event,
+                "body": r.body,
+                "created_at": _ms(r.created_at),
+                "next_at": _ms(r.next_attempt_at),
+                "attempts": r.attempts,
+                "status": r.status,
+                "last_error": r.last_error,
+            }
+            for r in rows
+        ]
+        await self._insert_all(self._db["webhook_deliveries"], docs)
+
+    async def take_delivery_lease(self, subscription_id: str, holder: str, now: datetime, until: datetime) -> bool:
+        leases = self._db["webhook_leases"]
+        now, until = _ms(now), _ms(until)
+        head = await leases.find_one({"s": subscription_id}, sort=[("k", DESCENDING)])
+        if head is not None and head["until"] > now:
+            if head["holder"] != holder:
+                return False
+            await leases.update_one({"_id": head["_id"]}, {"$set": {"until": until}})  # our own state
+            return True
+        k = 0 if head is None else int(head["k"]) + 1
+        try:
+            await leases.insert_one(
+                {"_id": f"{subscription_id}:{k}", "s": subscription_id, "k": k, "holder": holder, "until": until}
+            )
+        except DuplicateKeyError:  # another process took it from the same state first
+            return False
+        # States older than a minute go, never the newest two: a state number could only be
+        # reused by a taker that read its predecessor a minute before inserting.
+        await leases.delete_many(
+            {"s": subscription_id, "k": {"$lt": k - 1}, "until": {"$lt": now - timedelta(minutes=1)}}
+        )
+        return True
+
+    async def release_delivery_lease(self, subscription_id: str, holder: str) -> None:
+        leases = self._db["webhook_leases"]
+        head = await leases.find_one({"s": subscription_id}, sort=[("k", DESCENDING)])
+        if head is not None and head["holder"] == holder:
+            await leases.update_one({"_id": head["_id"]}, {"$set": {"until": datetime.fromtimestamp(0, UTC)}})
+
+    async def delivery_head(self, subscription_id: str) -> DeliveryRow | None:
+        doc = await self._db["webhook_deliveries"].find_one(
+            {"s": subscription_id, "status": DELIVERY_PENDING}, sort=[("_id", ASCENDING)]
+        )
+        return None if doc is None else _delivery_row(doc)
+
+    async def delivery_done(self, delivery_id: str) -> None:
+        await self._db["webhook_deliveries"].delete_one({"_id": delivery_id})
+
+    async def delivery_failed(
+        self, delivery_id: str, attempts: int, next_attempt_at: datetime, error: str, dead: bool
+    ) -> None:
+        await self._db["webhook_deliveries"].update_one(
+            {"_id": delivery_id},
+            {
+                "$set": {
+                    "attempts": attempts,
+                    "next_at": _ms(next_attempt_at),
+                    "last_error": error,
+                    "status": DELIVERY_DEAD if dead else DELIVERY_PENDING,
+                }
+            },
+        )
+
+    async def dead_deliveries(self, after_id: str | None, limit: int) -> list[DeliveryRow]:
+        if limit <= 0:
+            return []
+        cursor = (
+            self._db["webhook_deliveries"]
+            .find({"status": DELIVERY_DEAD, "_id": {"$gt": after_id or ""}})
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
+        return [_delivery_row(doc) async for doc in cursor]
+
+    async def replay_deliveries(self, delivery_ids: Collection[str] | None, now: datetime) -> int:
+        deliveries = self._db["webhook_deliveries"]
+        fresh = {"$set": {"status": DELIVERY_PENDING, "attempts": 0, "next_at": _ms(now)}}
+        if delivery_ids is None:
+            return int((await deliveries.update_many({"status": DELIVERY_DEAD}, fresh)).modified_count)
+        replayed = 0
+        for delivery_id in delivery_ids:  # equalities: what FerretDB runs in its database
+            result = await deliveries.update_one({"_id": delivery_id, "status": DELIVERY_DEAD}, fresh)
+            replayed += result.modified_count
+        return replayed
+
+    async def delivery_counts(self) -> dict[str, int]:
+        deliveries = self._db["webhook_deliveries"]
+        pending, dead = await asyncio.gather(
+            deliveries.count_documents({"status": DELIVERY_PENDING}),
+            deliveries.count_documents({"status": DELIVERY_DEAD}),
+        )
+        return {DELIVERY_PENDING: pending, DELIVERY_DEAD: dead}
+
+    async def purge_deliveries(self, keep: Collection[str], before: datetime) -> int:
+        deliveries = self._db["webhook_deliveries"]
+        cursor = await deliveries.aggregate([{"$group": {"_id": "$s"}}])
+        gone = [doc["_id"] async for doc in cursor if doc["_id"] not in set(keep)]
+        purged = 0
+        for sub in gone:  # equalities, as FerretDB likes them
+            result = await deliveries.delete_many({"s": sub, "created_at": {"$lt": _ms(before)}})
+            purged += result.deleted_count
+        return purged
+
+
+def _delivery_row(doc: Mapping[str, Any]) -> DeliveryRow:
+    return DeliveryRow(
+        id=doc["_id"],
+        subscription_id=doc["s"],
+        event=doc["event"],
+        body=doc["body"],
+        created_at=doc["created_at"],
+        next_attempt_at=doc["next_at"],
+        attempts=int(doc.get("attempts", 0)),
+        status=doc["status"],
+        last_error=doc.get("last_error"),
+    )

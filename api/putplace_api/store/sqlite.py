@@ -22,8 +22,11 @@ from typing import Any, TypeVar
 
 from putplace_api.errors import BackendUnavailable
 from putplace_api.store.base import (
+    DELIVERY_DEAD,
+    DELIVERY_PENDING,
     FILE_FIELDS,
     ContentRow,
+    DeliveryRow,
     FileQuery,
     FileRow,
     HistoryRow,
@@ -31,6 +34,7 @@ from putplace_api.store.base import (
     PutResult,
     StatsRow,
     StoredContent,
+    SubscriptionRow,
     TokenGrant,
     gcra,
     new_id,
@@ -222,6 +226,7 @@ class SqliteStore:
         # changed many times once.
         conn.execute("PRAGMA wal_autocheckpoint=10000")
         conn.executescript(_SCHEMA)
+        conn.executescript(_WEBHOOK_SCHEMA)
         self._conn = conn
 
     async def open(self) -> None:
@@ -628,3 +633,194 @@ class SqliteStore:
                 return TokenGrant(granted=granted, retry_after=retry_after)
 
         return await self._run(run)
+
+    # -- webhooks (putplace_api.webhooks) -------------------------------------------------
+    async def _write_one(self, sql: str, args: Sequence[Any]) -> int:
+        """One statement in its own write transaction; the rows it changed."""
+
+        def run() -> int:
+            with self._write() as c:
+                return c.execute(sql, args).rowcount
+
+        return await self._run(run)
+
+    async def insert_subscription(self, row: SubscriptionRow) -> None:
+        await self._write_one(
+            "INSERT INTO webhook_subscriptions (id, url, events, secret, description, created_at, active) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.url,
+                ",".join(row.events),
+                row.secret,
+                row.description,
+                row.created_at.timestamp(),
+                int(row.active),
+            ),
+        )
+
+    async def list_subscriptions(self) -> list[SubscriptionRow]:
+        return await self._run(
+            lambda: [_subscription_row(r) for r in self._c.execute("SELECT * FROM webhook_subscriptions ORDER BY id")]
+        )
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        def run() -> bool:
+            with self._write() as c:
+                c.execute("DELETE FROM webhook_deliveries WHERE subscription_id = ?", (subscription_id,))
+                c.execute("DELETE FROM webhook_leases WHERE subscription_id = ?", (subscription_id,))
+                return c.execute("DELETE FROM webhook_subscriptions WHERE id = ?", (subscription_id,)).rowcount > 0
+
+        return await self._run(run)
+
+    async def enqueue_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
+        def run() -> None:
+            with self._write() as c:
+                c.executemany(
+                    "INSERT INTO webhook_deliveries (id, subscription_id, event, body, created_at, next_attempt_at, "
+                    "attempts, status, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.id,
+                            r.subscription_id,
+                            r.event,
+                            r.body,
+                            r.created_at.timestamp(),
+                            r.next_attempt_at.timestamp(),
+                            r.attempts,
+                            r.status,
+                            r.last_error,
+                        )
+                        for r in rows
+                    ],
+                )
+
+        if rows:
+            await self._run(run)
+
+    async def take_delivery_lease(self, subscription_id: str, holder: str, now: datetime, until: datetime) -> bool:
+        changed = await self._write_one(
+            "INSERT INTO webhook_leases (subscription_id, holder, until) VALUES (?, ?, ?) "
+            "ON CONFLICT (subscription_id) DO UPDATE SET holder = excluded.holder, until = excluded.until "
+            "WHERE webhook_leases.until < ? OR webhook_leases.holder = excluded.holder",
+            (subscription_id, holder, until.timestamp(), now.timestamp()),
+        )
+        return changed > 0
+
+    async def release_delivery_lease(self, subscription_id: str, holder: str) -> None:
+        await self._write_one(
+            "DELETE FROM webhook_leases WHERE subscription_id = ? AND holder = ?", (subscription_id, holder)
+        )
+
+    async def delivery_head(self, subscription_id: str) -> DeliveryRow | None:
+        def run() -> DeliveryRow | None:
+            row = self._c.execute(
+                "SELECT * FROM webhook_deliveries WHERE subscription_id = ? AND status = ? ORDER BY id LIMIT 1",
+                (subscription_id, DELIVERY_PENDING),
+            ).fetchone()
+            return None if row is None else _delivery_row(row)
+
+        return await self._run(run)
+
+    async def delivery_done(self, delivery_id: str) -> None:
+        await self._write_one("DELETE FROM webhook_deliveries WHERE id = ?", (delivery_id,))
+
+    async def delivery_failed(
+        self, delivery_id: str, attempts: int, next_attempt_at: datetime, error: str, dead: bool
+    ) -> None:
+        status = DELIVERY_DEAD if dead else DELIVERY_PENDING
+        await self._write_one(
+            "UPDATE webhook_deliveries SET attempts = ?, next_attempt_at = ?, last_error = ?, status = ? WHERE id = ?",
+            (attempts, next_attempt_at.timestamp(), error, status, delivery_id),
+        )
+
+    async def dead_deliveries(self, after_id: str | None, limit: int) -> list[DeliveryRow]:
+        return await self._run(
+            lambda: [
+                _delivery_row(r)
+                for r in self._c.execute(
+                    "SELECT * FROM webhook_deliveries WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
+                    (DELIVERY_DEAD, after_id or "", limit),
+                )
+            ]
+        )
+
+    async def replay_deliveries(self, delivery_ids: Collection[str] | None, now: datetime) -> int:
+        sql = "UPDATE webhook_deliveries SET status = ?, attempts = 0, next_attempt_at = ? WHERE status = ?"
+
+        def run() -> int:
+            with self._write() as c:
+                args = (DELIVERY_PENDING, now.timestamp(), DELIVERY_DEAD)
+                if delivery_ids is None:
+                    return c.execute(sql, args).rowcount
+                return sum(c.execute(sql + " AND id = ?", (*args, i)).rowcount for i in delivery_ids)
+
+        return await self._run(run)
+
+    async def delivery_counts(self) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            counts = {DELIVERY_PENDING: 0, DELIVERY_DEAD: 0}
+            for status, n in self._c.execute("SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status"):
+                counts[status] = n
+            return counts
+
+        return await self._run(run)
+
+    async def purge_deliveries(self, keep: Collection[str], before: datetime) -> int:
+        def run() -> int:
+            with self._write() as c:
+                gone = [
+                    r[0]
+                    for r in c.execute("SELECT DISTINCT subscription_id FROM webhook_deliveries")
+                    if r[0] not in set(keep)
+                ]
+                return sum(
+                    c.execute(
+                        "DELETE FROM webhook_deliveries WHERE subscription_id = ? AND created_at < ?",
+                        (sub, before.timestamp()),
+                    ).rowcount
+                    for sub in gone
+                )
+
+        return await self._run(run)
+
+
+_WEBHOOK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, secret TEXT NOT NULL, description TEXT,
+    created_at REAL NOT NULL, active INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY, subscription_id TEXT NOT NULL, event TEXT NOT NULL, body TEXT NOT NULL,
+    created_at REAL NOT NULL, next_attempt_at REAL NOT NULL, attempts INTEGER NOT NULL, status TEXT NOT NULL,
+    last_error TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS webhook_deliveries_queue ON webhook_deliveries (subscription_id, status, id);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_status ON webhook_deliveries (status, id);
+CREATE TABLE IF NOT EXISTS webhook_leases (
+    subscription_id TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL) WITHOUT ROWID;
+"""
+
+
+def _subscription_row(row: sqlite3.Row) -> SubscriptionRow:
+    return SubscriptionRow(
+        id=row["id"],
+        url=row["url"],
+        events=tuple(e for e in row["events"].split(",") if e),
+        secret=row["secret"],
+        description=row["description"],
+        created_at=_dt(row["created_at"]),  # type: ignore[arg-type]
+        active=bool(row["active"]),
+    )
+
+
+def _delivery_row(row: sqlite3.Row) -> DeliveryRow:
+    return DeliveryRow(
+        id=row["id"],
+        subscription_id=row["subscription_id"],
+        event=row["event"],
+        body=row["body"],
+        created_at=_dt(row["created_at"]),  # type: ignore[arg-type]
+        next_attempt_at=_dt(row["next_attempt_at"]),  # type: ignore[arg-type]
+        attempts=row["attempts"],
+        status=row["status"],
+        last_error=row["last_error"],
+    )

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from putplace_operator.manifests.api import KEY_FIELD
-from putplace_operator.manifests.common import GROUP, MANAGED_BY, VERSION, Manifest, Resource, checksum
+from putplace_operator.manifests.common import InstanceChild, Manifest, checksum, child_secret
 
 __all__ = ["URL_FIELD", "ApiKeyObject", "KeyRecord", "controlled_by", "key_secret", "made_for"]
 
@@ -30,16 +30,8 @@ _API_NAME = re.compile(r"(?P<uid>[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}) (?
 
 
 @dataclass(frozen=True)
-class ApiKeyObject(Resource):
+class ApiKeyObject(InstanceChild):
     """An ApiKey."""
-
-    @property
-    def instance(self) -> str:
-        return str(self.spec["instanceRef"]["name"])
-
-    @property
-    def secret_name(self) -> str:
-        return str(self.spec.get("secretName") or self.name)
 
     @property
     def rotation(self) -> int:
@@ -118,34 +110,4 @@ def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 def key_secret(k: ApiKeyObject, key: str, url: str, record: KeyRecord) -> Manifest:
     """The Secret with the key, owned by its ApiKey (deleting the ApiKey deletes it)."""
-
-    def b64(value: str) -> str:
-        return base64.b64encode(value.encode()).decode()
-
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": k.secret_name,
-            "namespace": k.namespace,
-            "labels": {
-                "app.kubernetes.io/name": "putplace",
-                "app.kubernetes.io/instance": k.instance,
-                "app.kubernetes.io/component": "api-key",
-                "app.kubernetes.io/managed-by": MANAGED_BY,
-            },
-            "annotations": record.annotations(),
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "ApiKey",
-                    "name": k.name,
-                    "uid": k.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "type": "Opaque",
-        "data": {KEY_FIELD: b64(key), URL_FIELD: b64(url)},
-    }
+    return child_secret(k, "ApiKey", "api-key", record.annotations(), {KEY_FIELD: key, URL_FIELD: url})

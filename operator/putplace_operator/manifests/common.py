@@ -6,6 +6,7 @@ Pure functions of the instance: no Kubernetes calls here, so every manifest can 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -16,9 +17,11 @@ __all__ = [
     "API_PORT",
     "AGENT_METRICS_PORT",
     "Instance",
+    "InstanceChild",
     "Manifest",
     "Resource",
     "checksum",
+    "child_secret",
     "container_security",
     "labels",
     "metadata",
@@ -48,6 +51,53 @@ class Resource:
     def from_body(cls, body: Mapping[str, Any]) -> Self:
         meta = body["metadata"]
         return cls(meta["name"], meta["namespace"], meta["uid"], body.get("spec") or {})
+
+
+@dataclass(frozen=True)
+class InstanceChild(Resource):
+    """An object made for one PutPlaceInstance of its namespace (an ApiKey, a WebhookSubscription),
+    delivered in a Secret."""
+
+    @property
+    def instance(self) -> str:
+        return str(self.spec["instanceRef"]["name"])
+
+    @property
+    def secret_name(self) -> str:
+        return str(self.spec.get("secretName") or self.name)
+
+
+def child_secret(
+    obj: InstanceChild, kind: str, component: str, annotations: Mapping[str, str], data: Mapping[str, str]
+) -> Manifest:
+    """The Secret delivering what ``obj`` (of ``kind``) was made for, owned by it (deleted with it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": obj.secret_name,
+            "namespace": obj.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "putplace",
+                "app.kubernetes.io/instance": obj.instance,
+                "app.kubernetes.io/component": component,
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+            },
+            "annotations": dict(annotations),
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": kind,
+                    "name": obj.name,
+                    "uid": obj.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
 
 
 @dataclass(frozen=True)
