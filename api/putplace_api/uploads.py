@@ -5,6 +5,11 @@ commit; the hash and size are checked before commit; the content record is marke
 only after the object is committed. So metadata never claims content that is not there,
 and a crash at any point leaves at worst an unreferenced object that the next identical
 upload overwrites.
+
+Quotas: a content counts against the key whose upload stores it first (``stored_by``), once,
+with its size; re-sending a content already stored costs nothing. The check reads the key's
+usage before storing, so uploads of one key running at once can overshoot its quota by what
+they carry (the next upload is refused).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import anyio
 import anyio.to_thread
 
 from putplace_api import metrics
+from putplace_api.auth import Principal
 from putplace_api.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
 from putplace_api.storage.base import ContentStorage
-from putplace_api.store.base import MetadataStore, StoredContent
+from putplace_api.store.base import KeyUsage, MetadataStore, StoredContent
 from putplace_client.models import BatchUploadItem, UploadStatus, is_sha256
 
 __all__ = ["UploadResult", "receive_batch", "receive_content", "WRITE_BLOCK"]
@@ -42,6 +48,32 @@ class UploadResult:
     mime_type: str | None
 
 
+def _has_quota(key: Principal | None) -> bool:
+    return key is not None and (key.max_bytes is not None or key.max_files is not None)
+
+
+async def _usage(store: MetadataStore, key: Principal | None) -> KeyUsage:
+    if key is None or not _has_quota(key):
+        return KeyUsage()
+    return (await store.key_usage([key.key_id])).get(key.key_id, KeyUsage())
+
+
+def _over_quota(key: Principal | None, used: KeyUsage, size: int) -> str | None:
+    """Why storing one more content of ``size`` bytes would take the key over a quota, or None."""
+    if key is None:
+        return None
+    if key.max_files is not None and used.files + 1 > key.max_files:
+        return f"This API key's quota of {key.max_files} files is used up ({used.files} stored)"
+    if key.max_bytes is not None and used.bytes + size > key.max_bytes:
+        return _bytes_refusal(key.max_bytes, used, f"this content of {size} bytes")
+    return None
+
+
+def _bytes_refusal(max_bytes: int, used: KeyUsage, what: str) -> str:
+    left = max(0, max_bytes - used.bytes)
+    return f"This API key's quota of {max_bytes} bytes has {left} left ({used.bytes} stored): too little for {what}"
+
+
 async def receive_content(
     *,
     store: MetadataStore,
@@ -50,8 +82,12 @@ async def receive_content(
     chunks: AsyncIterator[bytes],
     max_bytes: int | None,
     allowed_mime: list[str],
+    key: Principal | None = None,
 ) -> UploadResult:
     content = await store.get_content(sha256)
+    if content is not None and key is not None and key.visible is not None:
+        if not await store.visible_shas({sha256}, key.visible):
+            content = None  # announced only outside the key's limits: as if not announced (nothing leaks)
     if content is None:
         metrics.UPLOADS.labels("not_announced").inc()
         raise NotFound(f"No metadata announced for SHA256 {sha256}; call /put_file first")
@@ -64,6 +100,13 @@ async def receive_content(
     if max_bytes is not None and content.size > max_bytes:
         metrics.UPLOADS.labels("too_large").inc()
         raise PayloadTooLarge(f"Content of {content.size} bytes exceeds the upload limit of {max_bytes} bytes")
+    used = await _usage(store, key)
+    refusal = _over_quota(key, used, content.size)
+    if refusal is not None:
+        metrics.UPLOADS.labels("quota_exceeded").inc()
+        raise PayloadTooLarge(refusal)
+    # The announced size is the client's word: the bytes received are held to the quota too.
+    room = None if key is None or key.max_bytes is None else key.max_bytes - used.bytes
 
     digest = hashlib.sha256()
     writer = await storage.writer(sha256)
@@ -93,6 +136,12 @@ async def receive_content(
                         if max_bytes is not None and size > max_bytes:
                             metrics.UPLOADS.labels("too_large").inc()
                             raise PayloadTooLarge(f"Upload exceeds the limit of {max_bytes} bytes")
+                        if room is not None and size > room:
+                            assert key is not None and key.max_bytes is not None
+                            metrics.UPLOADS.labels("quota_exceeded").inc()
+                            raise PayloadTooLarge(
+                                _bytes_refusal(key.max_bytes, used, f"an upload of over {room} bytes")
+                            )
                         if mime is None:
                             head += chunk[: SNIFF_BYTES - len(head)]
                             if len(head) >= SNIFF_BYTES:
@@ -116,7 +165,9 @@ async def receive_content(
     except BaseException:
         await writer.abort()
         raise
-    await store.mark_stored(sha256, size, mime, storage.location(sha256), datetime.now(UTC))
+    await store.mark_stored(
+        sha256, size, mime, storage.location(sha256), datetime.now(UTC), key.key_id if key is not None else None
+    )
     metrics.UPLOADS.labels("stored").inc()
     metrics.UPLOADED_BYTES.inc(size)
     return UploadResult(sha256, size, False, mime)
@@ -174,6 +225,7 @@ async def receive_batch(
     parts: list[tuple[str, bytes]],
     max_bytes: int | None,
     allowed_mime: list[str],
+    key: Principal | None = None,
 ) -> list[BatchUploadItem]:
     """Many small contents in one request (the body is already in memory, under the request cap).
 
@@ -181,6 +233,10 @@ async def receive_batch(
     of safety holds as for one upload: verify, store durably, then mark stored.
     """
     known = await store.contents({name for name, _ in parts if is_sha256(name)})
+    if key is not None and key.visible is not None and known:
+        # Announced only outside the key's limits: as if not announced (nothing leaks).
+        allowed = await store.visible_shas(set(known), key.visible)
+        known = {sha: row for sha, row in known.items() if sha in allowed}
     outcome: dict[str, UploadStatus] = {}
     candidates: list[tuple[str, bytes]] = []
     stored: list[tuple[str, bytes]] = []
@@ -220,10 +276,23 @@ async def receive_batch(
         return good
 
     verified = await anyio.to_thread.run_sync(verify)
+    if _has_quota(key):
+        used = await _usage(store, key)
+        within = []
+        for name, data, mime in verified:  # in the order sent, while the quota has room
+            if _over_quota(key, used, len(data)) is None:
+                used = KeyUsage(used.files + 1, used.bytes + len(data))
+                within.append((name, data, mime))
+            else:
+                outcome[name] = UploadStatus.QUOTA_EXCEEDED
+        verified = within
     if verified:
         await storage.put_many([(name, data) for name, data, _ in verified])
         await store.mark_stored_many(
-            [StoredContent(name, len(data), mime, storage.location(name)) for name, data, mime in verified],
+            [
+                StoredContent(name, len(data), mime, storage.location(name), key.key_id if key else None)
+                for name, data, mime in verified
+            ],
             datetime.now(UTC),
         )
         metrics.UPLOADED_BYTES.inc(sum(len(data) for _, data, _ in verified))
