@@ -6,16 +6,16 @@ only after the object is committed. So metadata never claims content that is not
 and a crash at any point leaves at worst an unreferenced object that the next identical
 upload overwrites.
 
-Quotas: a content counts against the key whose upload stores it first (``stored_by``), once,
-with its size; re-sending a content already stored costs nothing. The check reads the key's
-usage before storing, so uploads of one key running at once can overshoot its quota by what
-they carry (the next upload is refused).
+A key with quotas is checked before anything is received, and holds what it may store until
+the content is marked stored (``putplace_api.quotas``); re-sending a content already stored
+costs nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,6 +26,7 @@ from putplace_api import metrics
 from putplace_api.auth import Principal
 from putplace_api.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
+from putplace_api.quotas import Quotas, bytes_refusal, has_quota
 from putplace_api.storage.base import ContentStorage
 from putplace_api.store.base import KeyUsage, MetadataStore, StoredContent
 from putplace_client.models import BatchUploadItem, UploadStatus, is_sha256
@@ -48,30 +49,22 @@ class UploadResult:
     mime_type: str | None
 
 
-def _has_quota(key: Principal | None) -> bool:
-    return key is not None and (key.max_bytes is not None or key.max_files is not None)
+def _storing(quotas: Quotas | None, key: Principal | None, held: KeyUsage) -> AbstractAsyncContextManager[None]:
+    """Where a content is marked stored: inside its key's quota lock when it holds a quota."""
+    if quotas is None or key is None or not held.files:
+        return nullcontext()
+    return quotas.storing(key, held)
 
 
-async def _usage(store: MetadataStore, key: Principal | None) -> KeyUsage:
-    if key is None or not _has_quota(key):
-        return KeyUsage()
-    return (await store.key_usage([key.key_id])).get(key.key_id, KeyUsage())
-
-
-def _over_quota(key: Principal | None, used: KeyUsage, size: int) -> str | None:
-    """Why storing one more content of ``size`` bytes would take the key over a quota, or None."""
-    if key is None:
-        return None
-    if key.max_files is not None and used.files + 1 > key.max_files:
-        return f"This API key's quota of {key.max_files} files is used up ({used.files} stored)"
-    if key.max_bytes is not None and used.bytes + size > key.max_bytes:
-        return _bytes_refusal(key.max_bytes, used, f"this content of {size} bytes")
-    return None
-
-
-def _bytes_refusal(max_bytes: int, used: KeyUsage, what: str) -> str:
-    left = max(0, max_bytes - used.bytes)
-    return f"This API key's quota of {max_bytes} bytes has {left} left ({used.bytes} stored): too little for {what}"
+@asynccontextmanager
+async def _given_back_on_error(quotas: Quotas | None, key: Principal | None, held: KeyUsage) -> AsyncIterator[None]:
+    """Where a held content is received and written: nothing is stored if this fails, so the hold goes."""
+    try:
+        yield
+    except BaseException:
+        if quotas is not None and key is not None and held.files:
+            quotas.release(key, held)
+        raise
 
 
 async def receive_content(
@@ -83,6 +76,7 @@ async def receive_content(
     max_bytes: int | None,
     allowed_mime: list[str],
     key: Principal | None = None,
+    quotas: Quotas | None = None,
 ) -> UploadResult:
     content = await store.get_content(sha256)
     if content is not None and key is not None and key.visible is not None:
@@ -100,14 +94,37 @@ async def receive_content(
     if max_bytes is not None and content.size > max_bytes:
         metrics.UPLOADS.labels("too_large").inc()
         raise PayloadTooLarge(f"Content of {content.size} bytes exceeds the upload limit of {max_bytes} bytes")
-    used = await _usage(store, key)
-    refusal = _over_quota(key, used, content.size)
-    if refusal is not None:
-        metrics.UPLOADS.labels("quota_exceeded").inc()
-        raise PayloadTooLarge(refusal)
-    # The announced size is the client's word: the bytes received are held to the quota too.
-    room = None if key is None or key.max_bytes is None else key.max_bytes - used.bytes
+    held, cap = KeyUsage(), None
+    if quotas is not None and key is not None and has_quota(key):
+        (refused,), used = await quotas.admit(store, key, [content.size])
+        if refused is not None:
+            metrics.UPLOADS.labels("quota_exceeded").inc()
+            raise PayloadTooLarge(refused)
+        held = KeyUsage(1, content.size)
+        if key.max_bytes is not None:  # the announced size is the client's word: the bytes count
+            room = key.max_bytes - used.bytes
+            cap = (room, bytes_refusal(key.max_bytes, used, f"an upload of over {room} bytes"))
+    async with _given_back_on_error(quotas, key, held):
+        size, mime = await _store_stream(storage, sha256, chunks, max_bytes, allowed_mime, cap)
+    async with _storing(quotas, key, held):
+        await store.mark_stored(
+            sha256, size, mime, storage.location(sha256), datetime.now(UTC), key.key_id if key is not None else None
+        )
+    metrics.UPLOADS.labels("stored").inc()
+    metrics.UPLOADED_BYTES.inc(size)
+    return UploadResult(sha256, size, False, mime)
 
+
+async def _store_stream(
+    storage: ContentStorage,
+    sha256: str,
+    chunks: AsyncIterator[bytes],
+    max_bytes: int | None,
+    allowed_mime: list[str],
+    cap: tuple[int, str] | None,
+) -> tuple[int, str]:
+    """Stream, hash and commit one content; its size and MIME type. ``cap``: the bytes a quota
+    leaves, and the refusal past them."""
     digest = hashlib.sha256()
     writer = await storage.writer(sha256)
     size = 0
@@ -136,12 +153,9 @@ async def receive_content(
                         if max_bytes is not None and size > max_bytes:
                             metrics.UPLOADS.labels("too_large").inc()
                             raise PayloadTooLarge(f"Upload exceeds the limit of {max_bytes} bytes")
-                        if room is not None and size > room:
-                            assert key is not None and key.max_bytes is not None
+                        if cap is not None and size > cap[0]:
                             metrics.UPLOADS.labels("quota_exceeded").inc()
-                            raise PayloadTooLarge(
-                                _bytes_refusal(key.max_bytes, used, f"an upload of over {room} bytes")
-                            )
+                            raise PayloadTooLarge(cap[1])
                         if mime is None:
                             head += chunk[: SNIFF_BYTES - len(head)]
                             if len(head) >= SNIFF_BYTES:
@@ -165,12 +179,7 @@ async def receive_content(
     except BaseException:
         await writer.abort()
         raise
-    await store.mark_stored(
-        sha256, size, mime, storage.location(sha256), datetime.now(UTC), key.key_id if key is not None else None
-    )
-    metrics.UPLOADS.labels("stored").inc()
-    metrics.UPLOADED_BYTES.inc(size)
-    return UploadResult(sha256, size, False, mime)
+    return size, mime
 
 
 async def _verify_only(sha256: str, chunks: AsyncIterator[bytes], expected_size: int) -> int:
@@ -226,6 +235,7 @@ async def receive_batch(
     max_bytes: int | None,
     allowed_mime: list[str],
     key: Principal | None = None,
+    quotas: Quotas | None = None,
 ) -> list[BatchUploadItem]:
     """Many small contents in one request (the body is already in memory, under the request cap).
 
@@ -276,25 +286,25 @@ async def receive_batch(
         return good
 
     verified = await anyio.to_thread.run_sync(verify)
-    if _has_quota(key):
-        used = await _usage(store, key)
-        within = []
-        for name, data, mime in verified:  # in the order sent, while the quota has room
-            if _over_quota(key, used, len(data)) is None:
-                used = KeyUsage(used.files + 1, used.bytes + len(data))
-                within.append((name, data, mime))
-            else:
+    held = KeyUsage()
+    if quotas is not None and key is not None and has_quota(key) and verified:
+        refusals, _ = await quotas.admit(store, key, [len(data) for _, data, _ in verified])
+        for (name, _, _), refused in zip(verified, refusals, strict=True):  # in the order sent
+            if refused is not None:
                 outcome[name] = UploadStatus.QUOTA_EXCEEDED
-        verified = within
+        verified = [v for v, refused in zip(verified, refusals, strict=True) if refused is None]
+        held = KeyUsage(len(verified), sum(len(data) for _, data, _ in verified))
     if verified:
-        await storage.put_many([(name, data) for name, data, _ in verified])
-        await store.mark_stored_many(
-            [
-                StoredContent(name, len(data), mime, storage.location(name), key.key_id if key else None)
-                for name, data, mime in verified
-            ],
-            datetime.now(UTC),
-        )
+        async with _given_back_on_error(quotas, key, held):
+            await storage.put_many([(name, data) for name, data, _ in verified])
+        async with _storing(quotas, key, held):
+            await store.mark_stored_many(
+                [
+                    StoredContent(name, len(data), mime, storage.location(name), key.key_id if key else None)
+                    for name, data, mime in verified
+                ],
+                datetime.now(UTC),
+            )
         metrics.UPLOADED_BYTES.inc(sum(len(data) for _, data, _ in verified))
     for status in outcome.values():
         metrics.UPLOADS.labels(_METRIC_OUTCOME.get(status, status.value)).inc()

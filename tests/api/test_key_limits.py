@@ -6,6 +6,7 @@ follow one limited key through a node's whole life, and a key's quotas through i
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -108,6 +109,8 @@ def test_quotas_refuse_uploads_past_them_and_the_listing_shows_usage(backend_api
     files_key = _key(api, scopes=["write"], max_files=2)
     bytes_key = _key(api, scopes=["write"], max_bytes=50)
     with api.http(key=files_key["api_key"]) as c:
+        for _ in range(2):  # refused uploads hold nothing back from the quota
+            assert c.post(f"/upload_file/{sha(contents[0])}", content=contents[1]).status_code == 400
         for data in contents[:2]:
             assert c.post(f"/upload_file/{sha(data)}", content=data).status_code == 200
         r = c.post(f"/upload_file/{sha(contents[2])}", content=contents[2])
@@ -172,6 +175,29 @@ def test_batch_uploads_stop_at_the_quota_part_by_part(backend_api: Api) -> None:
         assert admin.get(f"/content/{sha(parts[1])}").status_code == 404  # refused: not stored
         usage = next(k for k in admin.get("/api_keys").json() if k["_id"] == key["_id"])
     assert (usage["used_files"], usage["used_bytes"]) == (2, len(parts[0]) + len(parts[2]))
+
+
+def test_uploads_at_once_do_not_overshoot_a_quota(backend_api: Api) -> None:
+    """Uploads of one key running side by side are counted as they go: exactly max_files stored."""
+    api = backend_api
+    contents = [f"concurrent {n}\n".encode() * 1000 for n in range(12)]
+    with api.http() as admin:
+        files = [meta(data, filepath=f"/c/{n}") for n, data in enumerate(contents)]
+        assert admin.post("/put_files", json={"files": files}).status_code == 201
+    key = _key(api, scopes=["write"], max_files=3, max_bytes=10**9)
+
+    def upload(data: bytes) -> int:
+        with api.http(key=key["api_key"]) as c:
+            return c.post(f"/upload_file/{sha(data)}", content=data).status_code
+
+    with ThreadPoolExecutor(len(contents)) as pool:
+        codes = list(pool.map(upload, contents))
+    assert sorted(codes) == [200] * 3 + [413] * 9
+    with api.http() as admin:
+        usage = next(k for k in admin.get("/api_keys").json() if k["_id"] == key["_id"])
+        stored = [d for d in contents if admin.get(f"/content/{sha(d)}").status_code == 200]
+    assert (usage["used_files"], len(stored)) == (3, 3)
+    assert usage["used_bytes"] == sum(len(d) for d in stored)
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,7 @@ async def upload_file(
             max_bytes=state.settings.max_upload_bytes,
             allowed_mime=state.settings.allowed_mime_types,
             key=key,
+            quotas=state.quotas,
         )
     except ClientDisconnect:
         # Nothing was stored; nobody is left to read an answer. Not a server error.
@@ -135,6 +136,7 @@ async def upload_files(request: Request, state: StateDep, key: WriteKey) -> Batc
         max_bytes=state.settings.max_upload_bytes,
         allowed_mime=state.settings.allowed_mime_types,
         key=key,
+        quotas=state.quotas,
     )
     return BatchUploadResponse(files=files)
 
