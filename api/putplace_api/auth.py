@@ -1,4 +1,4 @@
-"""API keys: generation, hashing, verification, scopes and the bootstrap admin key.
+"""API keys: generation, hashing, verification, scopes, restrictions and the bootstrap admin key.
 
 Keys are 256-bit random tokens with a ``pp_`` prefix. Only their SHA-256 is stored; a
 presented key is looked up by hash and compared in constant time. ``last_used_at`` is kept
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from putplace_api.errors import Unauthorized
-from putplace_api.store.base import KeyRow, MetadataStore, new_id
+from putplace_api.errors import Forbidden, Unauthorized
+from putplace_api.store.base import KeyRow, MetadataStore, Visibility, new_id
 from putplace_client.models import Scope
 
 __all__ = [
@@ -56,6 +56,10 @@ def make_key_row(
     rate_limit: float | None = None,
     rate_limit_burst: int | None = None,
     expires_at: datetime | None = None,
+    hostnames: tuple[str, ...] | None = None,
+    path_prefixes: tuple[str, ...] | None = None,
+    max_bytes: int | None = None,
+    max_files: int | None = None,
 ) -> KeyRow:
     return KeyRow(
         id=new_id(),
@@ -68,6 +72,10 @@ def make_key_row(
         rate_limit_burst=rate_limit_burst,
         expires_at=expires_at,
         created_at=datetime.now(UTC),
+        hostnames=hostnames,
+        path_prefixes=path_prefixes,
+        max_bytes=max_bytes,
+        max_files=max_files,
     )
 
 
@@ -80,9 +88,34 @@ class Principal:
     scopes: frozenset[str]
     rate_limit: float | None = None
     rate_limit_burst: int | None = None
+    visible: Visibility | None = None  # None: the key sees and writes every record
+    max_bytes: int | None = None
+    max_files: int | None = None
 
     def allows(self, scope: Scope) -> bool:
         return scope.value in self.scopes or Scope.ADMIN.value in self.scopes
+
+    def check_path(self, hostname: str, filepath: str) -> None:
+        """Refuse (403) a named record outside the key's hosts and paths. Naming it leaks nothing:
+        the refusal is the same whether or not the record exists."""
+        if self.visible is not None and not self.visible.allows(hostname, filepath):
+            raise Forbidden(f"This API key may not access {filepath} on {hostname}: {describe(self.visible)}")
+
+
+def describe(v: Visibility) -> str:
+    """The limits of a key, for its refusals (they are the caller's own key's)."""
+    parts = []
+    if v.hostnames is not None:
+        parts.append("hosts " + ", ".join(v.hostnames[:5]) + (", ..." if len(v.hostnames) > 5 else ""))
+    if v.path_prefixes is not None:
+        parts.append("paths under " + ", ".join(v.path_prefixes[:5]) + (", ..." if len(v.path_prefixes) > 5 else ""))
+    return "it is limited to " + " and ".join(parts)
+
+
+def visibility(row: KeyRow) -> Visibility | None:
+    if row.hostnames is None and row.path_prefixes is None:
+        return None
+    return Visibility(row.hostnames, row.path_prefixes)
 
 
 class Authenticator:
@@ -113,7 +146,16 @@ class Authenticator:
         if not row.is_active or (row.expires_at is not None and row.expires_at <= now):
             raise Unauthorized(INVALID_KEY)
         self._last_used[row.id] = now
-        return Principal(row.id, row.name, frozenset(row.scopes), row.rate_limit, row.rate_limit_burst)
+        return Principal(
+            row.id,
+            row.name,
+            frozenset(row.scopes),
+            row.rate_limit,
+            row.rate_limit_burst,
+            visibility(row),
+            row.max_bytes,
+            row.max_files,
+        )
 
     async def flush_last_used(self) -> None:
         pending, self._last_used = self._last_used, {}

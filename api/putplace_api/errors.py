@@ -116,9 +116,9 @@ class ErrorDetail(BaseModel):
 _ERRORS: dict[int, str] = {
     400: "Malformed request: unparsable body, malformed sha256, cursor or multipart, or content not matching its hash",
     401: "Missing, unknown, revoked or expired API key",
-    403: "The API key lacks the scope this operation needs",
+    403: "The API key lacks the scope this operation needs, or the record named is outside its hosts and paths",
     404: "Nothing by that name",
-    413: "Request body larger than the server accepts",
+    413: "Request body larger than the server accepts, or storing it would exceed the API key's quota",
     415: "Content type not accepted",
     416: "Range not satisfiable",
     429: "Rate limit of this API key exceeded; retry after Retry-After seconds",

@@ -1,4 +1,4 @@
-"""What the running app holds: settings, the two backends, authentication, rate limits.
+"""What the running app holds: settings, the two backends, authentication, rate limits, quota holds.
 
 Backends are wrapped in ``_Timed`` so every database and storage call is measured in one
 place (``putplace_backend_operation_duration_seconds``) without touching the backends.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from putplace_api import metrics
 from putplace_api.auth import Authenticator
 from putplace_api.errors import BackendUnavailable
+from putplace_api.quotas import Quotas
 from putplace_api.ratelimit import RateLimiter
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
@@ -61,6 +62,7 @@ class AppState:
     auth: Authenticator
     limiter: RateLimiter
     webhooks: Webhooks
+    quotas: Quotas = field(default_factory=Quotas)
 
 
 def build_state(settings: Settings) -> AppState:

@@ -5,12 +5,17 @@ commit; the hash and size are checked before commit; the content record is marke
 only after the object is committed. So metadata never claims content that is not there,
 and a crash at any point leaves at worst an unreferenced object that the next identical
 upload overwrites.
+
+A key with quotas is checked before anything is received, and holds what it may store until
+the content is marked stored (``putplace_api.quotas``); re-sending a content already stored
+costs nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,10 +23,12 @@ import anyio
 import anyio.to_thread
 
 from putplace_api import metrics
+from putplace_api.auth import Principal
 from putplace_api.errors import HashMismatch, NotFound, PayloadTooLarge, UnsupportedMediaType
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
+from putplace_api.quotas import Quotas, bytes_refusal, has_quota
 from putplace_api.storage.base import ContentStorage
-from putplace_api.store.base import MetadataStore, StoredContent
+from putplace_api.store.base import KeyUsage, MetadataStore, StoredContent
 from putplace_client.models import BatchUploadItem, UploadStatus, is_sha256
 
 __all__ = ["UploadResult", "receive_batch", "receive_content", "WRITE_BLOCK"]
@@ -42,6 +49,24 @@ class UploadResult:
     mime_type: str | None
 
 
+def _storing(quotas: Quotas | None, key: Principal | None, held: KeyUsage) -> AbstractAsyncContextManager[None]:
+    """Where a content is marked stored: inside its key's quota lock when it holds a quota."""
+    if quotas is None or key is None or not held.files:
+        return nullcontext()
+    return quotas.storing(key, held)
+
+
+@asynccontextmanager
+async def _given_back_on_error(quotas: Quotas | None, key: Principal | None, held: KeyUsage) -> AsyncIterator[None]:
+    """Where a held content is received and written: nothing is stored if this fails, so the hold goes."""
+    try:
+        yield
+    except BaseException:
+        if quotas is not None and key is not None and held.files:
+            quotas.release(key, held)
+        raise
+
+
 async def receive_content(
     *,
     store: MetadataStore,
@@ -50,8 +75,13 @@ async def receive_content(
     chunks: AsyncIterator[bytes],
     max_bytes: int | None,
     allowed_mime: list[str],
+    key: Principal | None = None,
+    quotas: Quotas | None = None,
 ) -> UploadResult:
     content = await store.get_content(sha256)
+    if content is not None and key is not None and key.visible is not None:
+        if not await store.visible_shas({sha256}, key.visible):
+            content = None  # announced only outside the key's limits: as if not announced (nothing leaks)
     if content is None:
         metrics.UPLOADS.labels("not_announced").inc()
         raise NotFound(f"No metadata announced for SHA256 {sha256}; call /put_file first")
@@ -64,7 +94,37 @@ async def receive_content(
     if max_bytes is not None and content.size > max_bytes:
         metrics.UPLOADS.labels("too_large").inc()
         raise PayloadTooLarge(f"Content of {content.size} bytes exceeds the upload limit of {max_bytes} bytes")
+    held, cap = KeyUsage(), None
+    if quotas is not None and key is not None and has_quota(key):
+        (refused,), used = await quotas.admit(store, key, [content.size])
+        if refused is not None:
+            metrics.UPLOADS.labels("quota_exceeded").inc()
+            raise PayloadTooLarge(refused)
+        held = KeyUsage(1, content.size)
+        if key.max_bytes is not None:  # the announced size is the client's word: the bytes count
+            room = key.max_bytes - used.bytes
+            cap = (room, bytes_refusal(key.max_bytes, used, f"an upload of over {room} bytes"))
+    async with _given_back_on_error(quotas, key, held):
+        size, mime = await _store_stream(storage, sha256, chunks, max_bytes, allowed_mime, cap)
+    async with _storing(quotas, key, held):
+        await store.mark_stored(
+            sha256, size, mime, storage.location(sha256), datetime.now(UTC), key.key_id if key is not None else None
+        )
+    metrics.UPLOADS.labels("stored").inc()
+    metrics.UPLOADED_BYTES.inc(size)
+    return UploadResult(sha256, size, False, mime)
 
+
+async def _store_stream(
+    storage: ContentStorage,
+    sha256: str,
+    chunks: AsyncIterator[bytes],
+    max_bytes: int | None,
+    allowed_mime: list[str],
+    cap: tuple[int, str] | None,
+) -> tuple[int, str]:
+    """Stream, hash and commit one content; its size and MIME type. ``cap``: the bytes a quota
+    leaves, and the refusal past them."""
     digest = hashlib.sha256()
     writer = await storage.writer(sha256)
     size = 0
@@ -93,6 +153,9 @@ async def receive_content(
                         if max_bytes is not None and size > max_bytes:
                             metrics.UPLOADS.labels("too_large").inc()
                             raise PayloadTooLarge(f"Upload exceeds the limit of {max_bytes} bytes")
+                        if cap is not None and size > cap[0]:
+                            metrics.UPLOADS.labels("quota_exceeded").inc()
+                            raise PayloadTooLarge(cap[1])
                         if mime is None:
                             head += chunk[: SNIFF_BYTES - len(head)]
                             if len(head) >= SNIFF_BYTES:
@@ -116,10 +179,7 @@ async def receive_content(
     except BaseException:
         await writer.abort()
         raise
-    await store.mark_stored(sha256, size, mime, storage.location(sha256), datetime.now(UTC))
-    metrics.UPLOADS.labels("stored").inc()
-    metrics.UPLOADED_BYTES.inc(size)
-    return UploadResult(sha256, size, False, mime)
+    return size, mime
 
 
 async def _verify_only(sha256: str, chunks: AsyncIterator[bytes], expected_size: int) -> int:
@@ -174,6 +234,8 @@ async def receive_batch(
     parts: list[tuple[str, bytes]],
     max_bytes: int | None,
     allowed_mime: list[str],
+    key: Principal | None = None,
+    quotas: Quotas | None = None,
 ) -> list[BatchUploadItem]:
     """Many small contents in one request (the body is already in memory, under the request cap).
 
@@ -181,6 +243,10 @@ async def receive_batch(
     of safety holds as for one upload: verify, store durably, then mark stored.
     """
     known = await store.contents({name for name, _ in parts if is_sha256(name)})
+    if key is not None and key.visible is not None and known:
+        # Announced only outside the key's limits: as if not announced (nothing leaks).
+        allowed = await store.visible_shas(set(known), key.visible)
+        known = {sha: row for sha, row in known.items() if sha in allowed}
     outcome: dict[str, UploadStatus] = {}
     candidates: list[tuple[str, bytes]] = []
     stored: list[tuple[str, bytes]] = []
@@ -220,12 +286,25 @@ async def receive_batch(
         return good
 
     verified = await anyio.to_thread.run_sync(verify)
+    held = KeyUsage()
+    if quotas is not None and key is not None and has_quota(key) and verified:
+        refusals, _ = await quotas.admit(store, key, [len(data) for _, data, _ in verified])
+        for (name, _, _), refused in zip(verified, refusals, strict=True):  # in the order sent
+            if refused is not None:
+                outcome[name] = UploadStatus.QUOTA_EXCEEDED
+        verified = [v for v, refused in zip(verified, refusals, strict=True) if refused is None]
+        held = KeyUsage(len(verified), sum(len(data) for _, data, _ in verified))
     if verified:
-        await storage.put_many([(name, data) for name, data, _ in verified])
-        await store.mark_stored_many(
-            [StoredContent(name, len(data), mime, storage.location(name)) for name, data, mime in verified],
-            datetime.now(UTC),
-        )
+        async with _given_back_on_error(quotas, key, held):
+            await storage.put_many([(name, data) for name, data, _ in verified])
+        async with _storing(quotas, key, held):
+            await store.mark_stored_many(
+                [
+                    StoredContent(name, len(data), mime, storage.location(name), key.key_id if key else None)
+                    for name, data, mime in verified
+                ],
+                datetime.now(UTC),
+            )
         metrics.UPLOADED_BYTES.inc(sum(len(data) for _, data, _ in verified))
     for status in outcome.values():
         metrics.UPLOADS.labels(_METRIC_OUTCOME.get(status, status.value)).inc()

@@ -248,7 +248,12 @@ class PutPlaceClient:
         rate_limit: float | None = None,
         rate_limit_burst: int | None = None,
         expires_at: datetime | None = None,
+        hostnames: Sequence[str] | None = None,
+        path_prefixes: Sequence[str] | None = None,
+        max_bytes: int | None = None,
+        max_files: int | None = None,
     ) -> ApiKeyCreated:
+        """A new key; ``hostnames``, ``path_prefixes`` and the quotas limit it (None: no limit)."""
         body = ApiKeyCreate(
             name=name,
             description=description,
@@ -256,6 +261,10 @@ class PutPlaceClient:
             rate_limit=rate_limit,
             rate_limit_burst=rate_limit_burst,
             expires_at=expires_at,
+            hostnames=None if hostnames is None else list(hostnames),
+            path_prefixes=None if path_prefixes is None else list(path_prefixes),
+            max_bytes=max_bytes,
+            max_files=max_files,
         )
         r = await self._send("POST", "/api_keys", json=body.model_dump(mode="json", exclude_none=True))
         return ApiKeyCreated.model_validate(r.json())

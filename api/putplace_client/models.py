@@ -227,10 +227,11 @@ class UploadStatus(StrEnum):
     UPLOADED = "uploaded"  # stored now
     EXISTS = "exists"  # already stored: nothing to do
     MISMATCH = "mismatch"  # the bytes do not hash to the part's sha256: nothing stored
-    NOT_ANNOUNCED = "not_announced"  # no record names this sha256: announce it first
+    NOT_ANNOUNCED = "not_announced"  # no record (that this key may see) names this sha256: announce it first
     TOO_LARGE = "too_large"  # over the server's upload limit
     UNSUPPORTED_TYPE = "unsupported_type"  # outside the server's MIME allow-list
     INVALID = "invalid"  # the part's name is not a sha256
+    QUOTA_EXCEEDED = "quota_exceeded"  # storing it would take the key over its max_files or max_bytes
 
 
 class BatchUploadItem(BaseModel):
@@ -258,6 +259,32 @@ class Stats(BaseModel):
     dedup_ratio: float = Field(description="logical_bytes / stored_bytes (1.0 when nothing is stored)")
 
 
+MAX_RESTRICTIONS = 100  # entries per list of a key's hostnames or path_prefixes
+
+
+def _check_prefix(value: str) -> str:
+    """An absolute path prefix, kept without its trailing slash (but ``/``): matching is by whole
+    components, so ``/var/log`` and ``/var/log/`` mean the same."""
+    _check_path(value)
+    if not value.startswith("/"):
+        raise ValueError("a path prefix must be absolute (start with /)")
+    return value.rstrip("/") or "/"
+
+
+def _unique(values: list[str] | None) -> list[str] | None:
+    return None if values is None else list(dict.fromkeys(values))
+
+
+PathPrefix = Annotated[
+    str,
+    BeforeValidator(_escape_any),
+    Field(min_length=1, json_schema_extra={"pattern": "^/[^\\u0000]*$"}, description="an absolute path"),
+    AfterValidator(_check_prefix),
+]
+_RESTRICTION_LIST = Field(min_length=1, max_length=MAX_RESTRICTIONS)  # checked before repeats are dropped
+_LIMITED = "Omit (or null) for no limit; an empty list is refused."
+
+
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -267,10 +294,25 @@ class ApiKeyCreate(BaseModel):
     rate_limit: float | None = Field(None, gt=0, description="requests per second; null = the server default")
     rate_limit_burst: int | None = Field(None, ge=1, description="bucket size; null = max(1, rate_limit)")
     expires_at: DateTime | None = None
+    hostnames: Annotated[list[HostName], _RESTRICTION_LIST, AfterValidator(_unique)] | None = Field(
+        None,
+        description="the hosts (exact names) whose records the key may announce, upload, read and delete. " + _LIMITED,
+    )
+    path_prefixes: Annotated[list[PathPrefix], _RESTRICTION_LIST, AfterValidator(_unique)] | None = Field(
+        None,
+        description="the paths the key may touch: each prefix and what lies under it, by whole components "
+        "(/var/log takes /var/log/a, not /var/logs). " + _LIMITED,
+    )
+    max_bytes: int | None = Field(
+        None, ge=1, le=INT64_MAX, description="bytes of content the key's uploads may store; null = no quota"
+    )
+    max_files: int | None = Field(
+        None, ge=1, le=INT64_MAX, description="contents the key's uploads may store; null = no quota"
+    )
 
     # A field validator, not the Float/Int types: inside "| None" those would print their bounds
     # as "gt"/"ge" in the JSON schema instead of exclusiveMinimum/minimum.
-    @field_validator("rate_limit", "rate_limit_burst", mode="before")
+    @field_validator("rate_limit", "rate_limit_burst", "max_bytes", "max_files", mode="before")
     @classmethod
     def _numbers(cls, value: object) -> object:
         return _json_number(value)
@@ -293,6 +335,14 @@ class ApiKeyInfo(BaseModel):
     is_active: bool
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    hostnames: list[str] | None = None
+    path_prefixes: list[str] | None = None
+    max_bytes: int | None = None
+    max_files: int | None = None
+    used_bytes: int = Field(
+        0, description="bytes of the contents this key's uploads stored first (max_bytes counts these)"
+    )
+    used_files: int = Field(0, description="contents this key's uploads stored first (max_files counts these)")
 
 
 class ApiKeyCreated(ApiKeyInfo):

@@ -9,8 +9,8 @@ one during its grace period; any other live key of this ApiKey is an orphan of a
 reconcile and is revoked. A key is made anew when the Secret does not hold a working one (gone,
 edited by hand, or revoked at the API), when ``spec.rotation`` grows (the old key then keeps
 working for the grace period), or when what the key is made with changes (scopes, rate limit,
-expiry, description: keys are immutable at the API, and the old key is revoked at once, since
-the change may take a permission away).
+expiry, description, hosts, path prefixes, quota: keys are immutable at the API, and the old key
+is revoked at once, since the change may take a permission away).
 
 Deletion: a deleted ApiKey's keys are revoked (``revoke_all``); a deleted instance's keys, all
 of them at once, while its API still runs (``revoke_instance``: an instance's finalizer holds
@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pydantic import ValidationError
 
 from putplace_client import PutPlaceClient
 from putplace_client.errors import NotFoundError, PutPlaceClientError, StatusError
@@ -186,6 +188,13 @@ async def _reconcile(k: ApiKeyObject, kube: Kube, settings: OperatorSettings, no
                 await _revoke(api, orphan)
     except PutPlaceClientError as exc:
         raise _api_error(exc, target.url) from None
+    except ValidationError as exc:  # what the CRD's schema cannot say (e.g. a prefix's length in bytes)
+        first = exc.errors()[0]
+        raise NotReady(
+            "KeyRejected",
+            f"the spec makes no valid key: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+            permanent=True,
+        ) from None
     return Issued(record, k.secret_name)
 
 
@@ -200,6 +209,7 @@ async def _issue(
 ) -> tuple[KeyRecord, str]:
     """A new key at the API, recorded in the Secret at once (before anything can interrupt us)."""
     rate: dict[str, Any] = k.spec.get("rateLimit") or {}
+    quota: dict[str, Any] = k.spec.get("quota") or {}
     created = await api.create_key(
         k.api_name,
         k.scopes,
@@ -207,6 +217,10 @@ async def _issue(
         rate_limit=rate.get("requestsPerSecond"),
         rate_limit_burst=rate.get("burst"),
         expires_at=_expires(k),
+        hostnames=k.spec.get("hostnames"),
+        path_prefixes=k.spec.get("pathPrefixes"),
+        max_bytes=quota.get("maxBytes"),
+        max_files=quota.get("maxFiles"),
     )
     previous, revoke_after = None, None
     if working is not None:

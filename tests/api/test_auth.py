@@ -103,8 +103,35 @@ def _served_routes(api: Api) -> set[tuple[str, str]]:
     return {(m, str(r.path)) for r in routes for m in r.methods or () if m != "HEAD"}
 
 
+# Keys with read and write, limited to hosts and paths: "limited" to those of the records the
+# matrix uses (node-1, /var/log and /tmp), with quotas (the matrix's content is stored already,
+# so uploading it again costs nothing); "elsewhere" to another host.
+LIMITED = ("limited", "elsewhere")
+OUTSIDE = "This API key may not access /var/log/app.log on node-1: it is limited to hosts node-2"
+NOT_FOUND = {"detail": f"File with SHA256 {sha(DATA)} not found"}
+# What "elsewhere" gets where it has the scope: 403 for a record it names, 404 (as for a content
+# nobody announced) for a content, and empty results -- whether or not the records exist.
+ELSEWHERE: dict[tuple[str, str], tuple[int, Any]] = {
+    ("POST", "/put_file"): (403, {"detail": OUTSIDE}),
+    ("POST", "/put_files"): (403, {"detail": OUTSIDE}),
+    ("POST", "/upload_file/{sha256}"): (
+        404, {"detail": f"No metadata announced for SHA256 {sha(DATA)}; call /put_file first"}
+    ),
+    ("POST", "/upload_files"): (200, {"files": [{"sha256": sha(DATA), "status": "not_announced", "size": len(DATA)}]}),
+    ("DELETE", "/files"): (403, None),  # the message names the fresh record's random path
+    ("GET", "/get_file/{sha256}"): (404, NOT_FOUND),
+    ("GET", "/content/{sha256}"): (404, NOT_FOUND),
+    ("GET", "/files"): (200, {"items": [], "next_cursor": None}),
+    ("GET", "/files/history"): (403, {"detail": OUTSIDE}),
+    ("GET", "/stats"): (
+        200,
+        {"files": 0, "hosts": 0, "contents_stored": 0, "stored_bytes": 0, "logical_bytes": 0, "dedup_ratio": 1.0},
+    ),
+}  # fmt: skip
+
+
 def _principals(api: Api) -> dict[str, str | None]:
-    """The seven kinds of caller; revoked and expired keys had every scope."""
+    """The nine kinds of caller; revoked and expired keys had every scope."""
     past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     with api.http() as admin:
@@ -119,22 +146,29 @@ def _principals(api: Api) -> dict[str, str | None]:
         "write": api.new_key("write"),
         "admin": api.admin_key,
         "metrics": api.new_key("metrics"),
+        "limited": api.new_key(
+            "read", "write", hostnames=["node-1"], path_prefixes=["/var/log/", "/tmp"], max_files=1, max_bytes=1
+        ),
+        "elsewhere": api.new_key("read", "write", hostnames=["node-2"]),
     }
 
 
-def _expected(principal: str, needed: str | None, ok: int) -> tuple[int, dict[str, str] | None]:
+def _expected(principal: str, route: tuple[str, str], needed: str | None, ok: int) -> tuple[int, Any]:
     if needed is PUBLIC:
         return ok, None
     if principal in ("none", "invalid", "revoked", "expired"):
         return 401, MISSING if principal == "none" else INVALID
-    if principal in (needed, "admin"):
+    if principal == "elsewhere" and route in ELSEWHERE:
+        return ELSEWHERE[route]
+    if principal in (needed, "admin") or (principal in LIMITED and needed in ("read", "write")):
         return ok, None
     return 403, {"detail": f"This API key lacks the '{needed}' scope"}
 
 
 def test_authorization_matrix(api: Api) -> None:
     """Every route x every kind of caller gets exactly the expected status; refusals say only
-    why (so a write-only key, which may announce and upload, never sees content or metadata)."""
+    why (so a write-only key, which may announce and upload, never sees content or metadata, and
+    a key limited to another host sees nothing of this one's records)."""
     assert _served_routes(api) == set(MATRIX), "every served route needs a row in MATRIX"
     principals = _principals(api)
     with api.http() as admin:  # the content readers should get: announced and uploaded
@@ -146,11 +180,12 @@ def test_authorization_matrix(api: Api) -> None:
                 args = build(admin)
                 with api.http(key=key) as c:
                     r = c.request(method, **args)
-                status, body = _expected(name, needed, ok)
+                status, body = _expected(name, (method, path), needed, ok)
                 got[method, path, name] = (r.status_code, r.json() if body is not None else None)
                 want[method, path, name] = (status, body)
-                if status in (401, 403):
-                    assert DATA.decode() not in r.text and "/var/log/app.log" not in r.text
+                if status in (401, 403, 404):  # ("elsewhere"'s refusals echo the path it named)
+                    assert DATA.decode() not in r.text
+                    assert name == "elsewhere" or "/var/log/app.log" not in r.text
                     if status == 401:
                         assert r.headers["www-authenticate"] == "ApiKey"
     assert got == want

@@ -20,7 +20,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.store.base import FileQuery, KeyRow, MetadataStore, StoredContent, is_object_id
+from putplace_api.store.base import (
+    FileQuery,
+    KeyRow,
+    KeyUsage,
+    MetadataStore,
+    StoredContent,
+    Visibility,
+    is_object_id,
+)
 from putplace_api.store.mongo import MongoStore
 from putplace_api.store.sqlite import SqliteStore
 from putplace_client.models import FileMetadata
@@ -500,6 +508,135 @@ async def test_stats(store: MetadataStore) -> None:
     assert (stats.files, stats.hosts, stats.logical_bytes) == (4, 2, 37)
 
 
+async def test_visibility_of_a_restricted_key(store: MetadataStore) -> None:
+    """Hosts by exact name, paths by whole components, in list_files, visible_shas and stats."""
+    await store.put_files(
+        [
+            meta("/var/log/a", host="node-a", content="A", size=1),
+            meta("/var/log", host="node-a", content="L", size=2),  # the prefix itself
+            meta("/var/logs/x", host="node-a", content="X", size=4),  # not under /var/log
+            meta("/etc/passwd", host="node-a", content="P", size=8),
+            meta("/var/log/b", host="node-b", content="A", size=1),  # A on both hosts
+            meta("/var/log/c", host="node-b", content="C", size=16),
+            meta("/var/log/d", host="node-a1", content="D", size=32),  # not node-a
+        ],
+        T0,
+    )
+    for content, size in (("A", 1), ("X", 4), ("C", 16)):
+        await store.mark_stored(sha(content), size, None, content, at(1))
+    mine = Visibility(("node-a",), ("/var/log",))
+    rows = await current(store, visible=mine)
+    assert [(r.meta.hostname, r.meta.filepath) for r in rows] == [("node-a", "/var/log/a"), ("node-a", "/var/log")]
+    assert [r.meta.filepath for r in await current(store, path_prefix="/var/log/", visible=mine)] == ["/var/log/a"]
+    assert await current(store, host="node-b", visible=mine) == []
+    assert {r.meta.filepath for r in await current(store, visible=Visibility(None, ("/var/log",)))} == {
+        "/var/log/a",
+        "/var/log",
+        "/var/log/b",
+        "/var/log/c",
+        "/var/log/d",
+    }
+    assert len(await current(store, visible=Visibility(("node-b", "node-a1"), None))) == 3
+    assert len(await current(store, visible=Visibility(None, ("/",)))) == 7
+
+    shas = {sha(c) for c in "ALXPCD"} | {sha("never")}
+    assert await store.visible_shas(shas, mine) == {sha("A"), sha("L")}
+    assert await store.visible_shas(shas, Visibility(("node-b",), None)) == {sha("A"), sha("C")}
+    assert await store.visible_shas(set(), mine) == set()
+
+    stats = await store.stats(mine)
+    assert (stats.files, stats.hosts, stats.logical_bytes) == (2, 1, 3)
+    assert (stats.contents_stored, stats.stored_bytes) == (1, 1)  # A is stored, L is not
+    stats = await store.stats(Visibility(("node-a", "node-b"), None))
+    assert (stats.files, stats.hosts, stats.contents_stored, stats.stored_bytes) == (6, 2, 3, 21)
+    assert await store.stats(Visibility(("nowhere",), None)) == await store.stats(Visibility(None, ("/nothing",)))
+    assert (await store.stats(Visibility(("nowhere",), None))).files == 0
+
+
+async def test_key_usage_counts_what_each_key_stored_first(store: MetadataStore) -> None:
+    k1, k2 = "1" * 24, "2" * 24
+    await store.put_files([meta("/u/a", content="a", size=10), meta("/u/b", content="b", size=20)], T0)
+    first = await store.mark_stored(sha("a"), 10, None, "a", at(1), stored_by=k1)
+    assert first.stored_by == k1
+    again = await store.mark_stored(sha("a"), 10, None, "a", at(2), stored_by=k2)  # already stored: k1 keeps it
+    assert again.stored_by == k1
+    await store.mark_stored_many(
+        [StoredContent(sha("b"), 20, None, "b", k2), StoredContent(sha("c"), 40, None, "c", k2)], at(3)
+    )
+    await store.mark_stored_many([StoredContent(sha("c"), 40, None, "c", k1)], at(4))  # k2 keeps c
+    await store.mark_stored(sha("d"), 80, None, "d", at(5))  # by no key (the maintenance tools)
+    assert await store.key_usage([k1, k2, "3" * 24]) == {k1: KeyUsage(1, 10), k2: KeyUsage(2, 60)}
+    assert await store.key_usage([k2]) == {k2: KeyUsage(2, 60)}
+    assert await store.key_usage([]) == {}
+    # Garbage collection's delete and restore keep who stored a content.
+    row = await store.get_content(sha("c"))
+    assert row is not None and row.stored_by == k2
+    assert await store.delete_contents_if_unchanged([row]) == {sha("c")}
+    assert await store.key_usage([k2]) == {k2: KeyUsage(1, 20)}  # a deleted content counts no more
+    await store.restore_contents([row])
+    assert await store.get_content(sha("c")) == row
+
+
+# What an API key and a content looked like in each backend before restrictions and quotas.
+_OLD_SQLITE = """
+CREATE TABLE contents (
+    sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL DEFAULT 0,
+    first_seen_at REAL NOT NULL, stored_at REAL, mime_type TEXT, storage_path TEXT) WITHOUT ROWID;
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT, key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL, scopes TEXT NOT NULL, rate_limit REAL, rate_limit_burst INTEGER,
+    created_at REAL NOT NULL, expires_at REAL, is_active INTEGER NOT NULL, revoked_at REAL,
+    last_used_at REAL);
+INSERT INTO api_keys VALUES ('0000000000000000000000aa', 'old', NULL, 'h', 'pp_old', 'read,write',
+    NULL, NULL, 1772600767.123, NULL, 1, NULL, NULL);
+INSERT INTO contents VALUES ('{sha}', 3, 1, 1772600767.123, 1772600767.123, NULL, 'p');
+"""
+
+
+async def test_rows_stored_before_restrictions_and_quotas_still_work(
+    make_store: Callable[[], MetadataStore],
+) -> None:
+    """An existing database is opened as it is: its keys unrestricted and without quotas, its
+    contents stored by no key; new ones beside them get the new fields."""
+    store = make_store()
+    old = "0000000000000000000000aa"
+    if isinstance(store, SqliteStore):
+        import sqlite3
+
+        with sqlite3.connect(store._path) as conn:
+            conn.executescript(_OLD_SQLITE.format(sha=sha("old")))
+        await store.open()
+    else:
+        await store.open()
+        assert isinstance(store, MongoStore)
+        await store._keys.insert_one(
+            {"_id": old, "name": "old", "key_hash": "h", "key_prefix": "pp_old", "scopes": ["read", "write"],
+             "created_at": T0, "is_active": True}
+        )  # fmt: skip
+        await store._contents.insert_one(
+            {"_id": sha("old"), "size": 3, "stored": True, "first_seen_at": T0, "stored_at": T0, "storage_path": "p"}
+        )
+    try:
+        row = await store.get_key(old)
+        assert row is not None and row.scopes == ("read", "write")
+        assert (row.hostnames, row.path_prefixes, row.max_bytes, row.max_files) == (None, None, None, None)
+        content = await store.get_content(sha("old"))
+        assert content is not None and content.stored and content.stored_by is None
+        assert await store.key_usage([old]) == {}
+        new = key(7, hostnames=("n",), max_files=1)
+        await store.insert_key(new)
+        assert await store.list_keys() == [new, row]  # by id
+        await store.mark_stored(sha("new"), 5, None, "q", T0, stored_by=old)
+        assert await store.key_usage([old]) == {old: KeyUsage(1, 5)}
+    finally:
+        await store.close()
+    if isinstance(store, SqliteStore):  # opened again: the added columns are not added twice
+        again = SqliteStore(store._path)
+        await again.open()
+        assert (await again.get_key(new.id)) == new
+        await again.close()
+
+
 # -- keys --------------------------------------------------------------------------------------
 
 
@@ -525,6 +662,10 @@ async def test_keys(store: MetadataStore) -> None:
         rate_limit_burst=5,
         expires_at=at(3600),
         last_used_at=at(3),
+        hostnames=("node-a", "node, b"),
+        path_prefixes=("/var/log", "/"),
+        max_bytes=2**40,
+        max_files=5,
     )
     await store.insert_key(full)
     await store.insert_key(plain)

@@ -29,7 +29,7 @@ def test_each_part_is_judged_on_its_own(backend_api: Api) -> None:
     announce(backend_api, good, corrupt, other)
     parts = [
         (sha(good), good),
-        (sha(corrupt), corrupt[:-1] + b"X"),
+        (sha(corrupt), corrupt[:-1] + bytes([corrupt[-1] ^ 1])),  # (b"X" was the last byte 1 time in 256)
         (sha(other), other),
         (sha(unknown), unknown),
         ("not-a-sha", b"whatever"),

@@ -170,6 +170,42 @@ def test_a_key_is_issued_in_a_secret_and_works_with_its_scopes(
     assert metric(text, 'putplace_operator_objects{kind="ApiKey",ready="true"}') >= 1
 
 
+def test_a_key_limited_to_a_node_with_a_quota(
+    api: ApiProcess, operator: OperatorProcess, crds: KubeCluster, instance: str
+) -> None:
+    """hostnames, pathPrefixes and quota reach the API; changing them makes a new key at once."""
+    limits = {"hostnames": ["node-a"], "pathPrefixes": ["/var/log/"], "quota": {"maxBytes": 10**9, "maxFiles": 3}}
+    crds.apply(apikey("node-a", "read", "write", **limits), namespace=instance)
+    obj = wait_ready(crds, instance, "node-a")
+    key = secret_key(crds, instance, "node-a")
+    (made,) = live_keys(api, obj["metadata"]["uid"])
+    assert (made["hostnames"], made["path_prefixes"]) == (["node-a"], ["/var/log"])
+    assert (made["max_bytes"], made["max_files"], made["used_bytes"], made["used_files"]) == (10**9, 3, 0, 0)
+    assert status(api, key, "POST", "/put_file", json={**FILE, "hostname": "node-a", "filepath": "/var/log/a"}) == 201
+    assert status(api, key, "POST", "/put_file", json={**FILE, "hostname": "node-b", "filepath": "/var/log/a"}) == 403
+    assert status(api, key, "POST", "/put_file", json={**FILE, "hostname": "node-a", "filepath": "/etc/a"}) == 403
+
+    # Widening the hosts is a new key too (keys are immutable), the old one revoked at once.
+    patch = '{"spec": {"hostnames": ["node-a", "node-b"]}}'
+    crds.kubectl("patch", "apikey", "node-a", "-n", instance, "--type=merge", "-p", patch)
+    second = wait_until(lambda: (k := secret_key(crds, instance, "node-a")) != key and k, 20, "a new key")
+    wait_until(lambda: status(api, key, "GET", "/files") == 401, 10, "the old key revoked")
+    assert (
+        status(api, second, "POST", "/put_file", json={**FILE, "hostname": "node-b", "filepath": "/var/log/b"}) == 201
+    )
+    (made,) = live_keys(api, obj["metadata"]["uid"])
+    assert made["hostnames"] == ["node-a", "node-b"] and made["max_files"] == 3
+
+    # What the CRD's schema cannot check is a permanent refusal, not a retry loop or a crash.
+    crds.kubectl(
+        "patch", "apikey", "node-a", "-n", instance, "--type=merge", "-p", '{"spec": {"hostnames": ["a\\u0000b"]}}'
+    )
+    degraded = wait_condition(crds, instance, "node-a", "Degraded", ("True", "KeyRejected"))
+    message = next(c["message"] for c in degraded["status"]["conditions"] if c["type"] == "Degraded")
+    assert "hostnames" in message and "NUL" in message
+    assert secret_key(crds, instance, "node-a") == second  # the working key stays
+
+
 def test_rotation_issues_a_new_key_and_revokes_the_old_one_after_the_grace_period(
     api: ApiProcess, operator: OperatorProcess, crds: KubeCluster, instance: str
 ) -> None:

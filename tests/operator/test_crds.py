@@ -228,7 +228,18 @@ def test_valid_edge_cases_are_accepted(crds: KubeCluster, namespace: str) -> Non
     got = crds.get("ppi", "pp", f"--namespace={namespace}")["spec"]
     assert got["agent"]["tolerations"] == [future_toleration]  # unknown toleration fields are kept
     assert got["resources"]["requests"]["memory"] == 134217728
-    key = api_key("key", {**KEY_SPEC, "scopes": ["metrics"], "expiresAt": "2030-01-01T00:00:00Z", "rotation": 7})
+    key = api_key(
+        "key",
+        {
+            **KEY_SPEC,
+            "scopes": ["metrics"],
+            "expiresAt": "2030-01-01T00:00:00Z",
+            "rotation": 7,
+            "hostnames": ["node-a", "x" * 255],
+            "pathPrefixes": ["/", "/var/log/"],
+            "quota": {"maxBytes": 2**63 - 1, "maxFiles": 1},
+        },
+    )
     created = create(crds, namespace, key)
     assert created.returncode == 0, created.stderr
 
@@ -324,6 +335,27 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         api_key(spec={**KEY_SPEC, "expiresAt": "tomorrow"}),
         ['spec.expiresAt: Invalid value: "tomorrow"', "date-time"],
     ),
+    (
+        "key-bad-limits",
+        api_key(spec={**KEY_SPEC, "hostnames": [], "pathPrefixes": ["var/log", "/a", "/a"]}),
+        [
+            "spec.hostnames: Invalid value: 0: spec.hostnames in body should have at least 1 items",
+            "spec.pathPrefixes[0]",
+            "should match '^/'",
+            'spec.pathPrefixes[2]: Duplicate value: "/a"',
+        ],
+    ),
+    (
+        "key-bad-quota",
+        api_key(spec={**KEY_SPEC, "hostnames": [""], "quota": {"maxBytes": 0, "maxFiles": "many"}}),
+        [
+            "spec.hostnames[0]",
+            "at least 1 chars long",
+            "spec.quota.maxBytes: Invalid value: 0: spec.quota.maxBytes in body should be greater than or equal to 1",
+            'spec.quota.maxFiles: Invalid value: "string": spec.quota.maxFiles in body must be of type integer',
+        ],
+    ),
+    ("key-empty-quota", api_key(spec={**KEY_SPEC, "quota": {}}), ["spec.quota", "at least 1 properties"]),
     (
         "key-bad-secret-name",
         api_key(spec={**KEY_SPEC, "secretName": "Not_A_Name"}),

@@ -20,6 +20,10 @@ from tests.servers import KubeCluster
 from tests.waiting import wait_until
 
 MONITORING_CRDS = monitoring_crds("ServiceMonitor", "PodMonitor")
+FILE = {
+    "filepath": "/x", "hostname": "node-1", "ip_address": "127.0.0.1", "sha256": "0" * 64, "file_size": 1,
+    "file_mode": 33188, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0, "file_atime": 1.0, "file_ctime": 1.0,
+}  # fmt: skip
 
 
 def operator(kubeconfig: Path, api: ApiProcess, workdir: Path) -> OperatorProcess:
@@ -55,10 +59,15 @@ def test_the_operator_needs_no_more_than_its_cluster_role(
                 lambda n=name: condition(crds.get("apikey", n, "-n", namespace), "Ready") == ("True", "KeyIssued"),
                 30, f"ApiKey {name} Ready",
             )  # fmt: skip
-        # The agents' key may write and nothing else; Prometheus' may only scrape.
+        # The agents' key may write and nothing else, and only under the agents' host paths;
+        # Prometheus' may only scrape.
         agent_key = key_of(crds, namespace, "putplace-prod-agent-key")
         metrics_key = key_of(crds, namespace, "putplace-prod-metrics-key")
         assert httpx.get(api_process.url + "/files", headers={"X-API-Key": agent_key}).status_code == 403
+        for path, expected in (("/etc/kubernetes/admin.conf", 201), ("/var/log/syslog", 201), ("/root/.ssh/x", 403)):
+            record = {**FILE, "filepath": path}
+            answer = httpx.post(api_process.url + "/put_file", headers={"X-API-Key": agent_key}, json=record)
+            assert answer.status_code == expected, (path, answer.text)
         assert (
             httpx.get(api_process.url + "/metrics", headers={"Authorization": f"Bearer {metrics_key}"}).status_code
             == 200

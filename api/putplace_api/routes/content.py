@@ -78,7 +78,7 @@ async def upload_file(
     sha256: Sha256Path,
     request: Request,
     state: StateDep,
-    _: WriteKey,
+    key: WriteKey,
     hostname: str | None = None,
     filepath: str | None = None,
 ) -> UploadResponse:
@@ -96,6 +96,8 @@ async def upload_file(
             chunks=chunks,
             max_bytes=state.settings.max_upload_bytes,
             allowed_mime=state.settings.allowed_mime_types,
+            key=key,
+            quotas=state.quotas,
         )
     except ClientDisconnect:
         # Nothing was stored; nobody is left to read an answer. Not a server error.
@@ -121,7 +123,7 @@ async def upload_file(
     responses=error_responses(415),
     openapi_extra={"requestBody": _BATCH_BODY},
 )
-async def upload_files(request: Request, state: StateDep, _: WriteKey) -> BatchUploadResponse:
+async def upload_files(request: Request, state: StateDep, key: WriteKey) -> BatchUploadResponse:
     """Upload many small contents at once: ``multipart/form-data`` with one part per content,
     each named by its sha256 (``curl -F <sha256>=@file …``). Each part gets its own answer;
     the body is capped like a JSON request (``max_request_bytes``): send large files alone."""
@@ -139,6 +141,8 @@ async def upload_files(request: Request, state: StateDep, _: WriteKey) -> BatchU
         parts=parts,
         max_bytes=state.settings.max_upload_bytes,
         allowed_mime=state.settings.allowed_mime_types,
+        key=key,
+        quotas=state.quotas,
     )
     await state.webhooks.batch_uploaded(files)
     return BatchUploadResponse(files=files)
@@ -163,8 +167,10 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 @router.get("/content/{sha256}", response_model=None, response_class=StreamingResponse, responses=_DOWNLOAD_RESPONSES)
-async def get_content(sha256: Sha256Path, request: Request, state: StateDep, _: ReadKey) -> Response:
+async def get_content(sha256: Sha256Path, request: Request, state: StateDep, key: ReadKey) -> Response:
     content = await state.store.get_content(sha256)
+    if content is not None and key.visible is not None and not await state.store.visible_shas({sha256}, key.visible):
+        content = None  # a restricted key reads a content only through a record it may see
     if content is None or not content.stored:
         raise NotFound(f"File with SHA256 {sha256} not found")
     size = await state.storage.size(sha256)

@@ -1,4 +1,8 @@
-"""File metadata: announce (one or a batch), look up, list, history, delete, stats."""
+"""File metadata: announce (one or a batch), look up, list, history, delete, stats.
+
+A key limited to hosts and paths (``Principal.visible``) is refused (403) any record outside them
+that it names, and sees only the records inside them in what it lists, looks up or counts.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from putplace_api import metrics
+from putplace_api.auth import Principal, describe
 from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
-from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, NotFound, error_responses
+from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, Forbidden, NotFound, error_responses
 from putplace_api.store.base import OBJECT_ID_PATTERN, ContentRow, FileQuery, FileRow, PutResult, is_object_id
 from putplace_client.models import (
     DateTime,
@@ -54,7 +59,15 @@ def to_put_response(result: PutResult) -> PutFileResponse:
     )
 
 
-async def _announce(state: StateDep, files: list[FileMetadata]) -> list[PutResult]:
+async def _announce(state: StateDep, key: Principal, files: list[FileMetadata]) -> list[PutResult]:
+    if key.visible is not None:
+        outside = [f for f in files if not key.visible.allows(f.hostname, f.filepath)]
+        if outside:  # nothing is recorded: the caller sends the batch again without them
+            first = outside[0]
+            some = f"{len(outside)} of the {len(files)} records, the first " if len(files) > 1 else ""
+            raise Forbidden(
+                f"This API key may not access {some}{first.filepath} on {first.hostname}: {describe(key.visible)}"
+            )
     results = await state.store.put_files(files, now := datetime.now(UTC))
     await state.webhooks.announced(results, now)
     required = sum(not r.content.stored for r in results)
@@ -73,16 +86,16 @@ def _upload_url(content: ContentRow) -> str | None:
 
 
 @router.post("/put_file", status_code=201, response_model=PutFileResponse)
-async def put_file(body: FileMetadata, state: StateDep, _: WriteKey) -> PutFileResponse:
+async def put_file(body: FileMetadata, state: StateDep, key: WriteKey) -> PutFileResponse:
     """Record one file; ``upload_required`` says whether its content must be uploaded."""
-    return to_put_response((await _announce(state, [body]))[0])
+    return to_put_response((await _announce(state, key, [body]))[0])
 
 
 @router.post("/put_files", status_code=201, response_model=PutFilesResponse)
-async def put_files(body: PutFilesRequest, state: StateDep, _: WriteKey) -> PutFilesResponse:
+async def put_files(body: PutFilesRequest, state: StateDep, key: WriteKey) -> PutFilesResponse:
     """Record up to 10,000 files in one request; the answer says, per record and in order,
     whether its content must be uploaded (without echoing the metadata back)."""
-    results = await _announce(state, body.files)
+    results = await _announce(state, key, body.files)
     return PutFilesResponse.model_construct(
         files=[
             PutFileResult.model_construct(
@@ -99,8 +112,11 @@ async def put_files(body: PutFilesRequest, state: StateDep, _: WriteKey) -> PutF
 
 
 @router.get("/get_file/{sha256}", response_model=FileRecord, responses=error_responses(404))
-async def get_file(sha256: Sha256Path, state: StateDep, _: ReadKey) -> FileRecord:
-    row = await state.store.file_by_sha(sha256)
+async def get_file(sha256: Sha256Path, state: StateDep, key: ReadKey) -> FileRecord:
+    if key.visible is None:
+        row = await state.store.file_by_sha(sha256)
+    else:  # the first record it may see (404 as for an unknown sha256: nothing leaks)
+        row = next(iter(await state.store.list_files(FileQuery(sha256=sha256, limit=1, visible=key.visible))), None)
     if row is None:
         raise NotFound(f"File with SHA256 {sha256} not found")
     return to_record(row, await state.store.get_content(sha256))
@@ -109,7 +125,7 @@ async def get_file(sha256: Sha256Path, state: StateDep, _: ReadKey) -> FileRecor
 @router.get("/files", response_model=Page[FileRecord])
 async def list_files(
     state: StateDep,
-    _: ReadKey,
+    key: ReadKey,
     hostname: str | None = None,
     path_prefix: str | None = None,
     sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
@@ -124,7 +140,7 @@ async def list_files(
     if changed_since is not None and changed_since.tzinfo is None:
         changed_since = changed_since.replace(tzinfo=UTC)
     rows = await state.store.list_files(
-        FileQuery(hostname, path_prefix, sha256, changed_since, after_id=cursor, limit=limit + 1)
+        FileQuery(hostname, path_prefix, sha256, changed_since, after_id=cursor, limit=limit + 1, visible=key.visible)
     )
     more = len(rows) > limit
     rows = rows[:limit]
@@ -136,13 +152,14 @@ async def list_files(
 @router.get("/files/history", response_model=Page[HistoryRecord])
 async def file_history(
     state: StateDep,
-    _: ReadKey,
+    key: ReadKey,
     hostname: str,
     filepath: str,
     before: DateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[HistoryRecord]:
     """Earlier versions of one path, newest first (``before`` = the previous page's last ``superseded_at``)."""
+    key.check_path(hostname, filepath)
     rows = await state.store.history(hostname, filepath, limit + 1, before)
     more = len(rows) > limit
     rows = rows[:limit]
@@ -154,8 +171,9 @@ async def file_history(
 
 
 @router.delete("/files", response_model=DeleteFileResponse, responses=error_responses(404))
-async def delete_file(state: StateDep, _: WriteKey, hostname: str, filepath: str) -> DeleteFileResponse:
+async def delete_file(state: StateDep, key: WriteKey, hostname: str, filepath: str) -> DeleteFileResponse:
     """A deletion notice: the record leaves the current catalogue, its history stays, its content stays."""
+    key.check_path(hostname, filepath)
     if not await state.store.delete_file(hostname, filepath, datetime.now(UTC)):
         raise NotFound(f"No current record for {filepath} on {hostname}")
     await state.webhooks.deleted(hostname, filepath)
@@ -163,8 +181,9 @@ async def delete_file(state: StateDep, _: WriteKey, hostname: str, filepath: str
 
 
 @router.get("/stats", response_model=Stats)
-async def stats(state: StateDep, _: ReadKey) -> Stats:
-    s = await state.store.stats()
+async def stats(state: StateDep, key: ReadKey) -> Stats:
+    """Catalogue totals; a key limited to hosts or paths gets those of its records."""
+    s = await state.store.stats(key.visible)
     ratio = s.logical_bytes / s.stored_bytes if s.stored_bytes else 1.0
     return Stats(
         files=s.files,

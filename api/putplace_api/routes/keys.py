@@ -1,4 +1,5 @@
-"""API key administration (admin scope): create, list, revoke, delete."""
+"""API key administration (admin scope): create, list (with each key's usage against its quotas),
+revoke, delete."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from fastapi import APIRouter, Path
 from putplace_api.auth import generate_key, make_key_row
 from putplace_api.deps import AdminKey, StateDep
 from putplace_api.errors import KEYED_ROUTE_ERRORS, NotFound, error_responses
-from putplace_api.store.base import OBJECT_ID_PATTERN, KeyRow, is_object_id
+from putplace_api.store.base import OBJECT_ID_PATTERN, KeyRow, KeyUsage, is_object_id
 from putplace_client.models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, MessageResponse, Scope
 
 router = APIRouter(prefix="/api_keys", tags=["api keys"], responses=KEYED_ROUTE_ERRORS)
 
 
-def to_info(row: KeyRow) -> ApiKeyInfo:
+def _listed(values: tuple[str, ...] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+def to_info(row: KeyRow, usage: KeyUsage | None = None) -> ApiKeyInfo:
+    usage = usage or KeyUsage()
     return ApiKeyInfo(
         id=row.id,
         name=row.name,
@@ -30,6 +36,12 @@ def to_info(row: KeyRow) -> ApiKeyInfo:
         is_active=row.is_active,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        hostnames=_listed(row.hostnames),
+        path_prefixes=_listed(row.path_prefixes),
+        max_bytes=row.max_bytes,
+        max_files=row.max_files,
+        used_bytes=usage.bytes,
+        used_files=usage.files,
     )
 
 
@@ -55,6 +67,10 @@ async def create_key(body: ApiKeyCreate, state: StateDep, _: AdminKey) -> ApiKey
         rate_limit=body.rate_limit,
         rate_limit_burst=body.rate_limit_burst,
         expires_at=expires,
+        hostnames=None if body.hostnames is None else tuple(body.hostnames),
+        path_prefixes=None if body.path_prefixes is None else tuple(body.path_prefixes),
+        max_bytes=body.max_bytes,
+        max_files=body.max_files,
     )
     await state.store.insert_key(row)
     return ApiKeyCreated(**to_info(row).model_dump(by_alias=True), api_key=key)
@@ -63,7 +79,9 @@ async def create_key(body: ApiKeyCreate, state: StateDep, _: AdminKey) -> ApiKey
 @router.get("", response_model=list[ApiKeyInfo])
 async def list_keys(state: StateDep, _: AdminKey) -> list[ApiKeyInfo]:
     await state.auth.flush_last_used()
-    return [to_info(r) for r in await state.store.list_keys()]
+    rows = await state.store.list_keys()
+    usage = await state.store.key_usage([r.id for r in rows])
+    return [to_info(r, usage.get(r.id)) for r in rows]
 
 
 @router.put("/{key_id}/revoke", response_model=MessageResponse, responses=error_responses(404))

@@ -24,11 +24,15 @@ __all__ = [
     "PutResult",
     "FileQuery",
     "KeyRow",
+    "KeyUsage",
     "StatsRow",
+    "Visibility",
     "TokenGrant",
     "MetadataStore",
     "OBJECT_ID_PATTERN",
     "is_object_id",
+    "directory",
+    "PATH_END",
 ]
 
 # The client-owned fields of a file record, in wire order.
@@ -43,6 +47,7 @@ class StoredContent:
     size: int
     mime_type: str | None
     storage_path: str
+    stored_by: str | None = None  # the id of the key whose upload stored it (what its quota counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,37 @@ class ContentRow:
     stored_at: datetime | None = None
     mime_type: str | None = None
     storage_path: str | None = None
+    stored_by: str | None = None  # the key whose upload first stored it; None: stored before quotas
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """The records a restricted key may see and write: those on one of ``hostnames`` (exact
+    names) whose path is one of ``path_prefixes`` or lies under it (whole components: ``/var/log``
+    takes ``/var/log/a`` but not ``/var/logs``). None on an axis: no restriction on it.
+
+    Prefixes are stored without a trailing slash (but ``/``), as the API's models leave them.
+    """
+
+    hostnames: tuple[str, ...] | None = None
+    path_prefixes: tuple[str, ...] | None = None
+
+    def allows(self, hostname: str, filepath: str) -> bool:
+        if self.hostnames is not None and hostname not in self.hostnames:
+            return False
+        return self.path_prefixes is None or any(
+            filepath == p or filepath.startswith(directory(p)) for p in self.path_prefixes
+        )
+
+
+def directory(prefix: str) -> str:
+    """What every path under ``prefix`` starts with: the prefix and one slash."""
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+# Above every character a path can hold: [directory(p), directory(p) + PATH_END) is the range
+# of the paths under p, which both backends answer from their (hostname, filepath) indexes.
+PATH_END = "\U0010ffff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +121,7 @@ class FileQuery:
     changed_since: datetime | None = None
     after_id: str | None = None  # cursor: ids sort by creation time
     limit: int = 100
+    visible: Visibility | None = None  # a restricted key's limits; None = every record
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +139,19 @@ class KeyRow:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    # Restrictions and quotas; None (and absent from rows stored before they existed) = none.
+    hostnames: tuple[str, ...] | None = None
+    path_prefixes: tuple[str, ...] | None = None
+    max_bytes: int | None = None
+    max_files: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """What a key's quota counts: the contents its uploads stored first, and their bytes."""
+
+    files: int = 0
+    bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +198,9 @@ class MetadataStore(Protocol):
 
     async def list_files(self, query: FileQuery) -> list[FileRow]: ...
 
+    async def visible_shas(self, shas: Collection[str], visible: Visibility) -> set[str]:
+        """Those of ``shas`` that a current record inside ``visible`` names."""
+
     async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
         """Earlier versions of one path, newest first."""
 
@@ -158,13 +211,24 @@ class MetadataStore(Protocol):
         """The content records that exist among ``shas``, in one round trip per chunk."""
 
     async def mark_stored(
-        self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime
-    ) -> ContentRow: ...
+        self,
+        sha256: str,
+        size: int,
+        mime_type: str | None,
+        storage_path: str,
+        now: datetime,
+        stored_by: str | None = None,
+    ) -> ContentRow:
+        """Record a content as stored; ``stored_by`` is kept only by the upload that stores it first."""
 
     async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
         """``mark_stored`` for a batch of contents, in as few round trips as the backend allows."""
 
-    async def stats(self) -> StatsRow: ...
+    async def stats(self, visible: Visibility | None = None) -> StatsRow:
+        """Catalogue totals, over the records inside ``visible`` only when given."""
+
+    async def key_usage(self, key_ids: Collection[str]) -> dict[str, KeyUsage]:
+        """What each of ``key_ids`` has stored (``ContentRow.stored_by``); keys that stored nothing are left out."""
 
     # -- integrity: verify and garbage collection (putplace_api.maintenance) --------------
     def iter_contents(self, batch: int = 1000) -> AsyncIterator[list[ContentRow]]:

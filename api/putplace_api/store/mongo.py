@@ -80,17 +80,21 @@ from putplace_api.store.base import (
     DELIVERY_DEAD,
     DELIVERY_PENDING,
     FILE_FIELDS,
+    PATH_END,
     ContentRow,
     DeliveryRow,
     FileQuery,
     FileRow,
     HistoryRow,
     KeyRow,
+    KeyUsage,
     PutResult,
     StatsRow,
     StoredContent,
     SubscriptionRow,
     TokenGrant,
+    Visibility,
+    directory,
     gcra,
     new_id,
     record_changed,
@@ -241,7 +245,27 @@ def _content_row(doc: Mapping[str, Any]) -> ContentRow:
         stored_at=doc.get("stored_at"),
         mime_type=doc.get("mime_type"),
         storage_path=doc.get("storage_path"),
+        stored_by=doc.get("stored_by"),
     )
+
+
+def _visible_filter(v: Visibility | None) -> list[dict[str, Any]]:
+    """Query clauses (to combine with ``$and``) for the records inside ``v``."""
+    if v is None:
+        return []
+    clauses: list[dict[str, Any]] = []
+    if v.hostnames is not None:  # one host (a node's key) as an equality: FerretDB runs that in its database
+        clauses.append({"hostname": v.hostnames[0] if len(v.hostnames) == 1 else {"$in": list(v.hostnames)}})
+    if v.path_prefixes is not None:
+        ranges: list[dict[str, Any]] = []
+        for p in v.path_prefixes:
+            ranges += [{"filepath": p}, {"filepath": {"$gte": directory(p), "$lt": directory(p) + PATH_END}}]
+        clauses.append({"$or": ranges})
+    return clauses
+
+
+def _all_of(clauses: list[dict[str, Any]]) -> dict[str, Any]:
+    return {} if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
 def _key_doc(key: KeyRow) -> dict[str, Any]:
@@ -259,7 +283,15 @@ def _key_doc(key: KeyRow) -> dict[str, Any]:
         "is_active": key.is_active,
         "revoked_at": _ms_opt(key.revoked_at),
         "last_used_at": _ms_opt(key.last_used_at),
+        "hostnames": None if key.hostnames is None else list(key.hostnames),
+        "path_prefixes": None if key.path_prefixes is None else list(key.path_prefixes),
+        "max_bytes": key.max_bytes,
+        "max_files": key.max_files,
     }
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
 
 
 def _key_row(doc: Mapping[str, Any]) -> KeyRow:
@@ -277,6 +309,11 @@ def _key_row(doc: Mapping[str, Any]) -> KeyRow:
         is_active=bool(doc.get("is_active", True)),
         revoked_at=doc.get("revoked_at"),
         last_used_at=doc.get("last_used_at"),
+        # Absent in documents stored before restrictions and quotas: none.
+        hostnames=_names(doc.get("hostnames")),
+        path_prefixes=_names(doc.get("path_prefixes")),
+        max_bytes=doc.get("max_bytes"),
+        max_files=doc.get("max_files"),
     )
 
 
@@ -374,6 +411,7 @@ class MongoStore:
             ),
             (self._history, [("sha256", ASCENDING)], "sha256", False),
             (self._keys, [("key_hash", ASCENDING)], "key_hash", True),
+            (self._contents, [("stored_by", ASCENDING)], "stored_by", False),
             (self._buckets, [("b", ASCENDING), ("seq", ASCENDING)], "bucket_seq", True),
         ]
         for collection, keys, name, unique in indexes:
@@ -602,8 +640,27 @@ class MongoStore:
             where["updated_at"] = {"$gte": _ms(query.changed_since)}
         if query.after_id is not None:
             where["_id"] = {"$gt": query.after_id}
+        where = _all_of([where, *_visible_filter(query.visible)]) if query.visible else where
         cursor = self._files.find(where).sort("_id", ASCENDING).limit(query.limit)
         return [_file_row(doc) async for doc in cursor]
+
+    async def visible_shas(self, shas: Collection[str], visible: Visibility) -> set[str]:
+        # The records naming each sha256 (few: one per copy) are read by sha256 alone and judged
+        # here: FerretDB runs only a plain equality in its database, and would read the whole
+        # collection for one with the visibility's $in and $or beside it.
+        wanted = sorted(set(shas))
+        fields = {"_id": 0, "sha256": 1, "hostname": 1, "filepath": 1}
+        docs: list[dict[str, Any]] = []
+        if self._in_reads_all:
+            for chunk in _chunks(wanted, _LOOKUPS_AT_ONCE):
+                for found in await asyncio.gather(
+                    *(self._files.find({"sha256": sha}, fields).to_list() for sha in chunk)
+                ):
+                    docs += found
+        else:
+            for chunk in _chunks(wanted, _QUERY_CHUNK * 2):
+                docs += await self._files.find({"sha256": {"$in": list(chunk)}}, fields).to_list()
+        return {d["sha256"] for d in docs if visible.allows(d["hostname"], d["filepath"])}
 
     async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
         if limit <= 0:
@@ -626,16 +683,22 @@ class MongoStore:
         return await self._find_contents(set(shas))
 
     async def mark_stored(
-        self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime
+        self,
+        sha256: str,
+        size: int,
+        mime_type: str | None,
+        storage_path: str,
+        now: datetime,
+        stored_by: str | None = None,
     ) -> ContentRow:
         now = _ms(now)
         fields = {"size": size, "stored": True, "mime_type": mime_type, "storage_path": storage_path}
         doc: Mapping[str, Any] | None
         try:
-            # Not stored yet (or no record at all): this upload sets stored_at.
+            # Not stored yet (or no record at all): this upload sets stored_at and stored_by.
             doc = await self._contents.find_one_and_update(
                 {"_id": sha256, "stored_at": None},
-                {"$set": {**fields, "stored_at": now}, "$setOnInsert": {"first_seen_at": now}},
+                {"$set": {**fields, "stored_at": now, "stored_by": stored_by}, "$setOnInsert": {"first_seen_at": now}},
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
             )
@@ -644,19 +707,60 @@ class MongoStore:
                 {"_id": sha256}, {"$set": fields}, return_document=ReturnDocument.AFTER
             )
             if doc is None:  # garbage collection deleted the record in between: store it anew
-                return await self.mark_stored(sha256, size, mime_type, storage_path, now)
+                return await self.mark_stored(sha256, size, mime_type, storage_path, now, stored_by)
         assert doc is not None  # an upsert returning the document after always finds one
         return _content_row(doc)
 
     async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
         # Each one is a compare-and-set (FerretDB v1 has no atomic multi-document update): side by side.
-        await asyncio.gather(*(self.mark_stored(i.sha256, i.size, i.mime_type, i.storage_path, now) for i in items))
+        await asyncio.gather(
+            *(self.mark_stored(i.sha256, i.size, i.mime_type, i.storage_path, now, i.stored_by) for i in items)
+        )
 
-    async def stats(self) -> StatsRow:
+    async def stats(self, visible: Visibility | None = None) -> StatsRow:
+        if visible is not None:
+            return await self._visible_stats(_all_of(_visible_filter(visible)))
+        return await self._stats()
+
+    async def _per_host(self, match: dict[str, Any]) -> list[dict[str, Any]]:
         # One $sum per $group: FerretDB v1 answers 0 for a second accumulator in a stage.
+        stages: list[dict[str, Any]] = [{"$match": match}] if match else []
+        stages.append({"$group": {"_id": "$hostname", "bytes": {"$sum": "$file_size"}}})
+        cursor = await self._files.aggregate(stages)
+        return await cursor.to_list()
+
+    async def _visible_stats(self, match: dict[str, Any]) -> StatsRow:
+        """Totals over a restricted key's records: its contents found through the shas they name."""
+        files, hosts, named = await asyncio.gather(
+            self._files.count_documents(match),
+            self._per_host(match),
+            self._files.aggregate([{"$match": match}, {"$group": {"_id": "$sha256"}}]),
+        )
+        stored = [c for c in (await self._find_contents({d["_id"] async for d in named})).values() if c.stored]
+        return StatsRow(
+            files=files,
+            hosts=len(hosts),
+            contents_stored=len(stored),
+            stored_bytes=sum(c.size for c in stored),
+            logical_bytes=sum(int(d["bytes"]) for d in hosts),
+        )
+
+    async def key_usage(self, key_ids: Collection[str]) -> dict[str, KeyUsage]:
+        ids = sorted(set(key_ids))
+        if not ids:
+            return {}
+        match = {"stored_by": ids[0] if len(ids) == 1 else {"$in": ids}, "stored": True}
+
+        async def total(of: Any) -> dict[str, int]:  # one accumulator per $group (FerretDB v1)
+            cursor = await self._contents.aggregate([{"$match": match}, {"$group": {"_id": "$stored_by", "n": of}}])
+            return {d["_id"]: int(d["n"]) async for d in cursor}
+
+        counts, sizes = await asyncio.gather(total({"$sum": 1}), total({"$sum": "$size"}))
+        return {k: KeyUsage(n, sizes.get(k, 0)) for k, n in counts.items()}
+
+    async def _stats(self) -> StatsRow:
         async def per_host() -> list[dict[str, Any]]:
-            cursor = await self._files.aggregate([{"$group": {"_id": "$hostname", "bytes": {"$sum": "$file_size"}}}])
-            return await cursor.to_list()
+            return await self._per_host({})
 
         async def stored_bytes() -> int:
             cursor = await self._contents.aggregate(
@@ -752,6 +856,7 @@ class MongoStore:
                 "stored_at": _ms_opt(r.stored_at),
                 "mime_type": r.mime_type,
                 "storage_path": r.storage_path,
+                "stored_by": r.stored_by,
             }
             for r in rows
         ]

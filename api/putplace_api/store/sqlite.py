@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import operator
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
@@ -25,17 +26,21 @@ from putplace_api.store.base import (
     DELIVERY_DEAD,
     DELIVERY_PENDING,
     FILE_FIELDS,
+    PATH_END,
     ContentRow,
     DeliveryRow,
     FileQuery,
     FileRow,
     HistoryRow,
     KeyRow,
+    KeyUsage,
     PutResult,
     StatsRow,
     StoredContent,
     SubscriptionRow,
     TokenGrant,
+    Visibility,
+    directory,
     gcra,
     new_id,
 )
@@ -75,11 +80,27 @@ CREATE TABLE IF NOT EXISTS markers (name TEXT PRIMARY KEY, created_at REAL NOT N
 CREATE TABLE IF NOT EXISTS rate_buckets (bucket TEXT PRIMARY KEY, tat REAL NOT NULL);
 """
 
+# Columns added since the tables were first made: a database created before them gets them on
+# open (NULL in existing rows: no restriction, no quota, stored by no key).
+_ADDED_COLUMNS = {
+    "contents": ("stored_by TEXT",),
+    "api_keys": ("hostnames TEXT", "path_prefixes TEXT", "max_bytes INTEGER", "max_files INTEGER"),
+}
+_INDEXES_ON_ADDED = "CREATE INDEX IF NOT EXISTS contents_stored_by ON contents (stored_by) WHERE stored_by IS NOT NULL;"
+
 _INSERT_FILE = (
     f"INSERT INTO files (id, {', '.join(FILE_FIELDS)}, created_at, updated_at) "
     f"VALUES (?, {', '.join('?' for _ in FILE_FIELDS)}, ?, ?)"
 )
 _UPDATE_FILE = f"UPDATE files SET {', '.join(f'{f} = ?' for f in FILE_FIELDS)}, updated_at = ? WHERE id = ?"
+# The first upload wins stored_at and stored_by; a concurrent identical upload changes neither.
+_MARK_STORED = (
+    "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path, stored_by) "
+    "VALUES (?, ?, 1, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+    "size = excluded.size, stored = 1, stored_at = COALESCE(stored_at, excluded.stored_at), "
+    "mime_type = excluded.mime_type, storage_path = excluded.storage_path, "
+    "stored_by = CASE WHEN stored = 1 THEN stored_by ELSE excluded.stored_by END"
+)
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (id, {', '.join(FILE_FIELDS)}, created_at, updated_at, superseded_at, event) "
     f"VALUES (?, {', '.join('?' for _ in FILE_FIELDS)}, ?, ?, ?, ?)"
@@ -127,6 +148,7 @@ def _content_row(row: sqlite3.Row) -> ContentRow:
         stored_at=_dt(row["stored_at"]),
         mime_type=row["mime_type"],
         storage_path=row["storage_path"],
+        stored_by=row["stored_by"],
     )
 
 
@@ -139,7 +161,30 @@ def _content_values(row: ContentRow) -> tuple[Any, ...]:
         _ts(row.stored_at),
         row.mime_type,
         row.storage_path,
+        row.stored_by,
     )
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(json.loads(value))
+
+
+def _visible_where(v: Visibility | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) for the records inside ``v``."""
+    if v is None:
+        return [], []
+    where: list[str] = []
+    params: list[Any] = []
+    if v.hostnames is not None:
+        where.append(f"hostname IN ({','.join('?' for _ in v.hostnames)})")
+        params += v.hostnames
+    if v.path_prefixes is not None:
+        where.append(
+            "(" + " OR ".join("filepath = ? OR (filepath >= ? AND filepath < ?)" for _ in v.path_prefixes) + ")"
+        )
+        for p in v.path_prefixes:
+            params += [p, directory(p), directory(p) + PATH_END]
+    return where, params
 
 
 def _key_row(row: sqlite3.Row) -> KeyRow:
@@ -157,6 +202,10 @@ def _key_row(row: sqlite3.Row) -> KeyRow:
         is_active=bool(row["is_active"]),
         revoked_at=_dt(row["revoked_at"]),
         last_used_at=_dt(row["last_used_at"]),
+        hostnames=_names(row["hostnames"]),
+        path_prefixes=_names(row["path_prefixes"]),
+        max_bytes=row["max_bytes"],
+        max_files=row["max_files"],
     )
 
 
@@ -226,6 +275,12 @@ class SqliteStore:
         # changed many times once.
         conn.execute("PRAGMA wal_autocheckpoint=10000")
         conn.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        conn.executescript(_INDEXES_ON_ADDED)
         conn.executescript(_WEBHOOK_SCHEMA)
         self._conn = conn
 
@@ -387,12 +442,29 @@ class SqliteStore:
         if query.after_id is not None:
             where.append("id > ?")
             params.append(query.after_id)
+        visible, visible_params = _visible_where(query.visible)
+        where += visible
+        params += visible_params
         sql = "SELECT * FROM files"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id LIMIT ?"
         params.append(query.limit)
         return await self._run(lambda: [_file_row(r) for r in self._c.execute(sql, params)])
+
+    async def visible_shas(self, shas: Collection[str], visible: Visibility) -> set[str]:
+        where, params = _visible_where(visible)
+
+        def run() -> set[str]:
+            found: set[str] = set()
+            ordered = sorted(set(shas))
+            for i in range(0, len(ordered), 400):  # with the visibility's, under the parameter limit
+                chunk = ordered[i : i + 400]
+                sql = f"SELECT DISTINCT sha256 FROM files WHERE sha256 IN ({','.join('?' for _ in chunk)})"
+                found.update(r[0] for r in self._c.execute(" AND ".join([sql, *where]), (*chunk, *params)))
+            return found
+
+        return await self._run(run)
 
     async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
         sql = "SELECT * FROM file_history WHERE hostname = ? AND filepath = ?"
@@ -423,17 +495,18 @@ class SqliteStore:
         return await self._run(self._contents, self._c, set(shas))
 
     async def mark_stored(
-        self, sha256: str, size: int, mime_type: str | None, storage_path: str, now: datetime
+        self,
+        sha256: str,
+        size: int,
+        mime_type: str | None,
+        storage_path: str,
+        now: datetime,
+        stored_by: str | None = None,
     ) -> ContentRow:
         def run() -> ContentRow:
             with self._write() as c:
-                # The first upload wins stored_at; a concurrent identical upload changes nothing.
                 c.execute(
-                    "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path) "
-                    "VALUES (?, ?, 1, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
-                    "size = excluded.size, stored = 1, stored_at = COALESCE(stored_at, excluded.stored_at), "
-                    "mime_type = excluded.mime_type, storage_path = excluded.storage_path",
-                    (sha256, size, now.timestamp(), now.timestamp(), mime_type, storage_path),
+                    _MARK_STORED, (sha256, size, now.timestamp(), now.timestamp(), mime_type, storage_path, stored_by)
                 )
                 return self._contents(c, {sha256})[sha256]
 
@@ -441,27 +514,45 @@ class SqliteStore:
 
     async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
         def run() -> None:
+            ts = now.timestamp()
             with self._write() as c:
                 c.executemany(
-                    "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path) "
-                    "VALUES (?, ?, 1, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
-                    "size = excluded.size, stored = 1, stored_at = COALESCE(stored_at, excluded.stored_at), "
-                    "mime_type = excluded.mime_type, storage_path = excluded.storage_path",
-                    [(i.sha256, i.size, now.timestamp(), now.timestamp(), i.mime_type, i.storage_path) for i in items],
+                    _MARK_STORED, [(i.sha256, i.size, ts, ts, i.mime_type, i.storage_path, i.stored_by) for i in items]
                 )
 
         await self._run(run)
 
-    async def stats(self) -> StatsRow:
+    async def stats(self, visible: Visibility | None = None) -> StatsRow:
+        where, params = _visible_where(visible)
+        files_where = " WHERE " + " AND ".join(where) if where else ""
+        # Restricted: the stored contents that a visible record names.
+        contents_where = f" AND sha256 IN (SELECT sha256 FROM files{files_where})" if where else ""
+
         def run() -> StatsRow:
             c = self._c
             files, hosts, logical = c.execute(
-                "SELECT COUNT(*), COUNT(DISTINCT hostname), COALESCE(SUM(file_size), 0) FROM files"
+                f"SELECT COUNT(*), COUNT(DISTINCT hostname), COALESCE(SUM(file_size), 0) FROM files{files_where}",
+                params,
             ).fetchone()
             stored, stored_bytes = c.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM contents WHERE stored = 1"
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM contents WHERE stored = 1{contents_where}", params
             ).fetchone()
             return StatsRow(files, hosts, stored, stored_bytes, logical)
+
+        return await self._run(run)
+
+    async def key_usage(self, key_ids: Collection[str]) -> dict[str, KeyUsage]:
+        def run() -> dict[str, KeyUsage]:
+            out: dict[str, KeyUsage] = {}
+            ordered = sorted(set(key_ids))
+            for i in range(0, len(ordered), 500):
+                chunk = ordered[i : i + 500]
+                sql = (
+                    "SELECT stored_by, COUNT(*), COALESCE(SUM(size), 0) FROM contents "
+                    f"WHERE stored_by IN ({','.join('?' for _ in chunk)}) AND stored = 1 GROUP BY stored_by"
+                )
+                out.update((r[0], KeyUsage(r[1], r[2])) for r in self._c.execute(sql, chunk))
+            return out
 
         return await self._run(run)
 
@@ -532,8 +623,8 @@ class SqliteStore:
             with self._write() as c:
                 c.executemany(
                     "INSERT OR IGNORE INTO contents "
-                    "(sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "(sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path, stored_by) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [_content_values(r) for r in rows],
                 )
 
@@ -545,8 +636,9 @@ class SqliteStore:
             with self._write() as c:
                 c.execute(
                     "INSERT INTO api_keys (id, name, description, key_hash, key_prefix, scopes, rate_limit, "
-                    "rate_limit_burst, created_at, expires_at, is_active, revoked_at, last_used_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "rate_limit_burst, created_at, expires_at, is_active, revoked_at, last_used_at, "
+                    "hostnames, path_prefixes, max_bytes, max_files) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key.id,
                         key.name,
@@ -561,6 +653,10 @@ class SqliteStore:
                         int(key.is_active),
                         _ts(key.revoked_at),
                         _ts(key.last_used_at),
+                        None if key.hostnames is None else json.dumps(key.hostnames),
+                        None if key.path_prefixes is None else json.dumps(key.path_prefixes),
+                        key.max_bytes,
+                        key.max_files,
                     ),
                 )
 

@@ -30,6 +30,14 @@ STATE_ROOT = "/var/lib/putplace-agent"
 
 
 def agent_key(i: Instance) -> Manifest:
+    """The agents' one key: write-only, and limited to the host paths they catalogue.
+
+    One key for the DaemonSet, not one per node: every pod of a DaemonSet mounts the same Secret,
+    so a key bound to a node would need a pod spec per node or a way for a pod to fetch its
+    node's key (a right to read every node's key, which is what a per-node key is meant to take
+    away). A node's agent can therefore still write records of other nodes' names, within the
+    host paths, but it reads nothing (write scope only) and touches no other path.
+    """
     return {
         "apiVersion": "putplace.io/v1alpha1",
         "kind": "ApiKey",
@@ -39,8 +47,13 @@ def agent_key(i: Instance) -> Manifest:
             "scopes": ["write"],
             "secretName": i.agent_key_secret,
             "description": "node agents of this instance (created by the operator)",
+            "pathPrefixes": sorted(set(_host_paths(i))),
         },
     }
+
+
+def _host_paths(i: Instance) -> list[str]:
+    return list(i.spec.get("agent", {}).get("hostPaths", ["/var/log"]))
 
 
 def _volume_name(index: int) -> str:
@@ -52,7 +65,7 @@ def daemon_set(i: Instance) -> Manifest | None:
     if not agent.get("enabled", True):
         return None
     image = agent.get("image", {})
-    host_paths = list(agent.get("hostPaths", ["/var/log"]))
+    host_paths = _host_paths(i)
     args = [
         "putplace-agent", "sync", *(HOST_ROOT + p for p in host_paths),
         "--strip-prefix", HOST_ROOT,

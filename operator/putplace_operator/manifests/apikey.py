@@ -46,6 +46,12 @@ class ApiKeyObject(InstanceChild):
         """What a key is made with, beside the rotation: a change needs a new key (keys are immutable)."""
         made_with = {k: self.spec.get(k) for k in ("scopes", "rateLimit", "expiresAt", "description")}
         made_with["scopes"] = sorted(self.scopes)
+        # Limits count only when set, so a key made before they existed keeps its checksum.
+        for name in ("hostnames", "pathPrefixes"):
+            if self.spec.get(name) is not None:
+                made_with[name] = sorted(self.spec[name])
+        if self.spec.get("quota"):
+            made_with["quota"] = self.spec["quota"]
         return checksum(made_with)[:16]
 
     @property
