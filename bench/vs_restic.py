@@ -174,8 +174,8 @@ def describe(tool: str, what: str, r: dict[str, Any]) -> None:
     )
 
 
-def row(label: str, units: float, runs: list[dict[str, Any]], tool: str) -> tuple[list[object], float]:
-    """A table row of the runs' medians, and the median wall time."""
+def row(label: str, units: float, runs: list[dict[str, Any]], tool: str) -> tuple[list[object], float, float]:
+    """A table row of the runs' medians, the median wall time and the median CPU (all processes)."""
 
     def median(key: str) -> float:
         return float(statistics.median(float(r[key]) for r in runs))
@@ -183,10 +183,12 @@ def row(label: str, units: float, runs: list[dict[str, Any]], tool: str) -> tupl
     wall = median("wall_s")
     if tool == "restic":
         own, cpu, api = median("total_duration"), median("cpu_s"), ""
+        total_cpu = cpu
     else:
         own, cpu, api = median("seconds"), median("agent_cpu_s"), f"{median('api_cpu_s'):.1f}"
+        total_cpu = float(statistics.median(float(r["agent_cpu_s"]) + float(r["api_cpu_s"]) for r in runs))
     walls = ", ".join(f"{r['wall_s']:.2f}" for r in runs)
-    return [label, wall, units / wall, own, cpu, api, round(100 * median("other_cores")), walls], wall
+    return [label, wall, units / wall, own, cpu, api, round(100 * median("other_cores")), walls], wall, total_cpu
 
 
 def main() -> int:
@@ -270,11 +272,13 @@ def compare(args: argparse.Namespace) -> int:
         comparisons.append((f"(c) {args.size_mib:,} MiB file", args.size_mib, "MiB/s", got["big"]))
     rows: list[list[object]] = []
     ratios: dict[str, float] = {}
+    cpu_ratios: dict[str, float] = {}
     for label, units, unit, runs_of in comparisons:
-        pp_row, pp_wall = row(f"{label}: PutPlace ({unit})", units, runs_of["putplace"], "putplace")
-        r_row, r_wall = row(f"{label}: restic ({unit})", units, runs_of["restic"], "restic")
+        pp_row, pp_wall, pp_cpu = row(f"{label}: PutPlace ({unit})", units, runs_of["putplace"], "putplace")
+        r_row, r_wall, r_cpu = row(f"{label}: restic ({unit})", units, runs_of["restic"], "restic")
         rows += [pp_row, r_row]
         ratios[label] = r_wall / pp_wall
+        cpu_ratios[label] = r_cpu / max(pp_cpu, 1e-9)
 
     print()
     print(f"PutPlace vs restic ({restic_version.strip()}) -- {machine_line()}")
@@ -285,7 +289,10 @@ def compare(args: argparse.Namespace) -> int:
     )
     for label, ratio in ratios.items():
         verdict = "PASS" if ratio >= GOAL_RATIO else "FAIL"
-        print(f"{label}: PutPlace / restic throughput = {ratio:.2f} (goal >= {GOAL_RATIO:g}) -> {verdict}")
+        print(
+            f"{label}: PutPlace / restic throughput = {ratio:.2f} (goal >= {GOAL_RATIO:g}) -> {verdict}; "
+            f"CPU cost restic / PutPlace (agent + API) = {cpu_ratios[label]:.2f}"
+        )
     print(
         json.dumps(
             {
@@ -295,6 +302,7 @@ def compare(args: argparse.Namespace) -> int:
                 "size_mib": args.size_mib,
                 "rounds": args.rounds,
                 "ratios": {label: round(ratio, 3) for label, ratio in ratios.items()},
+                "cpu_ratios": {label: round(ratio, 3) for label, ratio in cpu_ratios.items()},
                 "walls": {
                     label: {tool: [round(float(r["wall_s"]), 3) for r in runs] for tool, runs in runs_of.items()}
                     for label, _, _, runs_of in comparisons
