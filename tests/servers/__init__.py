@@ -1,7 +1,8 @@
 """Real servers for the tests, on 127.0.0.1: FerretDB (MongoDB wire), SeaweedFS and MinIO (S3),
 a Kubernetes control plane with kwok fake nodes (kube), and a Docker engine (docker) with the
 project's images built on it (images); and the real command-line tools the tests drive (helm, skaffold, and
-Prometheus, which tests start with their own config), installed and cached the same way.
+Prometheus, which tests start with their own config), installed and cached the same way; and
+restic, which only bench/vs_restic.py runs (installed when named or by that benchmark).
 
 One mechanism, three entry points:
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import docker, ferretdb, helm, images, kind, kube, minio, postgres, prometheus, seaweedfs, skaffold
+from . import docker, ferretdb, helm, images, kind, kube, minio, postgres, prometheus, restic, seaweedfs, skaffold
 from .base import Server, ServerError, cache_dir
 from .docker import DockerEngine
 from .kube import KubeCluster
@@ -63,13 +64,19 @@ TOOLS: dict[str, ToolModule] = {
     "kind": cast(ToolModule, kind),  # the kind CLI and node image (after kube and images)
     "skaffold": cast(ToolModule, skaffold),  # what the e2e suite runs skaffold.yaml with
 }
-INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS}
+# Installed only when named (``install restic``) or by the benchmark that runs them: no test
+# needs them, so a bare ``install`` (CI's) leaves them out.
+ON_DEMAND: dict[str, ToolModule] = {
+    "restic": cast(ToolModule, restic),  # the peer bench/vs_restic.py compares the agent with
+}
+INSTALLABLE: dict[str, ToolModule] = {**SERVERS, **TOOLS, **ON_DEMAND}
 
 
 def select(names: list[str] | None, known: Mapping[str, ToolModule] = SERVERS) -> list[str]:
-    """Validate names (of servers, or of anything installable); no names means all of them."""
+    """Validate names (of servers, or of anything installable); no names means all of them but
+    the on-demand tools."""
     if not names:
-        return list(known)
+        return [name for name in known if name not in ON_DEMAND]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ServerError(f"unknown name {', '.join(unknown)} (known: {', '.join(known)})")
@@ -77,6 +84,6 @@ def select(names: list[str] | None, known: Mapping[str, ToolModule] = SERVERS) -
 
 
 __all__ = [
-    "INSTALLABLE", "SERVERS", "TOOLS", "DockerEngine", "KubeCluster", "S3Server", "Server", "ServerError",
+    "INSTALLABLE", "ON_DEMAND", "SERVERS", "TOOLS", "DockerEngine", "KubeCluster", "S3Server", "Server", "ServerError",
     "ServerModule", "ToolModule", "cache_dir", "select",
 ]  # fmt: skip

@@ -1,7 +1,8 @@
 """Command line for the test servers: install them, or run them detached for a dev shell.
 
-    python -m tests.servers install [NAME...]   build/install into the cache (default: all, tools too;
-                                                the Go builds beside the apt and image steps)
+    python -m tests.servers install [NAME...]   build/install into the cache (default: all, tools too,
+                                                but restic, which only a benchmark runs; the Go
+                                                builds beside the apt and image steps)
     python -m tests.servers start [NAME...]     start detached, print `export` lines
     python -m tests.servers env [NAME...]       print `export` lines of the running ones
     python -m tests.servers stop [NAME...]      stop them and delete their data
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["install", "start", "stop", "env"])
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"any of: {', '.join(INSTALLABLE)} (helm, prometheus: install only)"
+        "names", nargs="*", metavar="NAME", help=f"any of: {', '.join(INSTALLABLE)} (after docker: install only)"
     )
     args = parser.parse_args(argv)
     try:

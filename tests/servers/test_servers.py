@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 from pymongo.errors import DuplicateKeyError
 
-from tests.servers import S3Server, ferretdb
+from tests.servers import INSTALLABLE, S3Server, ferretdb, select
 from tests.servers.base import make_workdir
 
 
@@ -111,3 +111,10 @@ def test_s3_multipart_upload(s3: S3Server) -> None:
     )
     assert done["ETag"].strip('"').endswith("-2")
     assert client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == part1 + part2
+
+
+def test_a_bare_install_leaves_out_the_tools_only_a_benchmark_runs() -> None:
+    everything = select([], INSTALLABLE)
+    assert "skaffold" in everything
+    assert "restic" not in everything
+    assert select(["restic"], INSTALLABLE) == ["restic"]
