@@ -34,15 +34,20 @@ from putplace_api.store.base import (
     TokenGrant,
     gcra,
     new_id,
+    prefix_ranges,
 )
+from putplace_api.store.migrations import sqlite as schema
 from putplace_client.models import FileMetadata
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
+# The current schema (version migrations.sqlite.VERSION): a new database gets it as it is; an
+# older one is brought to it by migrations.sqlite.upgrade first.
 _FILE_COLUMNS = """
-    hostname TEXT NOT NULL, filepath TEXT NOT NULL, ip_address TEXT NOT NULL, sha256 TEXT NOT NULL,
+    hostname TEXT NOT NULL, filepath TEXT NOT NULL, filepath_escaped INTEGER NOT NULL DEFAULT 0,
+    ip_address TEXT NOT NULL, sha256 TEXT NOT NULL,
     file_size INTEGER NOT NULL, file_mode INTEGER NOT NULL, file_uid INTEGER NOT NULL,
     file_gid INTEGER NOT NULL, file_mtime REAL NOT NULL, file_atime REAL NOT NULL,
     file_ctime REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
@@ -51,13 +56,14 @@ _FILE_COLUMNS = """
 # Tables keyed by text are WITHOUT ROWID: one B-tree each instead of a rowid table plus a
 # separate index on the key -- fewer random inserts per catalogued file.
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, {_FILE_COLUMNS}, UNIQUE (hostname, filepath)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, {_FILE_COLUMNS}, UNIQUE (hostname, filepath, filepath_escaped)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
 CREATE INDEX IF NOT EXISTS files_updated_at ON files (updated_at);
 CREATE TABLE IF NOT EXISTS file_history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, {_FILE_COLUMNS},
     superseded_at REAL NOT NULL, event TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS file_history_path ON file_history (hostname, filepath, superseded_at);
+CREATE INDEX IF NOT EXISTS file_history_path ON file_history (hostname, filepath, filepath_escaped, superseded_at);
 CREATE INDEX IF NOT EXISTS file_history_sha256 ON file_history (sha256);
 CREATE TABLE IF NOT EXISTS contents (
     sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL DEFAULT 0,
@@ -91,7 +97,12 @@ def _dt(value: float | None) -> datetime | None:
 
 
 _file_values: Callable[[FileMetadata], tuple[Any, ...]] = operator.attrgetter(*FILE_FIELDS)
-_HOST, _PATH = FILE_FIELDS.index("hostname"), FILE_FIELDS.index("filepath")
+_HOST, _PATH, _ESCAPED = (FILE_FIELDS.index(f) for f in ("hostname", "filepath", "filepath_escaped"))
+NameKey = tuple[str, str, bool]  # (hostname, filepath, filepath_escaped)
+
+
+def _name_key(meta: FileMetadata) -> NameKey:
+    return (meta.hostname, meta.filepath, meta.filepath_escaped)
 
 
 @dataclass(slots=True)
@@ -111,6 +122,7 @@ def _history_values(old: FileRow, ts: float, event: str) -> tuple[Any, ...]:
 def _file_row(row: sqlite3.Row) -> FileRow:
     # Rows were validated on the way in: constructing skips validating them again.
     meta = FileMetadata.model_construct(**{f: row[f] for f in FILE_FIELDS})
+    meta.filepath_escaped = bool(meta.filepath_escaped)  # an INTEGER column
     return FileRow(id=row["id"], meta=meta, created_at=_dt(row["created_at"]), updated_at=_dt(row["updated_at"]))  # type: ignore[arg-type]
 
 
@@ -221,7 +233,21 @@ class SqliteStore:
         # catalogue write; a ten times larger window (WAL up to ~40 MiB) writes a page
         # changed many times once.
         conn.execute("PRAGMA wal_autocheckpoint=10000")
-        conn.executescript(_SCHEMA)
+        # One transaction: processes opening one file at once migrate it once, and a failed
+        # migration changes nothing.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone():
+                schema.upgrade(conn)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {schema.VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        conn.execute("COMMIT")
         self._conn = conn
 
     async def open(self) -> None:
@@ -248,13 +274,13 @@ class SqliteStore:
             "INSERT OR IGNORE INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
             [(f.sha256, f.file_size, ts) for f in files],
         )
-        current = self._existing(c, {(f.hostname, f.filepath) for f in files})
-        inserts: dict[tuple[str, str], _Stored] = {}
-        updates: dict[tuple[str, str], _Stored] = {}
+        current = self._existing(c, {_name_key(f) for f in files})
+        inserts: dict[NameKey, _Stored] = {}
+        updates: dict[NameKey, _Stored] = {}
         archived: list[tuple[Any, ...]] = []
         rows: list[FileRow] = []
         for meta in files:
-            key = (meta.hostname, meta.filepath)
+            key = _name_key(meta)
             values = _file_values(meta)
             old = current.get(key)
             if old is None:
@@ -275,11 +301,11 @@ class SqliteStore:
         return [PutResult(file=r, content=contents[r.meta.sha256]) for r in rows]
 
     @staticmethod
-    def _existing(c: sqlite3.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Stored]:
+    def _existing(c: sqlite3.Connection, keys: set[NameKey]) -> dict[NameKey, _Stored]:
         by_host: dict[str, list[str]] = {}
-        for host, path in keys:
+        for host, path, _ in keys:
             by_host.setdefault(host, []).append(path)
-        found: dict[tuple[str, str], _Stored] = {}
+        found: dict[NameKey, _Stored] = {}
         columns = ", ".join(FILE_FIELDS)
         for host, paths in by_host.items():
             for i in range(0, len(paths), 500):  # stay under SQLite's bound-parameter limit
@@ -291,7 +317,9 @@ class SqliteStore:
                 )
                 for row in c.execute(sql, (host, *chunk)):
                     values = tuple(row[3:])
-                    found[(values[_HOST], values[_PATH])] = _Stored(row[0], values, row[1], row[2])
+                    key = (values[_HOST], values[_PATH], bool(values[_ESCAPED]))
+                    if key in keys:  # not the other name of the same text (escaped or not)
+                        found[key] = _Stored(row[0], values, row[1], row[2])
         return found
 
     def _put_groups(self, calls: Sequence[_PutCall]) -> list[list[PutResult]]:
@@ -342,10 +370,11 @@ class SqliteStore:
             for call, result in zip(group, results, strict=True):
                 _settle(call, result)
 
-    def _delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
+    def _delete_file(self, hostname: str, filepath: str, escaped: bool, now: datetime) -> bool:
         with self._write() as c:
             found = c.execute(
-                "SELECT * FROM files WHERE hostname = ? AND filepath = ?", (hostname, filepath)
+                "SELECT * FROM files WHERE hostname = ? AND filepath = ? AND filepath_escaped = ?",
+                (hostname, filepath, escaped),
             ).fetchone()
             if found is None:
                 return False
@@ -353,8 +382,8 @@ class SqliteStore:
             c.execute("DELETE FROM files WHERE id = ?", (found["id"],))
             return True
 
-    async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
-        return await self._run(self._delete_file, hostname, filepath, now)
+    async def delete_file(self, hostname: str, filepath: str, now: datetime, *, escaped: bool = False) -> bool:
+        return await self._run(self._delete_file, hostname, filepath, escaped, now)
 
     async def file_by_sha(self, sha256: str) -> FileRow | None:
         def run() -> FileRow | None:
@@ -370,9 +399,16 @@ class SqliteStore:
             where.append("hostname = ?")
             params.append(query.hostname)
         if query.path_prefix:
-            # A range, not LIKE: no wildcard escaping, and it uses the (hostname, filepath) index.
-            where.append("filepath >= ? AND filepath < ?")
-            params += [query.path_prefix, query.path_prefix + "\U0010ffff"]
+            # Ranges, not LIKE: no wildcard escaping, and they use the (hostname, filepath) index.
+            clauses = []
+            for prefix, escaped in prefix_ranges(query.path_prefix, query.path_prefix_escaped):
+                clause = "filepath >= ? AND filepath < ?"
+                params += [prefix, prefix + "\U0010ffff"]
+                if escaped is not None:
+                    clause += " AND filepath_escaped = ?"
+                    params.append(escaped)
+                clauses.append(f"({clause})")
+            where.append(f"({' OR '.join(clauses)})")
         if query.sha256 is not None:
             where.append("sha256 = ?")
             params.append(query.sha256)
@@ -389,9 +425,11 @@ class SqliteStore:
         params.append(query.limit)
         return await self._run(lambda: [_file_row(r) for r in self._c.execute(sql, params)])
 
-    async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
-        sql = "SELECT * FROM file_history WHERE hostname = ? AND filepath = ?"
-        params: list[Any] = [hostname, filepath]
+    async def history(
+        self, hostname: str, filepath: str, limit: int, before: datetime | None, *, escaped: bool = False
+    ) -> list[HistoryRow]:
+        sql = "SELECT * FROM file_history WHERE hostname = ? AND filepath = ? AND filepath_escaped = ?"
+        params: list[Any] = [hostname, filepath, escaped]
         if before is not None:
             sql += " AND superseded_at < ?"
             params.append(before.timestamp())

@@ -1,0 +1,100 @@
+"""Migrations of the MongoDB store, run by ``MongoStore.open`` before it serves.
+
+Each migration ends by inserting its marker into ``markers``; a store that finds the marker
+skips it. Until then every replica that opens the database runs it, several at once when
+they start together: so every step is idempotent and conditional on what it changes (a
+document is converted only while it still has the old shape), and no replica serves before
+its own run has finished -- when any replica serves, no old-shape document is left. (An API
+replica of an *older* version still running would keep writing old-shape records: stop those
+before the new ones start, as the README says.)
+
+1. Names are (filepath, filepath_escaped). The flag is written on every record (documents
+   without it are the old shape), the unique index becomes (hostname, filepath,
+   filepath_escaped), and names the old server escaped are re-read by ``legacy_name``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+
+from putplace_api.store.base import new_id
+from putplace_api.store.migrations import legacy_name
+
+__all__ = ["FILES_NAME_INDEX", "HISTORY_NAME_INDEX", "upgrade"]
+
+log = logging.getLogger("putplace.store")
+
+FILES_NAME_INDEX = "hostname_filepath_escaped"
+HISTORY_NAME_INDEX = "hostname_filepath_escaped_superseded_at"
+_OLD_INDEXES = {"files": "hostname_filepath", "file_history": "hostname_filepath_superseded_at"}
+_NAMES_MARKER = "migration:1-filepath-escaped"
+_INDEX_NOT_FOUND = 27
+_CHUNK = 50  # statements per update command: FerretDB v1 deadlocks at 100 (see mongo.py)
+_OLD_SHAPE = {"filepath_escaped": {"$exists": False}}
+_MAYBE_ESCAPED = {"$regex": r"\\x[89a-f][0-9a-f]"}  # what the old server wrote for a non-UTF-8 byte
+
+
+async def upgrade(db: Any, now: datetime) -> None:
+    """Run the migrations not yet marked done; the store's indexes exist already."""
+    if await db["markers"].find_one({"_id": _NAMES_MARKER}) is None:
+        await _names(db, now)
+        try:
+            await db["markers"].insert_one({"_id": _NAMES_MARKER, "created_at": now})
+        except DuplicateKeyError:
+            pass  # another replica finished it too
+
+
+async def _names(db: Any, now: datetime) -> None:
+    for collection, index in _OLD_INDEXES.items():
+        try:
+            await db[collection].drop_index(index)  # the new one exists: no moment without a unique index
+        except OperationFailure as exc:
+            if exc.code != _INDEX_NOT_FOUND:
+                raise
+    for collection in ("files", "file_history"):
+        # The few that may be escaped, one by one; then all the others at once.
+        query = {**_OLD_SHAPE, "filepath": _MAYBE_ESCAPED}
+        ids, ops = [], []
+        async for doc in db[collection].find(query, {"filepath": 1}):
+            name = legacy_name(doc["filepath"])
+            ids.append(doc["_id"])
+            ops.append(
+                UpdateOne(
+                    {"_id": doc["_id"], **_OLD_SHAPE},
+                    {"$set": {"filepath": name.filepath, "filepath_escaped": name.escaped}},
+                )
+            )
+        for start in range(0, len(ops), _CHUNK):
+            try:
+                await db[collection].bulk_write(ops[start : start + _CHUNK], ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors") or []
+                if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+                    raise
+                await _superseded(db, [ids[start + e["index"]] for e in errors], now)
+        await db[collection].update_many(_OLD_SHAPE, {"$set": {"filepath_escaped": False}})
+
+
+async def _superseded(db: Any, ids: list[str], now: datetime) -> None:
+    """Old-shape records whose name a new-shape record holds already: written by an older
+    replica after this migration began. The new record is the current one; the old becomes
+    history, as a replaced version."""
+    for file_id in ids:
+        doc = await db["files"].find_one({"_id": file_id, **_OLD_SHAPE})
+        if doc is None:
+            continue
+        name = legacy_name(doc["filepath"])
+        entry = {k: v for k, v in doc.items() if k not in ("_id", "rev")}
+        entry |= {"_id": f"{file_id}@migrated", "id": file_id, "filepath": name.filepath}
+        entry |= {"filepath_escaped": name.escaped, "superseded_at": now, "event": "replaced", "order": new_id()}
+        try:
+            await db["file_history"].insert_one(entry)
+        except DuplicateKeyError:
+            pass  # archived by another replica
+        await db["files"].delete_one({"_id": file_id, **_OLD_SHAPE})
+        log.warning("an old-format record of %r was superseded by a newer one: kept as history", doc["filepath"])
