@@ -557,7 +557,7 @@ async def _write_old_records(store: MetadataStore, records: list[dict[str, objec
 
 
 async def test_records_of_the_old_format_are_migrated(make_store: Callable[[], MetadataStore]) -> None:
-    store = make_store()
+    store, together = make_store(), make_store()  # two replicas starting at once
     records = [
         {
             **meta(old).model_dump(exclude={"filepath_escaped"}),
@@ -568,7 +568,8 @@ async def test_records_of_the_old_format_are_migrated(make_store: Callable[[], M
         for n, (old, _, _) in enumerate(_OLD_NAMES, 1)
     ]
     await _write_old_records(store, records)
-    await store.open()
+    await asyncio.gather(store.open(), together.open())
+    await together.close()
     try:
         if isinstance(store, SqliteStore):
             with sqlite3.connect(store._path) as db:
@@ -594,6 +595,35 @@ async def test_records_of_the_old_format_are_migrated(make_store: Callable[[], M
         assert {r.id: r.meta for r in await current(reopened)} == rows
     finally:
         await reopened.close()
+
+
+async def test_an_old_record_a_newer_one_superseded_becomes_history(mongodb_url: str, anyio_backend: str) -> None:
+    """MongoDB: old-shape records (written by an older replica still running) whose names
+    migrated records hold already are kept as history of those names, not lost nor duplicated."""
+    name = f"migrate_{uuid.uuid4().hex[:20]}"
+    store = MongoStore(_with_database(mongodb_url, name), timeout=10.0)
+    try:
+        await store.open()
+        puts = await store.put_files([meta("/x/caf\udce9", content="new"), meta("/x/plain", content="new")], at(1))
+        for n, (path, old_text) in enumerate((("/x/caf\udce9", "/x/caf\\xe9"), ("/x/plain", "/x/plain"))):
+            stale = {**meta(path, content="old").model_dump(), "_id": f"{n:024}", "rev": "r0"}
+            stale["filepath"] = old_text  # as the old server wrote it: no flag
+            del stale["filepath_escaped"]
+            await store._db["files"].insert_one({**stale, "created_at": T0, "updated_at": T0})
+        await store._db["markers"].delete_many({})  # as if this replica's migration were under way
+        await store.close()
+        store = MongoStore(_with_database(mongodb_url, name), timeout=10.0)
+        await store.open()
+        assert sorted(await current(store), key=lambda r: r.id) == sorted((p.file for p in puts), key=lambda r: r.id)
+        for n, (path, escaped) in enumerate((("/x/caf\\xe9", True), ("/x/plain", False))):
+            (old,) = await store.history("node-1", path, 10, None, escaped=escaped)
+            assert (old.file.id, old.file.meta.sha256, old.event) == (f"{n:024}", sha("old"), "replaced")
+    finally:
+        await store.close()
+        import pymongo
+
+        with pymongo.MongoClient(mongodb_url, serverSelectionTimeoutMS=5000) as client:
+            client.drop_database(name)
 
 
 async def test_a_database_of_a_newer_schema_is_refused(tmp_path: Path, anyio_backend: str) -> None:

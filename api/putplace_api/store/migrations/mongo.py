@@ -19,11 +19,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from putplace_api.store.base import new_id
 from putplace_api.store.migrations import legacy_name
+from putplace_client.names import Name
 
 __all__ = ["FILES_NAME_INDEX", "HISTORY_NAME_INDEX", "upgrade"]
 
@@ -34,7 +34,6 @@ HISTORY_NAME_INDEX = "hostname_filepath_escaped_superseded_at"
 _OLD_INDEXES = {"files": "hostname_filepath", "file_history": "hostname_filepath_superseded_at"}
 _NAMES_MARKER = "migration:1-filepath-escaped"
 _INDEX_NOT_FOUND = 27
-_CHUNK = 50  # statements per update command: FerretDB v1 deadlocks at 100 (see mongo.py)
 _OLD_SHAPE = {"filepath_escaped": {"$exists": False}}
 _MAYBE_ESCAPED = {"$regex": r"\\x[89a-f][0-9a-f]"}  # what the old server wrote for a non-UTF-8 byte
 
@@ -58,43 +57,38 @@ async def _names(db: Any, now: datetime) -> None:
                 raise
     for collection in ("files", "file_history"):
         # The few that may be escaped, one by one; then all the others at once.
-        query = {**_OLD_SHAPE, "filepath": _MAYBE_ESCAPED}
-        ids, ops = [], []
-        async for doc in db[collection].find(query, {"filepath": 1}):
-            name = legacy_name(doc["filepath"])
-            ids.append(doc["_id"])
-            ops.append(
-                UpdateOne(
-                    {"_id": doc["_id"], **_OLD_SHAPE},
-                    {"$set": {"filepath": name.filepath, "filepath_escaped": name.escaped}},
-                )
-            )
-        for start in range(0, len(ops), _CHUNK):
-            try:
-                await db[collection].bulk_write(ops[start : start + _CHUNK], ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors") or []
-                if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
-                    raise
-                await _superseded(db, [ids[start + e["index"]] for e in errors], now)
-        await db[collection].update_many(_OLD_SHAPE, {"$set": {"filepath_escaped": False}})
-
-
-async def _superseded(db: Any, ids: list[str], now: datetime) -> None:
-    """Old-shape records whose name a new-shape record holds already: written by an older
-    replica after this migration began. The new record is the current one; the old becomes
-    history, as a replaced version."""
-    for file_id in ids:
-        doc = await db["files"].find_one({"_id": file_id, **_OLD_SHAPE})
-        if doc is None:
-            continue
-        name = legacy_name(doc["filepath"])
-        entry = {k: v for k, v in doc.items() if k not in ("_id", "rev")}
-        entry |= {"_id": f"{file_id}@migrated", "id": file_id, "filepath": name.filepath}
-        entry |= {"filepath_escaped": name.escaped, "superseded_at": now, "event": "replaced", "order": new_id()}
+        await _convert(db, collection, {**_OLD_SHAPE, "filepath": _MAYBE_ESCAPED}, now)
         try:
-            await db["file_history"].insert_one(entry)
-        except DuplicateKeyError:
-            pass  # archived by another replica
-        await db["files"].delete_one({"_id": file_id, **_OLD_SHAPE})
-        log.warning("an old-format record of %r was superseded by a newer one: kept as history", doc["filepath"])
+            await db[collection].update_many(_OLD_SHAPE, {"$set": {"filepath_escaped": False}})
+        except OperationFailure:
+            # A name held twice: an older replica wrote meanwhile. (FerretDB reports that as an
+            # internal error, not as a duplicate key.) Those left, one by one.
+            await _convert(db, collection, _OLD_SHAPE, now)
+
+
+async def _convert(db: Any, collection: str, query: dict[str, Any], now: datetime) -> None:
+    async for doc in db[collection].find(query):
+        name = legacy_name(doc["filepath"])
+        if collection == "files":
+            held = {"hostname": doc["hostname"], "filepath": name.filepath, "filepath_escaped": name.escaped}
+            if await db["files"].find_one({**held, "_id": {"$ne": doc["_id"]}}, {"_id": 1}) is not None:
+                await _superseded(db, doc, name, now)
+                continue
+        await db[collection].update_one(
+            {"_id": doc["_id"], **_OLD_SHAPE}, {"$set": {"filepath": name.filepath, "filepath_escaped": name.escaped}}
+        )
+
+
+async def _superseded(db: Any, doc: dict[str, Any], name: Name, now: datetime) -> None:
+    """An old-shape record whose name a new-shape record holds already (an older replica wrote
+    it after this migration began): the new record is the current one; the old one becomes
+    its history, as a replaced version."""
+    entry = {k: v for k, v in doc.items() if k not in ("_id", "rev")}
+    entry |= {"_id": f"{doc['_id']}@migrated", "id": doc["_id"], "filepath": name.filepath}
+    entry |= {"filepath_escaped": name.escaped, "superseded_at": now, "event": "replaced", "order": new_id()}
+    try:
+        await db["file_history"].insert_one(entry)
+    except DuplicateKeyError:
+        pass  # archived by another replica
+    await db["files"].delete_one({"_id": doc["_id"], **_OLD_SHAPE})
+    log.warning("an old-format record of %r was superseded by a newer one: kept as its history", doc["filepath"])
