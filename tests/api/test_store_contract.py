@@ -618,6 +618,16 @@ async def test_an_old_record_a_newer_one_superseded_becomes_history(mongodb_url:
         for n, (path, escaped) in enumerate((("/x/caf\\xe9", True), ("/x/plain", False))):
             (old,) = await store.history("node-1", path, 10, None, escaped=escaped)
             assert (old.file.id, old.file.meta.sha256, old.event) == (f"{n:024}", sha("old"), "replaced")
+
+        # Written without the flag after the migration (a replica of the previous version during a
+        # rolling upgrade): read as the plain name it is, neither hidden nor duplicated.
+        late = {**meta("/x/late").model_dump(exclude={"filepath_escaped"}), "_id": "late", "rev": "r0"}
+        await store._db["files"].insert_one({**late, "created_at": T0, "updated_at": T0})
+        assert [r.id for r in await current(store, path_prefix="/x/late")] == ["late"]
+        (again,) = await store.put_files([meta("/x/late", content="changed")], at(2))
+        assert again.file.id == "late" and len(await current(store)) == 3
+        assert await store.delete_file("node-1", "/x/late", at(3)) is True
+        assert [h.event for h in await store.history("node-1", "/x/late", 10, None)] == ["deleted", "replaced"]
     finally:
         await store.close()
         import pymongo

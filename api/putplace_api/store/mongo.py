@@ -320,6 +320,17 @@ def _key(doc: Mapping[str, Any]) -> Key:
     return (doc["hostname"], doc["filepath"], bool(doc.get("filepath_escaped")))
 
 
+# Every record this store writes has the flag, and the migration gives it to older ones; one
+# without it -- written by an API replica of the previous version during a rolling upgrade --
+# is read as unflagged (a plain name then, as it was); a change to it adds the flag.
+_NOT_ESCAPED = {"filepath_escaped": {"$ne": True}}
+
+
+def _flag(escaped: bool) -> dict[str, Any]:
+    """The condition on the flag in a query (where a document without it must match too)."""
+    return {"filepath_escaped": True} if escaped else _NOT_ESCAPED
+
+
 @dataclass(slots=True)
 class _Current:
     row: FileRow
@@ -453,8 +464,8 @@ class MongoStore:
         and, under load, with the batches that wait for it, until every call times out."""
         found: list[dict[str, Any]] = []
         for chunk in _chunks(filters, _LOOKUPS_AT_ONCE):
-            docs = await asyncio.gather(*(collection.find_one(f) for f in chunk))
-            found.extend(doc for doc in docs if doc is not None)
+            for docs in await asyncio.gather(*(collection.find(f).to_list() for f in chunk)):
+                found.extend(docs)
         return found
 
     def _by_lookups(self, count: int) -> bool:
@@ -463,8 +474,11 @@ class MongoStore:
 
     async def _current(self, keys: Collection[Key]) -> dict[Key, _Current]:
         if self._by_lookups(len(keys)):
-            filters = [{"hostname": h, "filepath": p, "filepath_escaped": e} for h, p, e in keys]
-            return {_key(d): _Current(_file_row(d), d.get("rev")) for d in await self._lookups(self._files, filters)}
+            # By (hostname, filepath) alone, the flag read here: a record without it is unflagged
+            # (_NOT_ESCAPED); an equality on it would cost FerretDB a second test per document.
+            names = [{"hostname": h, "filepath": p} for h, p in {(h, p) for h, p, _ in keys}]
+            docs = await self._lookups(self._files, names)
+            return {_key(d): _Current(_file_row(d), d.get("rev")) for d in docs if _key(d) in keys}
         by_host: dict[str, list[str]] = {}
         for host, path, _ in keys:
             by_host.setdefault(host, []).append(path)
@@ -584,7 +598,8 @@ class MongoStore:
     async def delete_file(self, hostname: str, filepath: str, now: datetime, *, escaped: bool = False) -> bool:
         now = _ms(now)
         for attempt in range(_PUT_ROUNDS):
-            doc = await self._files.find_one({"hostname": hostname, "filepath": filepath, "filepath_escaped": escaped})
+            docs = await self._files.find({"hostname": hostname, "filepath": filepath}).to_list()
+            doc = next((d for d in docs if _key(d)[2] == escaped), None)
             if doc is None:
                 return False
             row, rev = _file_row(doc), doc.get("rev")
@@ -611,7 +626,7 @@ class MongoStore:
         if query.path_prefix:
             # Ranges, as in the SQLite backend: no regex escaping, and they use the index.
             ranges: list[dict[str, Any]] = [
-                {"filepath": {"$gte": p, "$lt": p + "\U0010ffff"}, **({} if e is None else {"filepath_escaped": e})}
+                {"filepath": {"$gte": p, "$lt": p + "\U0010ffff"}, **({} if e is None else _flag(e))}
                 for p, e in prefix_ranges(query.path_prefix, query.path_prefix_escaped)
             ]
             if len(ranges) == 1:
@@ -632,7 +647,7 @@ class MongoStore:
     ) -> list[HistoryRow]:
         if limit <= 0:
             return []
-        where: dict[str, Any] = {"hostname": hostname, "filepath": filepath, "filepath_escaped": escaped}
+        where: dict[str, Any] = {"hostname": hostname, "filepath": filepath, **_flag(escaped)}
         if before is not None:
             where["superseded_at"] = {"$lt": _ms(before)}
         cursor = self._history.find(where).sort([("superseded_at", DESCENDING), ("order", DESCENDING)]).limit(limit)

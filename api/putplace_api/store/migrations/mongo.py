@@ -4,9 +4,11 @@ Each migration ends by inserting its marker into ``markers``; a store that finds
 skips it. Until then every replica that opens the database runs it, several at once when
 they start together: so every step is idempotent and conditional on what it changes (a
 document is converted only while it still has the old shape), and no replica serves before
-its own run has finished -- when any replica serves, no old-shape document is left. (An API
-replica of an *older* version still running would keep writing old-shape records: stop those
-before the new ones start, as the README says.)
+its own run has finished -- when any replica serves, no old-shape document is left. (A replica
+of the *previous* version still running, as in a rolling upgrade, may write more: the store reads
+a record without the flag as unflagged, right for every UTF-8 name; a non-UTF-8 name written so
+keeps its old text as a plain name, and one that clashes with a migrated name while a migration
+runs becomes that name's history.)
 
 1. Names are (filepath, filepath_escaped). The flag is written on every record (documents
    without it are the old shape), the unique index becomes (hostname, filepath,
