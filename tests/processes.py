@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from putplace_client.names import Name, to_bytes
 from tests.api.conftest import ADMIN_KEY
 from tests.servers.base import Process, free_ports, tail
 from tests.waiting import wait_until
@@ -119,8 +120,12 @@ class ApiProcess:
                     return out
 
     def catalogue(self, hostname: str) -> dict[str, str]:
-        """Current records of a host: filepath -> sha256."""
-        return {r["filepath"]: r["sha256"] for r in self.records(hostname)}
+        """Current records of a host: file name -> sha256, a name as ``os.fsdecode`` gives it
+        (the record's filepath itself unless it is escaped)."""
+        return {
+            os.fsdecode(to_bytes(Name(r["filepath"], r["filepath_escaped"]))): r["sha256"]
+            for r in self.records(hostname)
+        }
 
     def stats(self) -> dict[str, Any]:
         with self.http() as c:

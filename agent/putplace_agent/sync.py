@@ -66,9 +66,9 @@ REHASH_SECONDS = 1.0  # a file that keeps changing is looked at again later
 
 
 def shown(path: str) -> str:
-    """A path as a log line shows it: as the catalogue stores it (a byte that is not UTF-8 as
-    ``\\xNN``), and with control characters escaped, so a name holding a newline cannot
-    split a text log line or forge another."""
+    """A path as a log line shows it: a byte that is not UTF-8 as ``\\xNN`` (for reading: the
+    catalogue's escaped form also doubles backslashes), and with control characters escaped, so
+    a name holding a newline cannot split a text log line or forge another."""
     text = escape_path(path)
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
@@ -777,7 +777,7 @@ class Agent:
             raise Fatal(f"the server refuses the agent's key: {exc}") from None
         except PutPlaceClientError as exc:
             self.tally.add_error("api_unavailable")
-            log.warning("deleting %s failed, kept for the next pass: %s", filepath, exc)
+            log.warning("deleting %s failed, kept for the next pass: %s", shown(filepath), exc)
             return
         finally:
             self._deleting.discard(path)

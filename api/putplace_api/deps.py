@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Path, Request, Security
+from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
 from putplace_api.auth import MISSING_KEY, Principal
 from putplace_api.errors import BadRequest, Forbidden, Unauthorized
 from putplace_api.middleware import PRINCIPAL
 from putplace_api.state import AppState
+from putplace_client import names
 from putplace_client.models import SHA256_RE, Scope, is_sha256
 
-__all__ = ["StateDep", "ReadKey", "WriteKey", "AdminKey", "MetricsKey", "Sha256Path"]
+__all__ = ["StateDep", "ReadKey", "WriteKey", "AdminKey", "MetricsKey", "Sha256Path", "FileNameQuery", "query_name"]
 
 
 # Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its
@@ -61,3 +62,24 @@ async def valid_sha256(
 
 
 Sha256Path = Annotated[str, Depends(valid_sha256)]
+
+
+def query_name(text: str, escaped: bool, param: str = "filepath") -> names.Name:
+    """A file name (or path prefix) from query parameters, canonical (``names.canonical``); a
+    malformed escaped form is a 400, as any other malformed query parameter."""
+    try:
+        return names.canonical(text, escaped)
+    except names.MalformedName as exc:
+        raise BadRequest(f"{param} is not a valid escaped name ({param}_escaped=true): {exc}") from None
+
+
+async def file_name(
+    filepath: Annotated[str, Query(min_length=1)],
+    filepath_escaped: Annotated[
+        bool, Query(description="true: filepath is the escaped form of a name that is not UTF-8")
+    ] = False,
+) -> names.Name:
+    return query_name(filepath, filepath_escaped)
+
+
+FileNameQuery = Annotated[names.Name, Depends(file_name)]

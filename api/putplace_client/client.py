@@ -18,6 +18,7 @@ from typing import Any, Self
 import anyio
 import httpx
 
+from putplace_client import names
 from putplace_client.errors import CertificateError, ContentChanged, TransportError, status_error
 from putplace_client.models import (
     ApiKeyCreate,
@@ -47,6 +48,13 @@ from putplace_client.models import (
 __all__ = ["PutPlaceClient", "UPLOAD_CHUNK"]
 
 UPLOAD_CHUNK = 1024 * 1024
+
+
+def _name_params(param: str, value: str, escaped: bool) -> dict[str, str]:
+    """Query parameters naming a file (or a prefix): ``value`` is a name as Python holds it
+    (lone surrogates for bytes that are not UTF-8), or an escaped form when ``escaped``."""
+    name = names.Name(value, True) if escaped else names.from_text(value)
+    return {param: name.filepath, f"{param}_escaped": "true"} if name.escaped else {param: name.filepath}
 
 
 async def _file_chunks(f: anyio.AsyncFile[bytes], size: int) -> AsyncGenerator[bytes, None]:
@@ -106,8 +114,8 @@ class PutPlaceClient:
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if "params" in kwargs:
-            # A non-UTF-8 file name arrives as lone surrogates (os.fsdecode), which no URL can
-            # carry: send it as the catalogue stores it (escape_path), so it names the record.
+            # A host name with lone surrogates (os.fsdecode's), which no URL can carry: as the
+            # catalogue stores it. File names are pairs already (_name_params).
             kwargs["params"] = {k: escape_path(v) if isinstance(v, str) else v for k, v in kwargs["params"].items()}
         try:
             response = await self._http.request(method, url, **kwargs)
@@ -144,6 +152,7 @@ class PutPlaceClient:
         *,
         hostname: str | None = None,
         filepath: str | None = None,
+        filepath_escaped: bool = False,
     ) -> UploadResponse:
         """Upload content as a raw streamed body (a file is read 1 MiB at a time).
 
@@ -160,7 +169,9 @@ class PutPlaceClient:
             size = os.fstat(f.wrapped.fileno()).st_size
             body = _file_chunks(f, size)
             headers["Content-Length"] = str(size)  # a known length, not chunked
-        params = {k: v for k, v in (("hostname", hostname), ("filepath", filepath)) if v is not None}
+        params = {} if hostname is None else {"hostname": hostname}
+        if filepath is not None:
+            params |= _name_params("filepath", filepath, filepath_escaped)
         try:
             r = await self._send("POST", f"/upload_file/{sha256}", params=params, content=body, headers=headers)
         finally:
@@ -200,15 +211,19 @@ class PutPlaceClient:
         *,
         hostname: str | None = None,
         path_prefix: str | None = None,
+        path_prefix_escaped: bool = False,
         sha256: str | None = None,
         changed_since: datetime | None = None,
         cursor: str | None = None,
         limit: int = 100,
     ) -> Page[FileRecord]:
+        """``path_prefix``: plain text (lone surrogates allowed) matches every name under it;
+        an escaped form (``path_prefix_escaped``) only the escaped names under it."""
         params: dict[str, Any] = {"limit": limit}
+        if path_prefix is not None:
+            params |= _name_params("path_prefix", path_prefix, path_prefix_escaped)
         for key, value in (
             ("hostname", hostname),
-            ("path_prefix", path_prefix),
             ("sha256", sha256),
             ("changed_since", changed_since.isoformat() if changed_since else None),
             ("cursor", cursor),
@@ -228,12 +243,18 @@ class PutPlaceClient:
                 return
             cursor = page.next_cursor
 
-    async def history(self, hostname: str, filepath: str, limit: int = 100) -> Page[HistoryRecord]:
-        params = {"hostname": hostname, "filepath": filepath, "limit": limit}
+    async def history(
+        self, hostname: str, filepath: str, limit: int = 100, *, filepath_escaped: bool = False
+    ) -> Page[HistoryRecord]:
+        """``filepath``: a name as Python holds it, or its escaped form with ``filepath_escaped``
+        (as a record shows it)."""
+        params = {"hostname": hostname, "limit": limit, **_name_params("filepath", filepath, filepath_escaped)}
         return Page[HistoryRecord].model_validate((await self._send("GET", "/files/history", params=params)).json())
 
-    async def delete_file(self, hostname: str, filepath: str) -> None:
-        await self._send("DELETE", "/files", params={"hostname": hostname, "filepath": filepath})
+    async def delete_file(self, hostname: str, filepath: str, *, filepath_escaped: bool = False) -> None:
+        """``filepath`` as for ``history``."""
+        params = {"hostname": hostname, **_name_params("filepath", filepath, filepath_escaped)}
+        await self._send("DELETE", "/files", params=params)
 
     async def stats(self) -> Stats:
         return Stats.model_validate((await self._send("GET", "/stats")).json())

@@ -10,9 +10,21 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
+
+from putplace_client import names
 
 __all__ = [
     "SHA256_RE",
@@ -50,12 +62,11 @@ def is_sha256(value: str) -> bool:
 
 
 def escape_path(value: str) -> str:
-    """Make a client path storable without losing its bytes.
+    """A string that may hold lone surrogates as text for display: each undecodable byte as the
+    four characters ``\\xNN`` (``bytes.decode(errors="backslashreplace")``); valid text as it is.
 
-    Python clients send non-UTF-8 file names as lone surrogates (``os.fsdecode``'s
-    surrogateescape, which ``json.dumps`` writes as ``\\udcXX``). Neither SQLite, BSON nor a
-    JSON response can carry a lone surrogate, so each undecodable byte is written as the
-    four characters ``\\xNN`` -- the same text ``bytes.decode(errors="backslashreplace")`` gives.
+    Not injective (the text ``\\xe9`` looks the same): file names are stored as a pair
+    (``putplace_client.names``); this is for log lines, and for host names, which are DNS names.
     """
     try:
         value.encode("utf-8")
@@ -75,7 +86,8 @@ def _escape_any(value: object) -> object:
 def _check_path(value: str) -> str:
     if "\x00" in value:
         raise ValueError("path must not contain a NUL character")
-    if len(value.encode("utf-8")) > MAX_PATH_BYTES:
+    # Lone surrogates (a Python client's undecodable bytes) count as the bytes they stand for.
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise ValueError(f"path is longer than {MAX_PATH_BYTES} bytes")
     return value
 
@@ -107,9 +119,20 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowerca
 _NO_NUL = {"pattern": "^[^\\u0000]*$"}
 FilePath = Annotated[
     str,
-    BeforeValidator(_escape_any),
-    Field(min_length=1, json_schema_extra=_NO_NUL, description=f"at most {MAX_PATH_BYTES} bytes in UTF-8, no NUL"),
+    Field(
+        min_length=1,
+        json_schema_extra=_NO_NUL,
+        description=f"the file name: verbatim, or its escaped form when filepath_escaped; "
+        f"at most {MAX_PATH_BYTES} bytes in UTF-8, no NUL",
+    ),
     AfterValidator(_check_path),
+]
+FilePathEscaped = Annotated[
+    StrictBool,
+    Field(
+        description="true: the name is not valid UTF-8 and filepath is its escaped form "
+        "(a backslash as \\\\, each byte that is not UTF-8 as \\xNN)"
+    ),
 ]
 HostName = Annotated[
     str,
@@ -148,6 +171,7 @@ class FileMetadata(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     filepath: FilePath
+    filepath_escaped: FilePathEscaped = False
     hostname: HostName
     ip_address: str = Field(max_length=64)
     sha256: Sha256
@@ -158,6 +182,34 @@ class FileMetadata(BaseModel):
     file_mtime: Timestamp
     file_atime: Timestamp
     file_ctime: Timestamp
+
+    @model_validator(mode="before")
+    @classmethod
+    def _surrogates(cls, data: object) -> object:
+        # Lone surrogates (a Python client's undecodable bytes) are no valid str to pydantic:
+        # such a name becomes its escaped form first. An escaped form holds none (MalformedName).
+        if isinstance(data, dict):
+            path = data.get("filepath")
+            if isinstance(path, str) and not path.isascii() and data.get("filepath_escaped") is not True:
+                try:
+                    path.encode("utf-8")
+                except UnicodeEncodeError:
+                    data = {**data, "filepath": names.from_text(path).filepath, "filepath_escaped": True}
+        return data
+
+    @model_validator(mode="after")
+    def _canonical_name(self) -> Self:
+        # An escaped form standing for valid UTF-8 becomes the plain name, hex digits become
+        # lower case: one stored pair per byte string.
+        if self.filepath_escaped:
+            try:
+                name = names.canonical(self.filepath, True)
+            except names.MalformedName as exc:
+                raise ValueError(f"filepath is not a valid escaped name: {exc}") from None
+            if name.filepath != self.filepath:
+                _check_path(name.filepath)
+            self.filepath, self.filepath_escaped = name
+        return self
 
 
 class FileRecord(FileMetadata):
@@ -190,6 +242,7 @@ class PutFileResult(BaseModel):
     id: str = Field(alias="_id")
     hostname: str
     filepath: str
+    filepath_escaped: bool = False
     sha256: str
     upload_required: bool
     upload_url: str | None = None
@@ -220,6 +273,7 @@ class UploadResponse(BaseModel):
     size: str
     hostname: str | None
     filepath: str | None
+    filepath_escaped: bool = False
     status: str
 
 
@@ -248,6 +302,7 @@ class DeleteFileResponse(BaseModel):
     message: str
     hostname: str
     filepath: str
+    filepath_escaped: bool = False
 
 
 class Stats(BaseModel):

@@ -53,13 +53,15 @@ def sha(data: bytes) -> str:
 
 
 def catalogued_as(path: bytes) -> str:
-    """The file path the catalogue stores for ``path`` (see test_bad_input's non-UTF-8 test)."""
-    return path.decode("utf-8", "backslashreplace")
+    """The key of ``path`` in ``ApiProcess.catalogue``: the name the catalogue holds for it, as
+    ``os.fsdecode`` gives it (the catalogue's name is injective: see test_bad_input)."""
+    return os.fsdecode(path)
 
 
 def as_logged(path: bytes) -> str:
-    """How the agent's log names ``path``: as catalogued, control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in catalogued_as(path))
+    """How the agent's log names ``path``: a byte that is not UTF-8 as \\xNN, control
+    characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path.decode("utf-8", "backslashreplace"))
 
 
 @dataclass
@@ -135,6 +137,9 @@ def chosen_names(t: FuzzTree) -> None:
     t.file(d, b"a" * NAME_MAX)
     t.file(d, "é".encode() * 127 + b"x")  # 255 bytes of two-byte characters
     t.file(d, b"\xff" * NAME_MAX)  # stored escaped: 1020 characters
+    # The text \xe9 and the byte 0xE9 (with and without a backslash beside): four names.
+    for name in (b"caf\\xe9", b"caf\xe9", b"caf\\\xe9", b"caf\\\\xe9"):
+        t.file(d, name)
 
 
 def deep_tree(t: FuzzTree, levels: int = 110) -> None:
@@ -478,3 +483,47 @@ def test_following_symlinks_catalogues_their_targets_and_skips_the_rest(
     assert sorted(reported) == sorted(as_logged(p) for p in loops), (seed, reported)
     assert all(len(lines) == 1 and "Too many levels of symbolic links" in lines[0] for lines in reported.values())
     assert code == 1 and summary["failed"] == len(loops), (seed, summary)
+
+
+def test_the_text_and_the_byte_are_two_names_catalogued_and_deleted_apart(
+    api_process: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
+) -> None:
+    """A file named with the text ``\\xe9`` and one named with the byte 0xE9 side by side (and
+    the same beside a backslash): four records, and deleting one file deletes its record only."""
+    root = os.fsencode(tree)
+    names = [b"caf\\xe9", b"caf\xe9", b"a\\b\xff", b"a\\b"]
+    expected: dict[str, str] = {}
+    for n, name in enumerate(names):
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(b"%d" % n)
+        expected[catalogued_as(os.path.join(root, name))] = sha(b"%d" % n)
+    agent = make_agent(node="names")
+    assert agent.once(timeout=60)[0] == 0
+    assert api_process.catalogue("names") == expected
+    base = os.fsdecode(root)
+    assert sorted((r["filepath"], r["filepath_escaped"]) for r in api_process.records("names")) == [
+        (f"{base}/a\\\\b\\xff", True),
+        (f"{base}/a\\b", False),
+        (f"{base}/caf\\xe9", False),
+        (f"{base}/caf\\xe9", True),
+    ]
+
+    for gone in (b"caf\xe9", b"a\\b"):
+        os.unlink(os.path.join(root, gone))
+        del expected[catalogued_as(os.path.join(root, gone))]
+    assert agent.once(timeout=60)[0] == 0
+    assert api_process.catalogue("names") == expected
+    with api_process.http() as c:
+
+        def history(filepath: str, escaped: bool) -> list[str]:
+            params = {"hostname": "names", "filepath": filepath, "filepath_escaped": escaped}
+            return [h["event"] for h in c.get("/files/history", params=params).raise_for_status().json()["items"]]
+
+        assert history(f"{base}/caf\\xe9", True) == ["deleted"]
+        assert history(f"{base}/caf\\xe9", False) == []
+
+    for name in names:
+        if os.path.lexists(os.path.join(root, name)):
+            os.unlink(os.path.join(root, name))
+    assert agent.once(timeout=60)[0] == 0
+    assert api_process.catalogue("names") == {}

@@ -78,19 +78,58 @@ def test_missing_fields_and_non_finite_numbers_are_422(api: Api) -> None:
         assert c.post("/put_files", json={"files": []}).status_code == 422
 
 
-def test_non_utf8_file_names_are_stored_escaped(api: Api) -> None:
+def test_non_utf8_file_names_are_stored_escaped_and_flagged(api: Api) -> None:
     # What a Python client sends for b"/data/caf\xe9": json.dumps of os.fsdecode's surrogate escape.
     raw = json.dumps(meta(filepath="/data/caf\udce9", hostname="n\udcff"))
     assert "\\udce9" in raw
     with api.http() as c:
         r = c.post("/put_file", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 201, r.text
-        assert r.json()["filepath"] == "/data/caf\\xe9" and r.json()["hostname"] == "n\\xff"
+        byte = r.json()
+        assert (byte["filepath"], byte["filepath_escaped"], byte["hostname"]) == ("/data/caf\\xe9", True, "n\\xff")
+        # The escaped form with the flag names the same file; without it, the text \xe9: another.
+        again = c.post(
+            "/put_file", json=meta(filepath="/data/caf\\xe9", hostname="n\\xff") | {"filepath_escaped": True}
+        )
+        assert again.json()["_id"] == byte["_id"]
+        literal = c.post("/put_file", json=meta(filepath="/data/caf\\xe9", hostname="n\\xff")).json()
+        assert literal["_id"] != byte["_id"] and literal["filepath_escaped"] is False
         listed = c.get("/files", params={"hostname": "n\\xff"}).json()["items"]
-        assert [f["filepath"] for f in listed] == ["/data/caf\\xe9"]
+        assert sorted((f["filepath"], f["filepath_escaped"]) for f in listed) == [
+            ("/data/caf\\xe9", False),
+            ("/data/caf\\xe9", True),
+        ]
+        # An escaped form of valid UTF-8 is the plain name; hex digits are read in either case.
+        plain = c.post(
+            "/put_file", json=meta(filepath="/data/caf\\xC3\\xA9", hostname="n") | {"filepath_escaped": True}
+        )
+        assert (plain.json()["filepath"], plain.json()["filepath_escaped"]) == ("/data/café", False)
         # Valid UTF-8 names are kept exactly.
         r = c.post("/put_file", json=meta(filepath="/données/日本語 ✓"))
-        assert r.json()["filepath"] == "/données/日本語 ✓"
+        assert (r.json()["filepath"], r.json()["filepath_escaped"]) == ("/données/日本語 ✓", False)
+
+
+@pytest.mark.parametrize("bad", ["/a\\q", "/a\\", "/a\\x4", "/a\\xzz", "/a\udce9"])
+def test_a_malformed_escaped_name_is_refused_clearly(api: Api, bad: str) -> None:
+    with api.http() as c:
+        r = c.post(
+            "/put_file",
+            content=json.dumps(meta(filepath=bad) | {"filepath_escaped": True}),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422, r.text
+        assert "filepath" in json.dumps(r.json()["detail"])
+        if "\udce9" in bad:
+            return  # no URL carries a lone surrogate
+        for response in (
+            c.delete("/files", params={"hostname": "h", "filepath": bad, "filepath_escaped": "true"}),
+            c.get("/files/history", params={"hostname": "h", "filepath": bad, "filepath_escaped": "true"}),
+            c.get("/files", params={"path_prefix": bad, "path_prefix_escaped": "true"}),
+        ):
+            assert response.status_code == 400, response.text
+            assert "not a valid escaped name" in response.json()["detail"]
+        r = c.delete("/files", params={"hostname": "h", "filepath": "/a", "filepath_escaped": "maybe"})
+        assert r.status_code == 422
 
 
 def test_hash_mismatch_stores_nothing(api: Api) -> None:

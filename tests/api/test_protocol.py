@@ -80,6 +80,7 @@ def test_two_phase_upload_multipart_as_the_original_client(backend_api: Api) -> 
             "size": str(len(data)),
             "hostname": body["hostname"],
             "filepath": body["filepath"],
+            "filepath_escaped": False,
             "status": "uploaded",
         }
         again = c.post("/put_file", json=body | {"hostname": "node-2"}).json()
@@ -182,7 +183,15 @@ def test_put_files_batch_gives_per_record_upload_required(backend_api: Api) -> N
     files = r.json()["files"]
     assert [f["filepath"] for f in files] == [b["filepath"] for b in batch]
     assert [f["upload_required"] for f in files] == [False] + [True] * 50
-    assert set(files[1]) == {"_id", "hostname", "filepath", "sha256", "upload_required", "upload_url"}
+    assert set(files[1]) == {
+        "_id",
+        "hostname",
+        "filepath",
+        "filepath_escaped",
+        "sha256",
+        "upload_required",
+        "upload_url",
+    }
     assert files[1]["upload_url"] == f"/upload_file/{batch[1]['sha256']}" and files[0]["upload_url"] is None
 
 

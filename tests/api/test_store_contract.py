@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import socket
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,9 +31,11 @@ from putplace_api.store.base import (
     Visibility,
     is_object_id,
 )
+from putplace_api.store.migrations.sqlite import SchemaTooNew
 from putplace_api.store.mongo import MongoStore
 from putplace_api.store.sqlite import SqliteStore
 from putplace_client.models import FileMetadata
+from putplace_client.names import Name, to_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -461,17 +465,192 @@ async def test_cursor_pagination(store: MetadataStore) -> None:
 async def test_non_utf8_path_round_trip(store: MetadataStore) -> None:
     raw = b"/data/caf\xe9/na\xefve.txt".decode("utf-8", "surrogateescape")  # as os.fsdecode gives it
     m = meta(raw, host="node-\udcff")
-    assert m.filepath == "/data/caf\\xe9/na\\xefve.txt" and m.hostname == "node-\\xff"
+    assert (m.filepath, m.filepath_escaped) == ("/data/caf\\xe9/na\\xefve.txt", True)
+    assert m.hostname == "node-\\xff"
     (put,) = await store.put_files([m], T0)
-    assert put.file.meta.filepath == "/data/caf\\xe9/na\\xefve.txt"
+    assert put.file.meta == m
 
-    (listed,) = await current(store, host="node-\\xff", path_prefix="/data/caf\\xe9/")
+    (listed,) = await current(store, host="node-\\xff", path_prefix="/data/caf\\xe9/", path_prefix_escaped=True)
     assert listed == put.file
+    assert await current(store, host="node-\\xff", path_prefix="/data/") == [put.file]
     (again,) = await store.put_files([meta(raw, host="node-\udcff")], at(1))
-    assert again.file == put.file  # the same escaped path: unchanged, not a new record
-    assert await store.delete_file("node-\\xff", "/data/caf\\xe9/na\\xefve.txt", at(2)) is True
-    (hist,) = await store.history("node-\\xff", "/data/caf\\xe9/na\\xefve.txt", 10, None)
+    assert again.file == put.file  # the same name: unchanged, not a new record
+    assert await store.delete_file("node-\\xff", m.filepath, at(2)) is False  # the plain text names nothing
+    assert await store.delete_file("node-\\xff", m.filepath, at(2), escaped=True) is True
+    (hist,) = await store.history("node-\\xff", m.filepath, 10, None, escaped=True)
     assert hist.file.meta == m and hist.event == "deleted"
+
+
+async def test_a_literal_escape_and_the_byte_are_two_names(store: MetadataStore) -> None:
+    """The text \\xe9 and the byte 0xE9 (and a backslash beside such a byte) are distinct
+    names: distinct records, each with its own history, each deleted alone."""
+    literal, byte = meta("/d/caf\\xe9", content="literal"), meta("/d/caf\udce9", content="byte")
+    slash, slash_byte = meta("/d/a\\b", content=1), meta("/d/a\\b\udcff", content=2)
+    assert (literal.filepath, literal.filepath_escaped) == ("/d/caf\\xe9", False)
+    assert (byte.filepath, byte.filepath_escaped) == ("/d/caf\\xe9", True)
+    assert (slash_byte.filepath, slash_byte.filepath_escaped) == ("/d/a\\\\b\\xff", True)
+    puts = await store.put_files([literal, byte, slash, slash_byte], T0)
+    assert len({p.file.id for p in puts}) == 4 and [p.file.meta for p in puts] == [literal, byte, slash, slash_byte]
+    assert len(await current(store, path_prefix="/d/")) == 4
+
+    async def under(prefix: str, escaped: bool = False) -> list[FileMetadata]:
+        rows = await current(store, path_prefix=prefix, path_prefix_escaped=escaped)
+        return sorted((r.meta for r in rows), key=lambda m: (m.filepath, m.filepath_escaped))
+
+    assert await under("/d/caf\\xe9") == [literal]  # a plain prefix: the bytes \ x e 9
+    assert await under("/d/caf\\xe9", escaped=True) == [byte]
+    assert await under("/d/a\\") == [slash_byte, slash]  # escaped names under it too
+    assert await under("/d/a\\\\", escaped=True) == [slash_byte]
+
+    changed = meta("/d/caf\\xe9", content="literal, changed")
+    (put,) = await store.put_files([changed], at(1))
+    assert put.file.id == puts[0].file.id
+    (hist,) = await store.history("node-1", "/d/caf\\xe9", 10, None)
+    assert hist.file.meta == literal and hist.event == "replaced"
+    assert await store.history("node-1", "/d/caf\\xe9", 10, None, escaped=True) == []
+
+    assert await store.delete_file("node-1", "/d/caf\\xe9", at(2), escaped=True) is True
+    assert await store.delete_file("node-1", "/d/caf\\xe9", at(3), escaped=True) is False
+    (gone,) = await store.history("node-1", "/d/caf\\xe9", 10, None, escaped=True)
+    assert gone.file.meta == byte and gone.event == "deleted"
+    assert [r.meta for r in await current(store, path_prefix="/d/caf")] == [changed]
+
+
+# Records as the server wrote them before names were flagged (schema version 0): the text it
+# stored, and the name it stands for now.
+_OLD_NAMES = [
+    ("/data/caf\\xe9", "/data/caf\\xe9", True),  # the byte 0xE9, escaped by escape_path
+    ("/a\\b\\xff", "/a\\\\b\\xff", True),  # a backslash beside a byte: now doubled
+    ("/run/dev-disk-by\\x2duuid-1.swap", "/run/dev-disk-by\\x2duuid-1.swap", False),  # systemd's: literal
+    ("/caf\\xc3\\xa9", "/caf\\xc3\\xa9", False),  # bytes that are UTF-8: escape_path kept those
+    ("/plain/é", "/plain/é", False),
+]
+_V0_SQLITE = """
+CREATE TABLE files (id TEXT PRIMARY KEY, hostname TEXT NOT NULL, filepath TEXT NOT NULL,
+    ip_address TEXT NOT NULL, sha256 TEXT NOT NULL, file_size INTEGER NOT NULL, file_mode INTEGER NOT NULL,
+    file_uid INTEGER NOT NULL, file_gid INTEGER NOT NULL, file_mtime REAL NOT NULL, file_atime REAL NOT NULL,
+    file_ctime REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    UNIQUE (hostname, filepath)) WITHOUT ROWID;
+CREATE TABLE file_history (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, hostname TEXT NOT NULL,
+    filepath TEXT NOT NULL, ip_address TEXT NOT NULL, sha256 TEXT NOT NULL, file_size INTEGER NOT NULL,
+    file_mode INTEGER NOT NULL, file_uid INTEGER NOT NULL, file_gid INTEGER NOT NULL, file_mtime REAL NOT NULL,
+    file_atime REAL NOT NULL, file_ctime REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    superseded_at REAL NOT NULL, event TEXT NOT NULL);
+CREATE INDEX file_history_path ON file_history (hostname, filepath, superseded_at);
+"""
+
+
+async def _write_old_records(store: MetadataStore, records: list[dict[str, object]]) -> None:
+    """Write ``records`` (files, and each one's history entry) as the old server did."""
+    history = [{**r, "superseded_at": T0, "event": "replaced"} for r in records]
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store._path) as db:
+            db.executescript(_V0_SQLITE)
+            for table, rows in (("files", records), ("file_history", history)):
+                for row in rows:
+                    values = {k: v.timestamp() if isinstance(v, datetime) else v for k, v in row.items()}
+                    columns = ", ".join(values)
+                    db.execute(
+                        f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' for _ in values)})",
+                        list(values.values()),
+                    )
+        return
+    assert isinstance(store, MongoStore)
+    db = store._db
+    await db["files"].create_index([("hostname", 1), ("filepath", 1)], name="hostname_filepath", unique=True)
+    await db["files"].insert_many(
+        [{"_id": r["id"], **{k: v for k, v in r.items() if k != "id"}, "rev": "r1"} for r in records]
+    )
+    await db["file_history"].insert_many([{"_id": f"{h['id']}@r0", **h, "order": h["id"]} for h in history])
+
+
+async def test_records_of_the_old_format_are_migrated(make_store: Callable[[], MetadataStore]) -> None:
+    store, together = make_store(), make_store()  # two replicas starting at once
+    records = [
+        {
+            **meta(old).model_dump(exclude={"filepath_escaped"}),
+            "id": f"{n:024x}",
+            "created_at": T0,
+            "updated_at": T0,
+        }
+        for n, (old, _, _) in enumerate(_OLD_NAMES, 1)
+    ]
+    await _write_old_records(store, records)
+    await asyncio.gather(store.open(), together.open())
+    await together.close()
+    try:
+        if isinstance(store, SqliteStore):
+            with sqlite3.connect(store._path) as db:
+                assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        else:
+            assert isinstance(store, MongoStore)
+            assert "hostname_filepath" not in await store._db["files"].index_information()  # the old unique index
+        rows = {r.id: r.meta for r in await current(store)}
+        assert {i: (m.filepath, m.filepath_escaped) for i, m in rows.items()} == {
+            r["id"]: (new, escaped) for r, (_, new, escaped) in zip(records, _OLD_NAMES, strict=True)
+        }
+        for r, (old, new, escaped) in zip(records, _OLD_NAMES, strict=True):
+            (hist,) = await store.history("node-1", new, 10, None, escaped=escaped)
+            assert (hist.file.id, hist.file.meta) == (r["id"], rows[str(r["id"])])
+            # What the server makes of the same name today is the migrated record, unchanged.
+            (again,) = await store.put_files([meta(os.fsdecode(to_bytes(Name(new, escaped))), content=old)], at(1))
+            assert (again.file.id, again.file.updated_at) == (r["id"], T0)
+    finally:
+        await store.close()
+    reopened = make_store()  # a second open finds nothing left to migrate
+    await reopened.open()
+    try:
+        assert {r.id: r.meta for r in await current(reopened)} == rows
+    finally:
+        await reopened.close()
+
+
+async def test_an_old_record_a_newer_one_superseded_becomes_history(mongodb_url: str, anyio_backend: str) -> None:
+    """MongoDB: old-shape records (written by an older replica still running) whose names
+    migrated records hold already are kept as history of those names, not lost nor duplicated."""
+    name = f"migrate_{uuid.uuid4().hex[:20]}"
+    store = MongoStore(_with_database(mongodb_url, name), timeout=10.0)
+    try:
+        await store.open()
+        puts = await store.put_files([meta("/x/caf\udce9", content="new"), meta("/x/plain", content="new")], at(1))
+        for n, (path, old_text) in enumerate((("/x/caf\udce9", "/x/caf\\xe9"), ("/x/plain", "/x/plain"))):
+            stale = {**meta(path, content="old").model_dump(), "_id": f"{n:024}", "rev": "r0"}
+            stale["filepath"] = old_text  # as the old server wrote it: no flag
+            del stale["filepath_escaped"]
+            await store._db["files"].insert_one({**stale, "created_at": T0, "updated_at": T0})
+        await store._db["markers"].delete_many({})  # as if this replica's migration were under way
+        await store.close()
+        store = MongoStore(_with_database(mongodb_url, name), timeout=10.0)
+        await store.open()
+        assert sorted(await current(store), key=lambda r: r.id) == sorted((p.file for p in puts), key=lambda r: r.id)
+        for n, (path, escaped) in enumerate((("/x/caf\\xe9", True), ("/x/plain", False))):
+            (old,) = await store.history("node-1", path, 10, None, escaped=escaped)
+            assert (old.file.id, old.file.meta.sha256, old.event) == (f"{n:024}", sha("old"), "replaced")
+
+        # Written without the flag after the migration (a replica of the previous version during a
+        # rolling upgrade): read as the plain name it is, neither hidden nor duplicated.
+        late = {**meta("/x/late").model_dump(exclude={"filepath_escaped"}), "_id": "late", "rev": "r0"}
+        await store._db["files"].insert_one({**late, "created_at": T0, "updated_at": T0})
+        assert [r.id for r in await current(store, path_prefix="/x/late")] == ["late"]
+        (again,) = await store.put_files([meta("/x/late", content="changed")], at(2))
+        assert again.file.id == "late" and len(await current(store)) == 3
+        assert await store.delete_file("node-1", "/x/late", at(3)) is True
+        assert [h.event for h in await store.history("node-1", "/x/late", 10, None)] == ["deleted", "replaced"]
+    finally:
+        await store.close()
+        import pymongo
+
+        with pymongo.MongoClient(mongodb_url, serverSelectionTimeoutMS=5000) as client:
+            client.drop_database(name)
+
+
+async def test_a_database_of_a_newer_schema_is_refused(tmp_path: Path, anyio_backend: str) -> None:
+    with sqlite3.connect(tmp_path / "newer.db") as db:
+        db.executescript(_V0_SQLITE + "PRAGMA user_version = 99;")
+    store = SqliteStore(tmp_path / "newer.db")
+    with pytest.raises(SchemaTooNew, match="schema version 99, newer than this server's 1"):
+        await store.open()
+    await store.close()
 
 
 # -- stats -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
+from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey, query_name
 from putplace_api.errors import (
     KEYED_ROUTE_ERRORS,
     BadRequest,
@@ -81,10 +81,12 @@ async def upload_file(
     key: WriteKey,
     hostname: str | None = None,
     filepath: str | None = None,
+    filepath_escaped: bool = False,
 ) -> UploadResponse:
     """Upload the content of an announced sha256: multipart field ``file`` (as existing
     clients send it) or a raw ``application/octet-stream`` body. Streamed and hashed on the
     way to storage; a mismatch stores nothing."""
+    name = query_name(filepath, filepath_escaped) if filepath is not None else None  # only echoed
     content_type = request.headers.get("content-type", "")
     body = request.stream()
     chunks = file_field(body, content_type) if content_type.startswith("multipart/form-data") else body
@@ -112,7 +114,8 @@ async def upload_file(
         sha256=sha256,
         size=str(result.size),
         hostname=hostname,
-        filepath=filepath,
+        filepath=name.filepath if name else None,
+        filepath_escaped=name.escaped if name else False,
         status="uploaded",
     )
 

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Query
 
 from putplace_api import metrics
 from putplace_api.auth import Principal, describe
-from putplace_api.deps import ReadKey, Sha256Path, StateDep, WriteKey
+from putplace_api.deps import FileNameQuery, ReadKey, Sha256Path, StateDep, WriteKey, query_name
 from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, Forbidden, NotFound, error_responses
 from putplace_api.store.base import OBJECT_ID_PATTERN, ContentRow, FileQuery, FileRow, PutResult, is_object_id
+from putplace_client import names
 from putplace_client.models import (
     DateTime,
     DeleteFileResponse,
@@ -102,6 +103,7 @@ async def put_files(body: PutFilesRequest, state: StateDep, key: WriteKey) -> Pu
                 id=r.file.id,
                 hostname=r.file.meta.hostname,
                 filepath=r.file.meta.filepath,
+                filepath_escaped=r.file.meta.filepath_escaped,
                 sha256=r.content.sha256,
                 upload_required=not r.content.stored,
                 upload_url=_upload_url(r.content),
@@ -128,19 +130,33 @@ async def list_files(
     key: ReadKey,
     hostname: str | None = None,
     path_prefix: str | None = None,
+    path_prefix_escaped: Annotated[
+        bool, Query(description="true: path_prefix is an escaped form; only escaped names match it")
+    ] = False,
     sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
     changed_since: DateTime | None = None,
     cursor: Annotated[str | None, Query(json_schema_extra={"pattern": OBJECT_ID_PATTERN})] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[FileRecord]:
     """Current records, oldest first, filtered by host, path prefix, content or change time.
-    Every location of a content: ``?sha256=``."""
+    Every location of a content: ``?sha256=``. A plain ``path_prefix`` matches the names under
+    it, escaped or not."""
     if cursor is not None and not is_object_id(cursor):
         raise BadRequest("Invalid cursor")
     if changed_since is not None and changed_since.tzinfo is None:
         changed_since = changed_since.replace(tzinfo=UTC)
+    prefix = query_name(path_prefix, path_prefix_escaped, "path_prefix") if path_prefix else names.Name("")
     rows = await state.store.list_files(
-        FileQuery(hostname, path_prefix, sha256, changed_since, after_id=cursor, limit=limit + 1, visible=key.visible)
+        FileQuery(
+            hostname,
+            prefix.filepath,
+            prefix.escaped,
+            sha256,
+            changed_since,
+            after_id=cursor,
+            limit=limit + 1,
+            visible=key.visible,
+        )
     )
     more = len(rows) > limit
     rows = rows[:limit]
@@ -154,13 +170,13 @@ async def file_history(
     state: StateDep,
     key: ReadKey,
     hostname: str,
-    filepath: str,
+    name: FileNameQuery,
     before: DateTime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Page[HistoryRecord]:
     """Earlier versions of one path, newest first (``before`` = the previous page's last ``superseded_at``)."""
-    key.check_path(hostname, filepath)
-    rows = await state.store.history(hostname, filepath, limit + 1, before)
+    key.check_path(hostname, name.filepath)
+    rows = await state.store.history(hostname, name.filepath, limit + 1, before, escaped=name.escaped)
     more = len(rows) > limit
     rows = rows[:limit]
     items = [
@@ -171,13 +187,16 @@ async def file_history(
 
 
 @router.delete("/files", response_model=DeleteFileResponse, responses=error_responses(404))
-async def delete_file(state: StateDep, key: WriteKey, hostname: str, filepath: str) -> DeleteFileResponse:
+async def delete_file(state: StateDep, key: WriteKey, hostname: str, name: FileNameQuery) -> DeleteFileResponse:
     """A deletion notice: the record leaves the current catalogue, its history stays, its content stays."""
-    key.check_path(hostname, filepath)
-    if not await state.store.delete_file(hostname, filepath, datetime.now(UTC)):
-        raise NotFound(f"No current record for {filepath} on {hostname}")
-    await state.webhooks.deleted(hostname, filepath)
-    return DeleteFileResponse(message="File record deleted", hostname=hostname, filepath=filepath)
+    key.check_path(hostname, name.filepath)
+    if not await state.store.delete_file(hostname, name.filepath, datetime.now(UTC), escaped=name.escaped):
+        shown = f"{name.filepath} (escaped)" if name.escaped else name.filepath
+        raise NotFound(f"No current record for {shown} on {hostname}")
+    await state.webhooks.deleted(hostname, name.filepath, name.escaped)
+    return DeleteFileResponse(
+        message="File record deleted", hostname=hostname, filepath=name.filepath, filepath_escaped=name.escaped
+    )
 
 
 @router.get("/stats", response_model=Stats)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from putplace_client import names
 from putplace_client.models import FileMetadata
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "is_object_id",
     "directory",
     "PATH_END",
+    "prefix_ranges",
 ]
 
 # The client-owned fields of a file record, in wire order.
@@ -116,7 +118,8 @@ class PutResult:
 @dataclass(frozen=True, slots=True)
 class FileQuery:
     hostname: str | None = None
-    path_prefix: str | None = None
+    path_prefix: str | None = None  # canonical (names.canonical): matched as prefix_ranges says
+    path_prefix_escaped: bool = False
     sha256: str | None = None
     changed_since: datetime | None = None
     after_id: str | None = None  # cursor: ids sort by creation time
@@ -185,14 +188,14 @@ class MetadataStore(Protocol):
 
     # -- files ---------------------------------------------------------------------------
     async def put_files(self, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
-        """Upsert the current record of each (hostname, filepath), keeping a changed
+        """Upsert the current record of each (hostname, filepath, filepath_escaped), keeping a changed
         record's previous version as history, and make sure a content record exists for
         each sha256. Results are in input order. Content records are read only once the
         file records naming them are written (or in the same transaction): garbage
         collection relies on it (``putplace_api.maintenance.gc``)."""
 
-    async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
-        """Move the current record to history as deleted; False if there was none."""
+    async def delete_file(self, hostname: str, filepath: str, now: datetime, *, escaped: bool = False) -> bool:
+        """Move the current record of a name to history as deleted; False if there was none."""
 
     async def file_by_sha(self, sha256: str) -> FileRow | None: ...
 
@@ -201,8 +204,10 @@ class MetadataStore(Protocol):
     async def visible_shas(self, shas: Collection[str], visible: Visibility) -> set[str]:
         """Those of ``shas`` that a current record inside ``visible`` names."""
 
-    async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
-        """Earlier versions of one path, newest first."""
+    async def history(
+        self, hostname: str, filepath: str, limit: int, before: datetime | None, *, escaped: bool = False
+    ) -> list[HistoryRow]:
+        """Earlier versions of one name, newest first."""
 
     # -- content -------------------------------------------------------------------------
     async def get_content(self, sha256: str) -> ContentRow | None: ...
@@ -308,6 +313,17 @@ def gcra(tat: float, now: float, rate: float, burst: int, want: int) -> tuple[in
     if granted:
         return granted, start + granted * interval, 0.0
     return 0, tat, max(0.0, start + interval - tolerance - now)
+
+
+def prefix_ranges(prefix: str, escaped: bool) -> list[tuple[str, bool | None]]:
+    """The text ranges a path prefix selects: (the text stored names start with, the flag they
+    have -- None: either). A plain prefix selects plain names under it and escaped names
+    under it (there its backslashes are doubled); an escaped one, escaped names only."""
+    if escaped:
+        return [(prefix, True)]
+    if "\\" not in prefix:
+        return [(prefix, None)]  # the same text on both sides
+    return [(prefix, False), (names.escaped_prefix(prefix), True)]
 
 
 def record_changed(old: FileMetadata, new: FileMetadata) -> bool:

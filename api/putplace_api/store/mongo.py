@@ -6,8 +6,10 @@ like the SQLite reference backend (``sqlite.py``); the contract suite
 
 Collections (ids are strings, so ordering and cursors are those of the SQLite backend):
 
-- ``files``: the current record of each (hostname, filepath); ``_id`` is ``new_id()`` (a
-  24-hex ObjectId *string*, sortable by creation time); ``rev``, a fresh token on every write.
+- ``files``: the current record of each (hostname, filepath, filepath_escaped): the flag is on
+  every record (a document without it has the old shape: ``migrations/mongo.py``); ``_id`` is
+  ``new_id()`` (a 24-hex ObjectId *string*, sortable by creation time); ``rev``, a fresh token
+  on every write.
 - ``file_history``: earlier versions (``id`` = the file's id, ``superseded_at``, ``event``,
   ``order`` to sort versions of one instant). The entry archiving stored version ``rev`` of
   file ``id`` has ``_id = "<id>@<rev>"`` and the state that replaced it (``next``).
@@ -97,8 +99,10 @@ from putplace_api.store.base import (
     directory,
     gcra,
     new_id,
+    prefix_ranges,
     record_changed,
 )
+from putplace_api.store.migrations import mongo as migrations
 from putplace_client.models import FileMetadata
 
 __all__ = ["MongoStore"]
@@ -208,7 +212,7 @@ def _ms_opt(value: datetime | None) -> datetime | None:
 
 
 def _meta(doc: Mapping[str, Any]) -> FileMetadata:
-    return FileMetadata.model_validate({f: doc[f] for f in FILE_FIELDS})
+    return FileMetadata.model_validate({f: doc[f] for f in FILE_FIELDS if f in doc})
 
 
 def _file_row(doc: Mapping[str, Any], id_field: str = "_id") -> FileRow:
@@ -350,7 +354,22 @@ def _duplicate_indexes(exc: BulkWriteError) -> set[int]:
     return {e["index"] for e in errors}
 
 
-Key = tuple[str, str]  # (hostname, filepath)
+Key = tuple[str, str, bool]  # (hostname, filepath, filepath_escaped)
+
+
+def _key(doc: Mapping[str, Any]) -> Key:
+    return (doc["hostname"], doc["filepath"], bool(doc.get("filepath_escaped")))
+
+
+# Every record this store writes has the flag, and the migration gives it to older ones; one
+# without it -- written by an API replica of the previous version during a rolling upgrade --
+# is read as unflagged (a plain name then, as it was); a change to it adds the flag.
+_NOT_ESCAPED = {"filepath_escaped": {"$ne": True}}
+
+
+def _flag(escaped: bool) -> dict[str, Any]:
+    """The condition on the flag in a query (where a document without it must match too)."""
+    return {"filepath_escaped": True} if escaped else _NOT_ESCAPED
 
 
 @dataclass(slots=True)
@@ -400,13 +419,23 @@ class MongoStore:
     async def open(self) -> None:
         # One index per command: FerretDB v1 panics on createIndexes naming 2+ existing indexes.
         indexes = [
-            (self._files, [("hostname", ASCENDING), ("filepath", ASCENDING)], "hostname_filepath", True),
+            (
+                self._files,
+                [("hostname", ASCENDING), ("filepath", ASCENDING), ("filepath_escaped", ASCENDING)],
+                migrations.FILES_NAME_INDEX,
+                True,
+            ),
             (self._files, [("sha256", ASCENDING)], "sha256", False),
             (self._files, [("updated_at", ASCENDING)], "updated_at", False),
             (
                 self._history,
-                [("hostname", ASCENDING), ("filepath", ASCENDING), ("superseded_at", ASCENDING)],
-                "hostname_filepath_superseded_at",
+                [
+                    ("hostname", ASCENDING),
+                    ("filepath", ASCENDING),
+                    ("filepath_escaped", ASCENDING),
+                    ("superseded_at", ASCENDING),
+                ],
+                migrations.HISTORY_NAME_INDEX,
                 False,
             ),
             (self._history, [("sha256", ASCENDING)], "sha256", False),
@@ -416,6 +445,7 @@ class MongoStore:
         ]
         for collection, keys, name, unique in indexes:
             await collection.create_index(keys, name=name, unique=unique)
+        await migrations.upgrade(self._db, datetime.now(UTC))
         await self._open_webhooks()
         info = await self._client.admin.command("buildInfo")
         self._in_reads_all = "ferretdbFeatures" in info
@@ -433,7 +463,7 @@ class MongoStore:
         now = _ms(now)
         pending: dict[Key, list[int]] = {}
         for i, meta in enumerate(files):
-            pending.setdefault((meta.hostname, meta.filepath), []).append(i)
+            pending.setdefault((meta.hostname, meta.filepath, meta.filepath_escaped), []).append(i)
         rows: list[FileRow | None] = [None] * len(files)
         for attempt in range(_PUT_ROUNDS):
             if attempt:
@@ -477,8 +507,8 @@ class MongoStore:
         and, under load, with the batches that wait for it, until every call times out."""
         found: list[dict[str, Any]] = []
         for chunk in _chunks(filters, _LOOKUPS_AT_ONCE):
-            docs = await asyncio.gather(*(collection.find_one(f) for f in chunk))
-            found.extend(doc for doc in docs if doc is not None)
+            for docs in await asyncio.gather(*(collection.find(f).to_list() for f in chunk)):
+                found.extend(docs)
         return found
 
     def _by_lookups(self, count: int) -> bool:
@@ -487,10 +517,13 @@ class MongoStore:
 
     async def _current(self, keys: Collection[Key]) -> dict[Key, _Current]:
         if self._by_lookups(len(keys)):
-            docs = await self._lookups(self._files, [{"hostname": h, "filepath": p} for h, p in keys])
-            return {(d["hostname"], d["filepath"]): _Current(_file_row(d), d.get("rev")) for d in docs}
+            # By (hostname, filepath) alone, the flag read here: a record without it is unflagged
+            # (_NOT_ESCAPED); an equality on it would cost FerretDB a second test per document.
+            names = [{"hostname": h, "filepath": p} for h, p in {(h, p) for h, p, _ in keys}]
+            docs = await self._lookups(self._files, names)
+            return {_key(d): _Current(_file_row(d), d.get("rev")) for d in docs if _key(d) in keys}
         by_host: dict[str, list[str]] = {}
-        for host, path in keys:
+        for host, path, _ in keys:
             by_host.setdefault(host, []).append(path)
         clauses = [(host, chunk) for host, paths in by_host.items() for chunk in _chunks(paths, _QUERY_CHUNK)]
         found: dict[Key, _Current] = {}
@@ -505,7 +538,8 @@ class MongoStore:
                 filters = [{"hostname": host, "filepath": {"$in": list(paths)}} for host, paths in group]
                 query = filters[0] if len(filters) == 1 else {"$or": filters}
                 async for doc in self._files.find(query):
-                    found[(doc["hostname"], doc["filepath"])] = _Current(_file_row(doc), doc.get("rev"))
+                    if _key(doc) in keys:  # not the other name of the same text (escaped or not)
+                        found[_key(doc)] = _Current(_file_row(doc), doc.get("rev"))
             if clause is not None:
                 group, size = [clause], len(clause[1])
         return found
@@ -604,10 +638,11 @@ class MongoStore:
                 out[doc["_id"]] = _content_row(doc)
         return out
 
-    async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
+    async def delete_file(self, hostname: str, filepath: str, now: datetime, *, escaped: bool = False) -> bool:
         now = _ms(now)
         for attempt in range(_PUT_ROUNDS):
-            doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
+            docs = await self._files.find({"hostname": hostname, "filepath": filepath}).to_list()
+            doc = next((d for d in docs if _key(d)[2] == escaped), None)
             if doc is None:
                 return False
             row, rev = _file_row(doc), doc.get("rev")
@@ -632,8 +667,15 @@ class MongoStore:
         if query.hostname is not None:
             where["hostname"] = query.hostname
         if query.path_prefix:
-            # A range, as in the SQLite backend: no regex escaping, and it uses the index.
-            where["filepath"] = {"$gte": query.path_prefix, "$lt": query.path_prefix + "\U0010ffff"}
+            # Ranges, as in the SQLite backend: no regex escaping, and they use the index.
+            ranges: list[dict[str, Any]] = [
+                {"filepath": {"$gte": p, "$lt": p + "\U0010ffff"}, **({} if e is None else _flag(e))}
+                for p, e in prefix_ranges(query.path_prefix, query.path_prefix_escaped)
+            ]
+            if len(ranges) == 1:
+                where.update(ranges[0])
+            else:
+                where["$or"] = ranges
         if query.sha256 is not None:
             where["sha256"] = query.sha256
         if query.changed_since is not None:
@@ -662,10 +704,12 @@ class MongoStore:
                 docs += await self._files.find({"sha256": {"$in": list(chunk)}}, fields).to_list()
         return {d["sha256"] for d in docs if visible.allows(d["hostname"], d["filepath"])}
 
-    async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
+    async def history(
+        self, hostname: str, filepath: str, limit: int, before: datetime | None, *, escaped: bool = False
+    ) -> list[HistoryRow]:
         if limit <= 0:
             return []
-        where: dict[str, Any] = {"hostname": hostname, "filepath": filepath}
+        where: dict[str, Any] = {"hostname": hostname, "filepath": filepath, **_flag(escaped)}
         if before is not None:
             where["superseded_at"] = {"$lt": _ms(before)}
         cursor = self._history.find(where).sort([("superseded_at", DESCENDING), ("order", DESCENDING)]).limit(limit)

@@ -43,15 +43,20 @@ from putplace_api.store.base import (
     directory,
     gcra,
     new_id,
+    prefix_ranges,
 )
+from putplace_api.store.migrations import sqlite as schema
 from putplace_client.models import FileMetadata
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
+# The current schema (version migrations.sqlite.VERSION): a new database gets it as it is; an
+# older one is brought to it by migrations.sqlite.upgrade first.
 _FILE_COLUMNS = """
-    hostname TEXT NOT NULL, filepath TEXT NOT NULL, ip_address TEXT NOT NULL, sha256 TEXT NOT NULL,
+    hostname TEXT NOT NULL, filepath TEXT NOT NULL, filepath_escaped INTEGER NOT NULL DEFAULT 0,
+    ip_address TEXT NOT NULL, sha256 TEXT NOT NULL,
     file_size INTEGER NOT NULL, file_mode INTEGER NOT NULL, file_uid INTEGER NOT NULL,
     file_gid INTEGER NOT NULL, file_mtime REAL NOT NULL, file_atime REAL NOT NULL,
     file_ctime REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
@@ -60,33 +65,27 @@ _FILE_COLUMNS = """
 # Tables keyed by text are WITHOUT ROWID: one B-tree each instead of a rowid table plus a
 # separate index on the key -- fewer random inserts per catalogued file.
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, {_FILE_COLUMNS}, UNIQUE (hostname, filepath)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, {_FILE_COLUMNS}, UNIQUE (hostname, filepath, filepath_escaped)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
 CREATE INDEX IF NOT EXISTS files_updated_at ON files (updated_at);
 CREATE TABLE IF NOT EXISTS file_history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, {_FILE_COLUMNS},
     superseded_at REAL NOT NULL, event TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS file_history_path ON file_history (hostname, filepath, superseded_at);
+CREATE INDEX IF NOT EXISTS file_history_path ON file_history (hostname, filepath, filepath_escaped, superseded_at);
 CREATE INDEX IF NOT EXISTS file_history_sha256 ON file_history (sha256);
 CREATE TABLE IF NOT EXISTS contents (
     sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL DEFAULT 0,
-    first_seen_at REAL NOT NULL, stored_at REAL, mime_type TEXT, storage_path TEXT) WITHOUT ROWID;
+    first_seen_at REAL NOT NULL, stored_at REAL, mime_type TEXT, storage_path TEXT, stored_by TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS contents_stored_by ON contents (stored_by) WHERE stored_by IS NOT NULL;
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT, key_hash TEXT NOT NULL UNIQUE,
     key_prefix TEXT NOT NULL, scopes TEXT NOT NULL, rate_limit REAL, rate_limit_burst INTEGER,
     created_at REAL NOT NULL, expires_at REAL, is_active INTEGER NOT NULL, revoked_at REAL,
-    last_used_at REAL);
+    last_used_at REAL, hostnames TEXT, path_prefixes TEXT, max_bytes INTEGER, max_files INTEGER);
 CREATE TABLE IF NOT EXISTS markers (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rate_buckets (bucket TEXT PRIMARY KEY, tat REAL NOT NULL);
 """
-
-# Columns added since the tables were first made: a database created before them gets them on
-# open (NULL in existing rows: no restriction, no quota, stored by no key).
-_ADDED_COLUMNS = {
-    "contents": ("stored_by TEXT",),
-    "api_keys": ("hostnames TEXT", "path_prefixes TEXT", "max_bytes INTEGER", "max_files INTEGER"),
-}
-_INDEXES_ON_ADDED = "CREATE INDEX IF NOT EXISTS contents_stored_by ON contents (stored_by) WHERE stored_by IS NOT NULL;"
 
 _INSERT_FILE = (
     f"INSERT INTO files (id, {', '.join(FILE_FIELDS)}, created_at, updated_at) "
@@ -116,7 +115,12 @@ def _dt(value: float | None) -> datetime | None:
 
 
 _file_values: Callable[[FileMetadata], tuple[Any, ...]] = operator.attrgetter(*FILE_FIELDS)
-_HOST, _PATH = FILE_FIELDS.index("hostname"), FILE_FIELDS.index("filepath")
+_HOST, _PATH, _ESCAPED = (FILE_FIELDS.index(f) for f in ("hostname", "filepath", "filepath_escaped"))
+NameKey = tuple[str, str, bool]  # (hostname, filepath, filepath_escaped)
+
+
+def _name_key(meta: FileMetadata) -> NameKey:
+    return (meta.hostname, meta.filepath, meta.filepath_escaped)
 
 
 @dataclass(slots=True)
@@ -136,6 +140,7 @@ def _history_values(old: FileRow, ts: float, event: str) -> tuple[Any, ...]:
 def _file_row(row: sqlite3.Row) -> FileRow:
     # Rows were validated on the way in: constructing skips validating them again.
     meta = FileMetadata.model_construct(**{f: row[f] for f in FILE_FIELDS})
+    meta.filepath_escaped = bool(meta.filepath_escaped)  # an INTEGER column
     return FileRow(id=row["id"], meta=meta, created_at=_dt(row["created_at"]), updated_at=_dt(row["updated_at"]))  # type: ignore[arg-type]
 
 
@@ -274,14 +279,21 @@ class SqliteStore:
         # catalogue write; a ten times larger window (WAL up to ~40 MiB) writes a page
         # changed many times once.
         conn.execute("PRAGMA wal_autocheckpoint=10000")
-        conn.executescript(_SCHEMA)
-        for table, columns in _ADDED_COLUMNS.items():
-            have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in have:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-        conn.executescript(_INDEXES_ON_ADDED)
-        conn.executescript(_WEBHOOK_SCHEMA)
+        # One transaction: processes opening one file at once migrate it once, and a failed
+        # migration changes nothing.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone():
+                schema.upgrade(conn)
+            for statement in (_SCHEMA + _WEBHOOK_SCHEMA).split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {schema.VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        conn.execute("COMMIT")
         self._conn = conn
 
     async def open(self) -> None:
@@ -308,13 +320,13 @@ class SqliteStore:
             "INSERT OR IGNORE INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
             [(f.sha256, f.file_size, ts) for f in files],
         )
-        current = self._existing(c, {(f.hostname, f.filepath) for f in files})
-        inserts: dict[tuple[str, str], _Stored] = {}
-        updates: dict[tuple[str, str], _Stored] = {}
+        current = self._existing(c, {_name_key(f) for f in files})
+        inserts: dict[NameKey, _Stored] = {}
+        updates: dict[NameKey, _Stored] = {}
         archived: list[tuple[Any, ...]] = []
         rows: list[FileRow] = []
         for meta in files:
-            key = (meta.hostname, meta.filepath)
+            key = _name_key(meta)
             values = _file_values(meta)
             old = current.get(key)
             if old is None:
@@ -335,11 +347,11 @@ class SqliteStore:
         return [PutResult(file=r, content=contents[r.meta.sha256]) for r in rows]
 
     @staticmethod
-    def _existing(c: sqlite3.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Stored]:
+    def _existing(c: sqlite3.Connection, keys: set[NameKey]) -> dict[NameKey, _Stored]:
         by_host: dict[str, list[str]] = {}
-        for host, path in keys:
+        for host, path, _ in keys:
             by_host.setdefault(host, []).append(path)
-        found: dict[tuple[str, str], _Stored] = {}
+        found: dict[NameKey, _Stored] = {}
         columns = ", ".join(FILE_FIELDS)
         for host, paths in by_host.items():
             for i in range(0, len(paths), 500):  # stay under SQLite's bound-parameter limit
@@ -351,7 +363,9 @@ class SqliteStore:
                 )
                 for row in c.execute(sql, (host, *chunk)):
                     values = tuple(row[3:])
-                    found[(values[_HOST], values[_PATH])] = _Stored(row[0], values, row[1], row[2])
+                    key = (values[_HOST], values[_PATH], bool(values[_ESCAPED]))
+                    if key in keys:  # not the other name of the same text (escaped or not)
+                        found[key] = _Stored(row[0], values, row[1], row[2])
         return found
 
     def _put_groups(self, calls: Sequence[_PutCall]) -> list[list[PutResult]]:
@@ -402,10 +416,11 @@ class SqliteStore:
             for call, result in zip(group, results, strict=True):
                 _settle(call, result)
 
-    def _delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
+    def _delete_file(self, hostname: str, filepath: str, escaped: bool, now: datetime) -> bool:
         with self._write() as c:
             found = c.execute(
-                "SELECT * FROM files WHERE hostname = ? AND filepath = ?", (hostname, filepath)
+                "SELECT * FROM files WHERE hostname = ? AND filepath = ? AND filepath_escaped = ?",
+                (hostname, filepath, escaped),
             ).fetchone()
             if found is None:
                 return False
@@ -413,8 +428,8 @@ class SqliteStore:
             c.execute("DELETE FROM files WHERE id = ?", (found["id"],))
             return True
 
-    async def delete_file(self, hostname: str, filepath: str, now: datetime) -> bool:
-        return await self._run(self._delete_file, hostname, filepath, now)
+    async def delete_file(self, hostname: str, filepath: str, now: datetime, *, escaped: bool = False) -> bool:
+        return await self._run(self._delete_file, hostname, filepath, escaped, now)
 
     async def file_by_sha(self, sha256: str) -> FileRow | None:
         def run() -> FileRow | None:
@@ -430,9 +445,16 @@ class SqliteStore:
             where.append("hostname = ?")
             params.append(query.hostname)
         if query.path_prefix:
-            # A range, not LIKE: no wildcard escaping, and it uses the (hostname, filepath) index.
-            where.append("filepath >= ? AND filepath < ?")
-            params += [query.path_prefix, query.path_prefix + "\U0010ffff"]
+            # Ranges, not LIKE: no wildcard escaping, and they use the (hostname, filepath) index.
+            clauses = []
+            for prefix, escaped in prefix_ranges(query.path_prefix, query.path_prefix_escaped):
+                clause = "filepath >= ? AND filepath < ?"
+                params += [prefix, prefix + "\U0010ffff"]
+                if escaped is not None:
+                    clause += " AND filepath_escaped = ?"
+                    params.append(escaped)
+                clauses.append(f"({clause})")
+            where.append(f"({' OR '.join(clauses)})")
         if query.sha256 is not None:
             where.append("sha256 = ?")
             params.append(query.sha256)
@@ -466,9 +488,11 @@ class SqliteStore:
 
         return await self._run(run)
 
-    async def history(self, hostname: str, filepath: str, limit: int, before: datetime | None) -> list[HistoryRow]:
-        sql = "SELECT * FROM file_history WHERE hostname = ? AND filepath = ?"
-        params: list[Any] = [hostname, filepath]
+    async def history(
+        self, hostname: str, filepath: str, limit: int, before: datetime | None, *, escaped: bool = False
+    ) -> list[HistoryRow]:
+        sql = "SELECT * FROM file_history WHERE hostname = ? AND filepath = ? AND filepath_escaped = ?"
+        params: list[Any] = [hostname, filepath, escaped]
         if before is not None:
             sql += " AND superseded_at < ?"
             params.append(before.timestamp())

@@ -91,6 +91,7 @@ def _file_data(result: PutResult) -> dict[str, Any]:
         "id": result.file.id,
         "hostname": meta.hostname,
         "filepath": meta.filepath,
+        "filepath_escaped": meta.filepath_escaped,
         "sha256": meta.sha256,
         "file_size": meta.file_size,
     }
@@ -159,8 +160,9 @@ class Webhooks:
             ]
         )
 
-    async def deleted(self, hostname: str, filepath: str) -> None:
-        await self.emit([Event(WebhookEvent.FILE_DELETED, {"hostname": hostname, "filepath": filepath})])
+    async def deleted(self, hostname: str, filepath: str, filepath_escaped: bool) -> None:
+        data = {"hostname": hostname, "filepath": filepath, "filepath_escaped": filepath_escaped}
+        await self.emit([Event(WebhookEvent.FILE_DELETED, data)])
 
     async def uploaded(
         self, sha256: str, size: int, mime_type: str | None, hostname: str | None, filepath: str | None
