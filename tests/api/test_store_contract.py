@@ -31,6 +31,7 @@ from putplace_api.store.base import (
     Visibility,
     is_object_id,
 )
+from putplace_api.store.migrations import sqlite as schema
 from putplace_api.store.migrations.sqlite import SchemaTooNew
 from putplace_api.store.mongo import MongoStore
 from putplace_api.store.sqlite import SqliteStore
@@ -581,7 +582,7 @@ async def test_records_of_the_old_format_are_migrated(make_store: Callable[[], M
     try:
         if isinstance(store, SqliteStore):
             with sqlite3.connect(store._path) as db:
-                assert db.execute("PRAGMA user_version").fetchone() == (1,)
+                assert db.execute("PRAGMA user_version").fetchone() == (schema.VERSION,)
         else:
             assert isinstance(store, MongoStore)
             assert "hostname_filepath" not in await store._db["files"].index_information()  # the old unique index
