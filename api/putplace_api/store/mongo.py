@@ -78,16 +78,19 @@ from pymongo.errors import (
 from putplace_api.errors import BackendUnavailable
 from putplace_api.store.base import (
     FILE_FIELDS,
+    ConsoleStore,
     ContentRow,
     FileQuery,
     FileRow,
     HistoryRow,
     KeyRow,
+    NodeRow,
     PutResult,
     StatsRow,
     StoredContent,
     TokenGrant,
     gcra,
+    glob_to_regex,
     new_id,
     record_changed,
 )
@@ -818,3 +821,53 @@ class MongoStore:
             return TokenGrant(granted=granted)
         # Still contended after all attempts: refuse for now rather than over-grant.
         return TokenGrant(granted=0, retry_after=min(1.0, 1.0 / rate))
+
+    # -- console queries (store.base.ConsoleStore) -----------------------------------------
+    async def list_nodes(self, after: str | None, limit: int) -> list[NodeRow]:
+        # A skip scan on the hostname_filepath index (one find per host), not a $group over
+        # every record; FerretDB plans a sorted find_one on an indexed field as an index seek.
+        nodes: list[NodeRow] = []
+        last = after
+        while len(nodes) < limit:
+            where: dict[str, Any] = {} if last is None else {"hostname": {"$gt": last}}
+            doc = await self._files.find_one(where, {"hostname": 1}, sort=[("hostname", ASCENDING)])
+            if doc is None:
+                break
+            last = str(doc["hostname"])
+            nodes.append(NodeRow(last, await self._files.count_documents({"hostname": last})))
+        return nodes
+
+    async def paths_after(self, hostname: str, lower: str, upper: str, limit: int) -> list[FileRow]:
+        if limit <= 0:
+            return []
+        where = {"hostname": hostname, "filepath": {"$gt": lower, "$lt": upper}}
+        cursor = self._files.find(where).sort([("hostname", ASCENDING), ("filepath", ASCENDING)]).limit(limit)
+        return [_file_row(doc) async for doc in cursor]
+
+    async def current_file(self, hostname: str, filepath: str) -> FileRow | None:
+        doc = await self._files.find_one({"hostname": hostname, "filepath": filepath})
+        return None if doc is None else _file_row(doc)
+
+    async def search_files(self, pattern: str, hostname: str | None, after_id: str | None, limit: int) -> list[FileRow]:
+        if limit <= 0:
+            return []
+        where: dict[str, Any] = {"filepath": {"$regex": glob_to_regex(pattern), "$options": "s"}}
+        if hostname is not None:
+            where["hostname"] = hostname
+        if after_id is not None:
+            where["_id"] = {"$gt": after_id}
+        cursor = self._files.find(where).sort("_id", ASCENDING).limit(limit)
+        return [_file_row(doc) async for doc in cursor]
+
+    async def recent_files(self, before: tuple[datetime, str] | None, limit: int) -> list[FileRow]:
+        if limit <= 0:
+            return []
+        where: dict[str, Any] = {}
+        if before is not None:
+            at, after = _ms(before[0]), before[1]
+            where["$or"] = [{"updated_at": {"$lt": at}}, {"updated_at": at, "_id": {"$lt": after}}]
+        cursor = self._files.find(where).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return [_file_row(doc) async for doc in cursor]
+
+
+_CONSOLE: type[ConsoleStore] = MongoStore  # mypy checks that the backend answers the console's queries
