@@ -24,7 +24,6 @@ class WhoAmI(BaseModel):
 
 class NodeInfo(BaseModel):
     hostname: str
-    files: int = Field(description="current records of this node")
 
 
 class TreeEntry(BaseModel):

@@ -59,12 +59,11 @@ async def whoami(principal: AnyKey) -> WhoAmI:
 
 @router.get("/nodes", response_model=Page[NodeInfo])
 async def list_nodes(state: StateDep, _: ReadKey, cursor: Cursor = None, limit: Limit = 100) -> Page[NodeInfo]:
-    """Every node that has reported files, by hostname, with its number of current records."""
+    """Every node that has current records, by hostname (no counts: they would read every record)."""
     rows = await _store(state).list_nodes(cursor, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [NodeInfo(hostname=r.hostname, files=r.files) for r in rows]
-    return Page[NodeInfo](items=items, next_cursor=rows[-1].hostname if more and rows else None)
+    return Page[NodeInfo](items=[NodeInfo(hostname=h) for h in rows], next_cursor=rows[-1] if more and rows else None)
 
 
 @router.get("/files/tree", response_model=Page[TreeEntry])

@@ -30,7 +30,6 @@ __all__ = [
     "MetadataStore",
     "OBJECT_ID_PATTERN",
     "is_object_id",
-    "NodeRow",
     "DirEntry",
     "ConsoleStore",
     "list_dir",
@@ -264,12 +263,6 @@ def record_changed(old: FileMetadata, new: FileMetadata) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeRow:
-    hostname: str
-    files: int
-
-
-@dataclass(frozen=True, slots=True)
 class DirEntry:
     """One child of a directory: a subdirectory (``file`` None) or a file's current record."""
 
@@ -279,8 +272,8 @@ class DirEntry:
 
 
 class ConsoleStore(Protocol):
-    async def list_nodes(self, after: str | None, limit: int) -> list[NodeRow]:
-        """Hostnames in order after ``after``, with their number of current records."""
+    async def list_nodes(self, after: str | None, limit: int) -> list[str]:
+        """Hostnames with current records, in order, after ``after`` (one index seek each)."""
 
     async def paths_after(self, hostname: str, lower: str, upper: str, limit: int) -> list[FileRow]:
         """Current records of one host with ``lower < filepath < upper``, in path order."""

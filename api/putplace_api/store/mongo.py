@@ -84,7 +84,6 @@ from putplace_api.store.base import (
     FileRow,
     HistoryRow,
     KeyRow,
-    NodeRow,
     PutResult,
     StatsRow,
     StoredContent,
@@ -823,10 +822,10 @@ class MongoStore:
         return TokenGrant(granted=0, retry_after=min(1.0, 1.0 / rate))
 
     # -- console queries (store.base.ConsoleStore) -----------------------------------------
-    async def list_nodes(self, after: str | None, limit: int) -> list[NodeRow]:
+    async def list_nodes(self, after: str | None, limit: int) -> list[str]:
         # A skip scan on the hostname_filepath index (one find per host), not a $group over
-        # every record; FerretDB plans a sorted find_one on an indexed field as an index seek.
-        nodes: list[NodeRow] = []
+        # every record.
+        nodes: list[str] = []
         last = after
         while len(nodes) < limit:
             where: dict[str, Any] = {} if last is None else {"hostname": {"$gt": last}}
@@ -834,7 +833,7 @@ class MongoStore:
             if doc is None:
                 break
             last = str(doc["hostname"])
-            nodes.append(NodeRow(last, await self._files.count_documents({"hostname": last})))
+            nodes.append(last)
         return nodes
 
     async def paths_after(self, hostname: str, lower: str, upper: str, limit: int) -> list[FileRow]:

@@ -29,7 +29,6 @@ from putplace_api.store.base import (
     FileRow,
     HistoryRow,
     KeyRow,
-    NodeRow,
     PutResult,
     StatsRow,
     StoredContent,
@@ -633,11 +632,11 @@ class SqliteStore:
         return await self._run(run)
 
     # -- console queries (store.base.ConsoleStore) -----------------------------------------
-    async def list_nodes(self, after: str | None, limit: int) -> list[NodeRow]:
-        def run() -> list[NodeRow]:
-            # A skip scan: one seek per host on the (hostname, filepath) index, then a count
-            # of that host's index entries -- never a GROUP BY over the whole table.
-            nodes: list[NodeRow] = []
+    async def list_nodes(self, after: str | None, limit: int) -> list[str]:
+        def run() -> list[str]:
+            # A skip scan: one seek per host on the (hostname, filepath) index, never a GROUP BY
+            # (or a count: 135 ms for 20 nodes of 50,000 records, bench/console_pages.py).
+            nodes: list[str] = []
             last = after
             while len(nodes) < limit:
                 if last is None:
@@ -647,8 +646,7 @@ class SqliteStore:
                 if row[0] is None:
                     break
                 last = row[0]
-                count = self._c.execute("SELECT COUNT(*) FROM files WHERE hostname = ?", (last,)).fetchone()[0]
-                nodes.append(NodeRow(last, count))
+                nodes.append(last)
             return nodes
 
         return await self._run(run)

@@ -10,6 +10,7 @@ Content-Security-Policy that allows only this origin's scripts and styles -- no 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import QueryParams
 from starlette.types import Scope
-
-from putplace_api import __version__
 
 __all__ = ["PREFIX", "SECURITY_HEADERS", "mount"]
 
@@ -57,6 +57,17 @@ PAGES: dict[str, tuple[str, str]] = {
     "/keys": ("keys.html", "API keys"),
 }
 
+
+def _assets_version() -> str:
+    """A digest of the static files: their URLs change whenever they do, so browsers may keep
+    them for a year without asking again (one round trip less per page)."""
+    digest = hashlib.sha256()
+    for path in sorted((_HERE / "static").iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+ASSETS_VERSION = _assets_version()
 templates = Jinja2Templates(directory=_HERE / "templates")
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -65,12 +76,14 @@ class _Static(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.update(SECURITY_HEADERS)
+        if response.status_code == 200 and QueryParams(scope["query_string"]).get("v") == ASSETS_VERSION:
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
         return response
 
 
 def _page(template: str, title: str, page: str) -> Any:
     async def render(request: Request) -> HTMLResponse:
-        context = {"title": title, "page": page or "overview", "version": __version__, "prefix": PREFIX}
+        context = {"title": title, "page": page or "overview", "version": ASSETS_VERSION, "prefix": PREFIX}
         return templates.TemplateResponse(request, template, context, headers=SECURITY_HEADERS)
 
     return render

@@ -6,6 +6,9 @@
 // The DOM is built with textContent, never innerHTML: names and paths are untrusted.
 
 const KEY = "putplace.key";
+// The key's name and scopes (not secret), kept beside it: a key's scopes never change, so
+// pages need not ask again; a revoked key is still noticed by the first 401.
+const WHO = "putplace.who";
 const PREFIX = document.body.dataset.prefix || "/ui";
 const PAGE_SIZE = 50;
 const LIVE_SECONDS = 5;
@@ -25,6 +28,7 @@ function key() {
 
 function signOut(reason) {
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(WHO);
   if (reason) sessionStorage.setItem("putplace.reason", reason);
   location.assign(`${PREFIX}/signin`);
 }
@@ -146,7 +150,7 @@ function report(error) {
 
 // -- pages -----------------------------------------------------------------------------------
 
-async function overview() {
+async function totals() {
   const stats = await getJson("/stats");
   const totals = $("#totals");
   const rows = [
@@ -157,12 +161,14 @@ async function overview() {
     ["Dedup ratio", `${stats.dedup_ratio.toFixed(2)}×`],
   ];
   totals.replaceChildren(...rows.flatMap(([name, value]) => [h("div", {}, h("dt", { text: name }), h("dd", { text: value }))]));
+}
 
+async function overview() {
   const nodes = $("#nodes tbody");
   async function loadNodes(cursor) {
     const page = await getJson("/nodes", { cursor, limit: PAGE_SIZE });
     for (const node of page.items) {
-      nodes.append(h("tr", {}, td(link("/browse", { host: node.hostname, dir: "/" }, node.hostname)), td(node.files.toLocaleString("en"), "num")));
+      nodes.append(h("tr", {}, td(link("/browse", { host: node.hostname, dir: "/" }, node.hostname))));
     }
     moreButton("#nodes-more", page.next_cursor, (next) => loadNodes(next).catch(report));
   }
@@ -196,7 +202,11 @@ async function overview() {
     recent.prepend(...fresh.map(recentRow));
     status(`${fresh.length} new change${fresh.length === 1 ? "" : "s"}`);
   }
+  // The totals sum the whole catalogue (a scan: 0.4-0.9 s with 1,000,000 records on SQLite),
+  // so they are asked for once the tables are on screen: asked together, the tables' queries
+  // (their keys' lookups too) would wait behind that scan on SQLite's one thread.
   await Promise.all([loadNodes(), loadRecent()]);
+  await totals();
   setInterval(() => poll().catch(report), LIVE_SECONDS * 1000);
 }
 
@@ -441,10 +451,12 @@ function signin() {
     sessionStorage.setItem(KEY, candidate);
     try {
       const who = await getJson("/whoami");
+      sessionStorage.setItem(WHO, JSON.stringify(who));
       input.value = "";
       location.assign(canRead(who.scopes) ? PREFIX : who.scopes.includes("admin") ? `${PREFIX}/keys` : PREFIX);
     } catch (e) {
       sessionStorage.removeItem(KEY);
+      sessionStorage.removeItem(WHO);
       error.textContent = e instanceof ApiError && e.status === 401 ? "This key is unknown, revoked or expired." : e.message;
     }
   });
@@ -468,7 +480,9 @@ async function main() {
     return;
   }
   $("#signout").addEventListener("click", () => signOut());
-  const who = await getJson("/whoami");
+  const cached = sessionStorage.getItem(WHO);
+  const who = cached ? JSON.parse(cached) : await getJson("/whoami");
+  sessionStorage.setItem(WHO, JSON.stringify(who));
   const scopes = who.scopes;
   const allowed = { read: canRead(scopes), admin: scopes.includes("admin") };
   document.querySelectorAll("[data-needs]").forEach((el) => {
