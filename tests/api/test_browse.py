@@ -79,6 +79,8 @@ def test_search_globs_names_and_pages(backend_api: Api) -> None:
         assert paths("no-such-*") == []
         assert c.get("/files/search", params={"q": "*", "cursor": "nope"}).status_code == 400
         assert c.get("/files/search", params={"q": ""}).status_code == 422
+        r = c.get("/files/search", params={"q": "*a" * 9})
+        assert r.status_code == 400 and r.json() == {"detail": "A search pattern may hold at most 8 '*'"}
 
 
 def test_recent_is_newest_first_across_ties_and_pages(backend_api: Api) -> None:

@@ -28,6 +28,7 @@ from putplace_client.models import FileRecord, Page, Scope
 router = APIRouter(tags=["browse"], responses=KEYED_ROUTE_ERRORS)
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
+MAX_STARS = 8
 Cursor = Annotated[str | None, Query(max_length=8192, description="next_cursor of the previous page")]
 
 
@@ -108,7 +109,15 @@ async def current_file(
 async def search_files(
     state: StateDep,
     _: ReadKey,
-    q: Annotated[str, Query(min_length=1, max_length=4096, description="a glob; without / it matches file names")],
+    q: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=4096,
+            description="a glob (at most 8 *); without / it matches file names",
+            json_schema_extra={"pattern": rf"^[^*]*(\*[^*]*){{0,{MAX_STARS}}}$"},  # checked in the route: a 400
+        ),
+    ],
     hostname: str | None = None,
     cursor: Annotated[str | None, Query(json_schema_extra={"pattern": OBJECT_ID_PATTERN})] = None,
     limit: Limit = 100,
@@ -117,6 +126,9 @@ async def search_files(
     a pattern without ``/`` matches the file name in any directory. Oldest record first."""
     if cursor is not None and not is_object_id(cursor):
         raise BadRequest("Invalid cursor")  # documented, not enforced by FastAPI: a 400 as on /files
+    if q.count("*") > MAX_STARS:
+        # each * multiplies the backtracking of GLOB and $regex on a long path: bounded, not a DoS
+        raise BadRequest(f"A search pattern may hold at most {MAX_STARS} '*'")
     pattern = q if "/" in q else "*/" + q
     rows = await _store(state).search_files(pattern, hostname, cursor, limit + 1)
     more = len(rows) > limit
