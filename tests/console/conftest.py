@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, BrowserType, Page, expect, sync_playwright
 
 from tests.api.conftest import ADMIN_KEY, Api, make_settings, serve
 from tests.console.demo import seed
@@ -17,9 +17,10 @@ from tests.console.demo import seed
 expect.set_options(timeout=20_000)
 
 
-def launch(playwright_chromium: object, executable: Path) -> Browser:
-    # --no-sandbox: the tests run as root, where chromium refuses its sandbox.
-    return playwright_chromium.launch(executable_path=str(executable), headless=True, args=["--no-sandbox"])  # type: ignore[attr-defined, no-any-return]
+def launch(chromium: BrowserType, executable: Path) -> Browser:
+    """Debian's chromium, never a browser Playwright downloads; --no-sandbox: the tests run as
+    root, where chromium refuses its sandbox."""
+    return chromium.launch(executable_path=str(executable), headless=True, args=["--no-sandbox"])
 
 
 @pytest.fixture(scope="module")
