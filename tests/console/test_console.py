@@ -240,3 +240,19 @@ def test_content_security_policy_blocks_inline_script(browser: Browser, console_
     assert versioned.status_code == 200 and "script-src 'self'" in versioned.headers["content-security-policy"]
     assert versioned.headers["cache-control"] == "public, max-age=31536000, immutable"
     assert bare.status_code == 200 and "immutable" not in bare.headers.get("cache-control", "")
+
+
+def test_pages_load_more_from_the_cursor(page: Page, console_api: Api) -> None:
+    """A page shows 50 entries and asks for the next ones only when told to (last: it adds a node)."""
+    names = [f"/bulk/f{i:03d}" for i in range(60)]
+    with console_api.http() as client:
+        files = [meta(n.encode(), hostname="node-4", filepath=n) for n in names]
+        assert client.post("/put_files", json={"files": files}).status_code == 201
+    sign_in(page, console_api.admin_key)
+    page.goto("/ui/browse?host=node-4&dir=/bulk/")
+    tree = page.get_by_role("table", name="Contents of the directory")
+    expect(tree.get_by_role("link")).to_have_count(50)
+    more = page.get_by_role("button", name="More entries")
+    more.click()
+    expect(tree.get_by_role("link")).to_have_text([n.rsplit("/", 1)[1] for n in names])
+    expect(more).to_be_hidden()
