@@ -23,10 +23,11 @@ from putplace_api import __version__
 from putplace_api.auth import AGENT_KEY_FILE
 from putplace_api.errors import PutPlaceError, error_response, validation_response
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
-from putplace_api.routes import content, files, health, keys, webhooks
+from putplace_api.routes import browse, content, files, health, keys, webhooks
 from putplace_api.settings import Settings, get_settings
 from putplace_api.state import AppState, build_state
 from putplace_api.tracing import setup_tracing
+from putplace_api.ui import mount as mount_console
 from putplace_common.logs import request_id
 
 __all__ = ["create_app"]
@@ -91,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.putplace = state
     for router in (health.router, files.router, content.router, keys.router, webhooks.router):
         app.include_router(router)
+    app.include_router(browse.router)
+    mount_console(app)
 
     @app.exception_handler(PutPlaceError)
     async def putplace_error(request: Request, exc: PutPlaceError) -> JSONResponse:

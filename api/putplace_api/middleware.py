@@ -29,13 +29,15 @@ from putplace_common.logs import request_id
 if TYPE_CHECKING:
     from putplace_api.state import AppState
 
-__all__ = ["ObservabilityMiddleware", "SecurityMiddleware", "PUBLIC_PATHS", "PRINCIPAL"]
+__all__ = ["ObservabilityMiddleware", "SecurityMiddleware", "PUBLIC_PATHS", "PUBLIC_PREFIXES", "PRINCIPAL"]
 
 log = logging.getLogger("putplace.access")
 
 PUBLIC_PATHS = frozenset(
     {"/", "/health", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
+# The web console's pages and static files hold no data: its script calls the API with a key.
+PUBLIC_PREFIXES = ("/ui/",)
 PRINCIPAL = "putplace.principal"  # scope key where SecurityMiddleware leaves the Principal
 _STREAMED_PREFIXES = ("/upload_file/",)  # bodies limited by max_upload_bytes instead
 
@@ -95,7 +97,7 @@ class SecurityMiddleware:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or _public_prefix(scope["path"]):
             await self.app(scope, receive, send)
             return
         retry = self.state.settings.retry_after_seconds
@@ -166,6 +168,10 @@ class SecurityMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return replay
+
+
+def _public_prefix(path: str) -> bool:
+    return path == "/ui" or path.startswith(PUBLIC_PREFIXES)
 
 
 def _route(scope: Scope) -> str:

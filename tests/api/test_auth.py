@@ -25,6 +25,7 @@ MISSING = {"detail": "API key required. Include X-API-Key header."}
 INVALID = {"detail": "Invalid or inactive API key"}
 DATA = b"node secret: only readers may see it\n"
 PUBLIC = None  # needed scope of an endpoint open to everyone
+ANY_KEY = "any"  # needed scope of an endpoint any valid key may call
 
 # A request builder gets an admin client (to prepare what the request needs, e.g. a record to
 # delete) and returns the request's arguments: httpx.Client.request(method, **args).
@@ -77,6 +78,22 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Build, int]] = {
         "read", _fixed(url="/files/history", params={"hostname": "node-1", "filepath": "/var/log/app.log"}), 200
     ),
     ("GET", "/stats"): ("read", _fixed(url="/stats"), 200),
+    ("GET", "/whoami"): (ANY_KEY, _fixed(url="/whoami"), 200),
+    ("GET", "/nodes"): ("read", _fixed(url="/nodes"), 200),
+    ("GET", "/files/tree"): ("read", _fixed(url="/files/tree", params={"hostname": "node-1", "dir": "/var"}), 200),
+    ("GET", "/files/current"): (
+        "read", _fixed(url="/files/current", params={"hostname": "node-1", "filepath": "/var/log/app.log"}), 200
+    ),
+    ("GET", "/files/search"): ("read", _fixed(url="/files/search", params={"q": "*.log"}), 200),
+    ("GET", "/files/recent"): ("read", _fixed(url="/files/recent"), 200),
+    # The web console's pages hold no data (its script calls the API with the user's key).
+    ("GET", "/ui"): (PUBLIC, _fixed(url="/ui"), 200),
+    ("GET", "/ui/"): (PUBLIC, _fixed(url="/ui/"), 307),
+    ("GET", "/ui/signin"): (PUBLIC, _fixed(url="/ui/signin"), 200),
+    ("GET", "/ui/browse"): (PUBLIC, _fixed(url="/ui/browse"), 200),
+    ("GET", "/ui/file"): (PUBLIC, _fixed(url="/ui/file"), 200),
+    ("GET", "/ui/search"): (PUBLIC, _fixed(url="/ui/search"), 200),
+    ("GET", "/ui/keys"): (PUBLIC, _fixed(url="/ui/keys"), 200),
     ("GET", "/api_keys"): ("admin", _fixed(url="/api_keys"), 200),
     ("POST", "/api_keys"): ("admin", _fixed(url="/api_keys", json={"name": "k"}), 201),
     ("PUT", "/api_keys/{key_id}/revoke"): ("admin", lambda a: {"url": f"/api_keys/{_fresh_key_id(a)}/revoke"}, 200),
@@ -123,6 +140,11 @@ ELSEWHERE: dict[tuple[str, str], tuple[int, Any]] = {
     ("GET", "/content/{sha256}"): (404, NOT_FOUND),
     ("GET", "/files"): (200, {"items": [], "next_cursor": None}),
     ("GET", "/files/history"): (403, {"detail": OUTSIDE}),
+    ("GET", "/files/current"): (403, {"detail": OUTSIDE}),
+    ("GET", "/nodes"): (200, {"items": [], "next_cursor": None}),
+    ("GET", "/files/tree"): (200, {"items": [], "next_cursor": None}),
+    ("GET", "/files/search"): (200, {"items": [], "next_cursor": None}),
+    ("GET", "/files/recent"): (200, {"items": [], "next_cursor": None}),
     ("GET", "/stats"): (
         200,
         {"files": 0, "hosts": 0, "contents_stored": 0, "stored_bytes": 0, "logical_bytes": 0, "dedup_ratio": 1.0},
@@ -160,7 +182,7 @@ def _expected(principal: str, route: tuple[str, str], needed: str | None, ok: in
         return 401, MISSING if principal == "none" else INVALID
     if principal == "elsewhere" and route in ELSEWHERE:
         return ELSEWHERE[route]
-    if principal in (needed, "admin") or (principal in LIMITED and needed in ("read", "write")):
+    if principal in (needed, "admin") or needed == ANY_KEY or (principal in LIMITED and needed in ("read", "write")):
         return ok, None
     return 403, {"detail": f"This API key lacks the '{needed}' scope"}
 

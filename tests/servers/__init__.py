@@ -23,7 +23,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol, cast
 
-from . import docker, ferretdb, helm, images, kind, kube, minio, postgres, prometheus, restic, seaweedfs, skaffold
+from . import (
+    chromium,
+    docker,
+    ferretdb,
+    helm,
+    images,
+    kind,
+    kube,
+    minio,
+    postgres,
+    prometheus,
+    restic,
+    seaweedfs,
+    skaffold,
+)
 from .base import Server, ServerError, cache_dir
 from .docker import DockerEngine
 from .kube import KubeCluster
@@ -63,6 +77,7 @@ TOOLS: dict[str, ToolModule] = {
     "images": cast(ToolModule, images),  # base + project images, built on the engine (after docker)
     "kind": cast(ToolModule, kind),  # the kind CLI and node image (after kube and images)
     "skaffold": cast(ToolModule, skaffold),  # what the e2e suite runs skaffold.yaml with
+    "chromium": cast(ToolModule, chromium),  # the browser the console tests drive (tests/console)
 }
 # Installed only when named (``install restic``) or by the benchmark that runs them: no test
 # needs them, so a bare ``install`` (CI's) leaves them out.

@@ -78,7 +78,7 @@ def _exports(env: dict[str, str]) -> str:
 # takes about as long as the longer lane, not the sum. apt's lock allows one apt user at a time, so
 # every apt user is in the engine lane. kind needs both (its binaries are Go builds, its node
 # image is made of them on the engine): its binaries build in the Go lane, its image after both.
-ENGINE_LANE = frozenset({"docker", "prometheus", "postgres", "images"})
+ENGINE_LANE = frozenset({"docker", "prometheus", "postgres", "images", "chromium"})
 
 
 def _install_one(name: str) -> None:

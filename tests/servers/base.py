@@ -40,6 +40,29 @@ def progress(message: str) -> None:
     print(f"[test-servers] {message}", file=sys.stderr, flush=True)
 
 
+def apt_install(missing: str, packages: tuple[str, ...]) -> None:
+    """``apt-get install`` Debian packages (an ``apt-get update`` first if that fails); ``missing``
+    names what is lacking, for the messages. apt's lock allows one user at a time: the install
+    command keeps every caller of this in one lane (``tests/servers/__main__.py``)."""
+    names = " ".join(packages)
+    if shutil.which("apt-get") is None:
+        raise ServerError(f"{missing} is missing and there is no apt-get to install {names} with")
+    if os.geteuid() != 0:
+        raise ServerError(f"{missing} is missing: installing it needs root (apt-get install {names})")
+    progress(f"installing {names} with apt-get (about a minute)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def apt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["apt-get", *args], capture_output=True, text=True, env=env, timeout=900, check=False)
+
+    got = apt("install", "-y", "--no-install-recommends", *packages)
+    if got.returncode != 0:
+        apt("update")
+        got = apt("install", "-y", "--no-install-recommends", *packages)
+    if got.returncode != 0:
+        raise ServerError(f"apt-get install {names} failed: {got.stderr.strip()[-300:]}")
+
+
 def unpack_debian_package(package: str, into: Path) -> None:
     """``apt-get download`` a pinned ``name=version`` and ``dpkg-deb -x`` it into ``into``:
     nothing is installed on the machine (an ``apt-get update`` first if the lists are empty)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runc_bounded
-from .base import ENV_PREFIX, Process, Server, ServerError, cache_dir, progress
+from .base import ENV_PREFIX, Process, Server, ServerError, apt_install, cache_dir, progress
 
 NAME = "docker"
 VERSION = "20.10.24"  # what Debian bookworm's docker.io gives (apt installs the current one)
@@ -58,22 +58,9 @@ def install() -> Path:
     """apt-get install docker.io and debootstrap unless dockerd, docker and debootstrap are there."""
     if binary().is_file() and shutil.which("docker") and shutil.which("debootstrap"):
         return binary()
-    if shutil.which("apt-get") is None:
-        raise ServerError("dockerd is missing and there is no apt-get to install docker.io with")
-    if os.geteuid() != 0:
-        raise ServerError("dockerd is missing: installing docker.io needs root (apt-get install docker.io debootstrap)")
-    progress(f"installing {' '.join(PACKAGES)} with apt-get (about a minute)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def apt(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["apt-get", *args], capture_output=True, text=True, env=env, timeout=900, check=False)
-
-    got = apt("install", "-y", "--no-install-recommends", *PACKAGES)
-    if got.returncode != 0:
-        apt("update")
-        got = apt("install", "-y", "--no-install-recommends", *PACKAGES)
-    if got.returncode != 0 or not binary().is_file():
-        raise ServerError(f"apt-get install {' '.join(PACKAGES)} failed: {got.stderr.strip()[-300:]}")
+    apt_install("dockerd", PACKAGES)
+    if not binary().is_file():
+        raise ServerError(f"apt-get install {' '.join(PACKAGES)} did not install {binary()}")
     return binary()
 
 

@@ -136,6 +136,13 @@ def helm(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chromium(request: pytest.FixtureRequest) -> Path:
+    """Debian's chromium (apt-installed once), for Playwright's ``executable_path``."""
+    _install(request, "chromium")
+    return INSTALLABLE["chromium"].binary()
+
+
+@pytest.fixture(scope="session")
 def skaffold(request: pytest.FixtureRequest) -> Path:
     """The skaffold command line (built once into the cache)."""
     _install(request, "skaffold")

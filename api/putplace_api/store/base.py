@@ -8,6 +8,7 @@ boundary are plain frozen dataclasses; routes never see a driver type.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,11 @@ __all__ = [
     "directory",
     "PATH_END",
     "prefix_ranges",
+    "DirEntry",
+    "ConsoleStore",
+    "list_dir",
+    "glob_to_regex",
+    "glob_to_sqlite",
 ]
 
 # The client-owned fields of a file record, in wire order.
@@ -81,6 +87,15 @@ class Visibility:
             return False
         return self.path_prefixes is None or any(
             filepath == p or filepath.startswith(directory(p)) for p in self.path_prefixes
+        )
+
+    def reaches(self, hostname: str, folder: str) -> bool:
+        """Whether the directory ``folder`` (ending with ``/``) of ``hostname`` is inside the limits
+        or on the way to them (``/var/`` leads to ``/var/log``): what a browsing key may open."""
+        if self.hostnames is not None and hostname not in self.hostnames:
+            return False
+        return self.path_prefixes is None or any(
+            folder.startswith(directory(p)) or directory(p).startswith(folder) for p in self.path_prefixes
         )
 
 
@@ -410,3 +425,96 @@ class WebhookStore(Protocol):
 
 
 __all__ += ["DELIVERY_PENDING", "DELIVERY_DEAD", "SubscriptionRow", "DeliveryRow", "WebhookStore"]
+# -- console queries (putplace_api.routes.browse) ------------------------------------------
+# Kept apart from the protocol above: what the web console needs to browse a large catalogue
+# a page at a time. Each is an index seek or a bounded walk, never a scan of the catalogue
+# (search by glob is the exception: it filters in id order, documented in docs/console.md).
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One child of a directory: a subdirectory (``file`` None) or a file's current record."""
+
+    name: str
+    path: str  # a subdirectory's path ends with "/"
+    file: FileRow | None = None
+
+
+class ConsoleStore(Protocol):
+    async def list_nodes(self, after: str | None, limit: int) -> list[str]:
+        """Hostnames with current records, in order, after ``after`` (one index seek each)."""
+
+    async def paths_after(self, hostname: str, lower: str, upper: str, limit: int) -> list[FileRow]:
+        """Current records of one host with ``lower < filepath < upper``, in path order."""
+
+    async def current_file(self, hostname: str, filepath: str, escaped: bool = False) -> FileRow | None: ...
+
+    async def search_files(self, pattern: str, hostname: str | None, after_id: str | None, limit: int) -> list[FileRow]:
+        """Current records whose path matches the glob ``pattern`` (``*``, ``?``, ``[...]``), in id order."""
+
+    async def recent_files(self, before: tuple[datetime, str] | None, limit: int) -> list[FileRow]:
+        """Current records, most recently changed first; ``before`` = (updated_at, id) of the previous page's last."""
+
+
+PATH_END = "\U0010ffff"  # sorts after every character a path may hold
+
+
+async def list_dir(store: ConsoleStore, hostname: str, directory: str, after: str | None, limit: int) -> list[DirEntry]:
+    """The children of ``directory`` on ``hostname`` in path order, after the entry ``after``.
+
+    A skip scan over the (hostname, filepath) index: files of the directory are read in
+    batches, and a subdirectory costs one entry and one seek past all it holds -- so a page
+    costs O(limit) index reads however many files lie below.
+    """
+    prefix = directory if directory.endswith("/") else directory + "/"
+    lower = prefix
+    if after is not None and after.startswith(prefix) and after > prefix:
+        lower = after + PATH_END if after.endswith("/") else after
+    upper = prefix + PATH_END
+    entries: list[DirEntry] = []
+    while len(entries) < limit:
+        rows = await store.paths_after(hostname, lower, upper, limit - len(entries))
+        if not rows:
+            break
+        for row in rows:
+            name, slash, _ = row.meta.filepath[len(prefix) :].partition("/")
+            if slash:
+                sub = prefix + name + "/"
+                entries.append(DirEntry(name, sub))
+                lower = sub + PATH_END  # everything below it is one entry
+                break
+            entries.append(DirEntry(name, row.meta.filepath, row))
+            lower = row.meta.filepath
+    return entries[:limit]
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A glob (``*`` any run of characters, ``?`` one, ``[...]``/``[!...]`` a class) as an
+    anchored regular expression that MongoDB and Python read alike."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[":
+            end = pattern.find("]", i + 1 if pattern[i : i + 1] in ("!", "]") else i)
+            if end < 0:
+                out.append(re.escape(ch))
+                continue
+            body = pattern[i:end]
+            i = end + 1
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\").replace("^", "\\^") + "]")
+        else:
+            out.append(re.escape(ch))
+    return "^" + "".join(out) + "$"
+
+
+def glob_to_sqlite(pattern: str) -> str:
+    """A glob as SQLite's GLOB operator reads it: the same, but ``[^...]`` negates, not ``[!...]``."""
+    return re.sub(r"\[!", "[^", pattern)

@@ -83,6 +83,7 @@ from putplace_api.store.base import (
     DELIVERY_PENDING,
     FILE_FIELDS,
     PATH_END,
+    ConsoleStore,
     ContentRow,
     DeliveryRow,
     FileQuery,
@@ -98,6 +99,7 @@ from putplace_api.store.base import (
     Visibility,
     directory,
     gcra,
+    glob_to_regex,
     new_id,
     prefix_ranges,
     record_changed,
@@ -1128,6 +1130,57 @@ class MongoStore:
             purged += result.deleted_count
         return purged
 
+    # -- console queries (store.base.ConsoleStore) -----------------------------------------
+    async def list_nodes(self, after: str | None, limit: int) -> list[str]:
+        # A skip scan on the hostname_filepath index (one find per host), not a $group over
+        # every record.
+        nodes: list[str] = []
+        last = after
+        while len(nodes) < limit:
+            where: dict[str, Any] = {} if last is None else {"hostname": {"$gt": last}}
+            doc = await self._files.find_one(where, {"hostname": 1}, sort=[("hostname", ASCENDING)])
+            if doc is None:
+                break
+            last = str(doc["hostname"])
+            nodes.append(last)
+        return nodes
+
+    async def paths_after(self, hostname: str, lower: str, upper: str, limit: int) -> list[FileRow]:
+        if limit <= 0:
+            return []
+        where = {"hostname": hostname, "filepath": {"$gt": lower, "$lt": upper}}
+        cursor = self._files.find(where).sort([("hostname", ASCENDING), ("filepath", ASCENDING)]).limit(limit)
+        return [_file_row(doc) async for doc in cursor]
+
+    async def current_file(self, hostname: str, filepath: str, escaped: bool = False) -> FileRow | None:
+        # Both flags' records of the text, judged here (a record of an old replica has no flag:
+        # plain), as the other lookups by name do.
+        async for doc in self._files.find({"hostname": hostname, "filepath": filepath}):
+            if bool(doc.get("filepath_escaped", False)) == escaped:
+                return _file_row(doc)
+        return None
+
+    async def search_files(self, pattern: str, hostname: str | None, after_id: str | None, limit: int) -> list[FileRow]:
+        if limit <= 0:
+            return []
+        where: dict[str, Any] = {"filepath": {"$regex": glob_to_regex(pattern), "$options": "s"}}
+        if hostname is not None:
+            where["hostname"] = hostname
+        if after_id is not None:
+            where["_id"] = {"$gt": after_id}
+        cursor = self._files.find(where).sort("_id", ASCENDING).limit(limit)
+        return [_file_row(doc) async for doc in cursor]
+
+    async def recent_files(self, before: tuple[datetime, str] | None, limit: int) -> list[FileRow]:
+        if limit <= 0:
+            return []
+        where: dict[str, Any] = {}
+        if before is not None:
+            at, after = _ms(before[0]), before[1]
+            where["$or"] = [{"updated_at": {"$lt": at}}, {"updated_at": at, "_id": {"$lt": after}}]
+        cursor = self._files.find(where).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return [_file_row(doc) async for doc in cursor]
+
 
 def _delivery_row(doc: Mapping[str, Any]) -> DeliveryRow:
     return DeliveryRow(
@@ -1141,3 +1194,6 @@ def _delivery_row(doc: Mapping[str, Any]) -> DeliveryRow:
         status=doc["status"],
         last_error=doc.get("last_error"),
     )
+
+
+_CONSOLE: type[ConsoleStore] = MongoStore  # mypy checks that the backend answers the console's queries

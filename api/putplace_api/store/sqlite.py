@@ -27,6 +27,7 @@ from putplace_api.store.base import (
     DELIVERY_PENDING,
     FILE_FIELDS,
     PATH_END,
+    ConsoleStore,
     ContentRow,
     DeliveryRow,
     FileQuery,
@@ -42,6 +43,7 @@ from putplace_api.store.base import (
     Visibility,
     directory,
     gcra,
+    glob_to_sqlite,
     new_id,
     prefix_ranges,
 )
@@ -904,6 +906,65 @@ class SqliteStore:
 
         return await self._run(run)
 
+    # -- console queries (store.base.ConsoleStore) -----------------------------------------
+    async def list_nodes(self, after: str | None, limit: int) -> list[str]:
+        def run() -> list[str]:
+            # A skip scan: one seek per host on the (hostname, filepath) index, never a GROUP BY
+            # (or a count: 135 ms for 20 nodes of 50,000 records, bench/console_pages.py).
+            nodes: list[str] = []
+            last = after
+            while len(nodes) < limit:
+                if last is None:
+                    row = self._c.execute("SELECT MIN(hostname) FROM files").fetchone()
+                else:
+                    row = self._c.execute("SELECT MIN(hostname) FROM files WHERE hostname > ?", (last,)).fetchone()
+                if row[0] is None:
+                    break
+                last = row[0]
+                nodes.append(last)
+            return nodes
+
+        return await self._run(run)
+
+    async def paths_after(self, hostname: str, lower: str, upper: str, limit: int) -> list[FileRow]:
+        sql = "SELECT * FROM files WHERE hostname = ? AND filepath > ? AND filepath < ? ORDER BY filepath LIMIT ?"
+        return await self._run(lambda: [_file_row(r) for r in self._c.execute(sql, (hostname, lower, upper, limit))])
+
+    async def current_file(self, hostname: str, filepath: str, escaped: bool = False) -> FileRow | None:
+        def run() -> FileRow | None:
+            row = self._c.execute(
+                "SELECT * FROM files WHERE hostname = ? AND filepath = ? AND filepath_escaped = ?",
+                (hostname, filepath, escaped),
+            ).fetchone()
+            return None if row is None else _file_row(row)
+
+        return await self._run(run)
+
+    async def search_files(self, pattern: str, hostname: str | None, after_id: str | None, limit: int) -> list[FileRow]:
+        where = ["filepath GLOB ?"]
+        params: list[Any] = [glob_to_sqlite(pattern)]
+        if hostname is not None:
+            where.append("hostname = ?")
+            params.append(hostname)
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(after_id)
+        sql = f"SELECT * FROM files WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        params.append(limit)
+        return await self._run(lambda: [_file_row(r) for r in self._c.execute(sql, params)])
+
+    async def recent_files(self, before: tuple[datetime, str] | None, limit: int) -> list[FileRow]:
+        # files_updated_at holds (updated_at, id) -- a WITHOUT ROWID table's index carries its
+        # primary key -- so this walks the index backwards, ties broken by id, no sort.
+        sql = "SELECT * FROM files"
+        params: list[Any] = []
+        if before is not None:
+            sql += " WHERE (updated_at, id) < (?, ?)"
+            params += [before[0].timestamp(), before[1]]
+        sql += " ORDER BY updated_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        return await self._run(lambda: [_file_row(r) for r in self._c.execute(sql, params)])
+
 
 _WEBHOOK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_subscriptions (
@@ -944,3 +1005,6 @@ def _delivery_row(row: sqlite3.Row) -> DeliveryRow:
         status=row["status"],
         last_error=row["last_error"],
     )
+
+
+_CONSOLE: type[ConsoleStore] = SqliteStore  # mypy checks that the backend answers the console's queries
