@@ -285,8 +285,7 @@ class SqliteStore:
         # migration changes nothing.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone():
-                schema.upgrade(conn)
+            schema.upgrade(conn)
             for statement in (_SCHEMA + _WEBHOOK_SCHEMA).split(";"):
                 if statement.strip():
                     conn.execute(statement)

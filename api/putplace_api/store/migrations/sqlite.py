@@ -43,9 +43,15 @@ _V0_FILE_FIELDS = (
 )
 
 
+def _tables(c: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def _to_1(c: sqlite3.Connection) -> None:
     """Rebuild both file tables with the flag (SQLite cannot change a UNIQUE constraint in
     place), then flag the names the old server escaped, in their new escaped form."""
+    if not {"files", "file_history"} <= _tables(c):
+        return  # the store's schema creates them in this version's shape
     c.execute(
         f"CREATE TABLE files_v1 (id TEXT PRIMARY KEY, {_V1_FILE_COLUMNS}, "
         "UNIQUE (hostname, filepath, filepath_escaped)) WITHOUT ROWID"
@@ -80,7 +86,10 @@ _V2_ADDED = {
 def _to_2(c: sqlite3.Connection) -> None:
     """Add the columns of keys' limits and quotas (only those missing: a database opened by a
     development build before versions counted them may have some)."""
+    tables = _tables(c)
     for table, columns in _V2_ADDED.items():
+        if table not in tables:
+            continue  # the store's schema creates it with them
         have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
         for column in columns:
             if column.split()[0] not in have:
@@ -91,8 +100,11 @@ _STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _to_1, 1: _to_2}  
 
 
 def upgrade(c: sqlite3.Connection) -> None:
-    """Bring a database that has tables up to ``VERSION``; call inside a write transaction."""
+    """Bring a database up to ``VERSION``; call inside a write transaction. A new (empty) one
+    has nothing to upgrade: the store's schema creates this version's tables."""
     version = int(c.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0 and not _tables(c):
+        return
     if version > VERSION:
         raise SchemaTooNew(
             f"the database has schema version {version}, newer than this server's {VERSION}: "
