@@ -342,9 +342,9 @@ class MongoStore:
         # connection has its own, shorter bound: a server that accepts no connection is down,
         # while one that answers slowly may only be busy. (pymongo also gives the heartbeat's
         # answer the connect timeout, so it cannot be very short either.) The pool is as large as
-        # the process's cap of operations (``admission.py``): a batch's lookups run a few at a
-        # time (``_lookups``), so without it one process could keep hundreds of queries open on
-        # the server, which is what FerretDB did not survive under overload.
+        # the process's cap of operations (``admission.py``): a batch's lookups run 16 at a time
+        # (``_lookups``), so otherwise one admitted call could hold 16 connections and a process
+        # ~100 open queries on the server.
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
             tz_aware=True,
