@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         description="how long opening a connection to MongoDB (and its heartbeat) may take; at most the timeout above",
     )
     database_max_concurrency: int = Field(
-        32,
+        64,
         ge=0,
         description="database operations one API process runs at once; beyond it requests get 503 at once (0 = no cap)",
     )
