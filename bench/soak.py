@@ -19,8 +19,16 @@ wire) + MinIO (S3), for ``--seconds`` (default 600), with every process's memory
 * **At the end**: the agents' catalogues equal their trees; every content written was downloaded
   back and re-hashed once; errors (goal 0); RSS at the end of the steady state vs its start (after
   the first minute, goal growth <= 10 %); p50/p99 of the first vs the last minute.
+* **Overload** (``--overload F``): from ``--overload-at`` s for ``--overload-seconds`` s, more
+  writers bring the writes to F x the two-phase capacity. A write answered 503 is sent again after
+  its Retry-After, as an agent does, until it is stored; a read answered 503 counts as shed. Every
+  answer's time is recorded (from sending, not from the schedule), and a timeline per 10 s shows
+  answers by status with their p99 and max, so the stall or the shedding shows, and how soon after
+  the load drops the answers are all 2xx again. At the end every host's catalogue must equal what
+  the writers were told was stored (nothing lost).
 
     .venv/bin/python bench/soak.py [--seconds 600] [--put-rate 40] [--read-rate 40] [--agents 2] [--churn 5]
+    .venv/bin/python bench/soak.py --seconds 240 --overload 2 [--api-env PUTPLACE_DATABASE_MAX_CONCURRENCY=0]
 """
 
 from __future__ import annotations
@@ -42,10 +50,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_seconds, machine_line, print_table, temp_workdir  # noqa: E402
+from bench._common import cpu_seconds, machine_busy_seconds, machine_line, print_table, temp_workdir  # noqa: E402
 from tests.agent.conftest import Agent  # noqa: E402
 from tests.api.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import ApiProcess  # noqa: E402
@@ -56,6 +65,7 @@ from tests.waiting import wait_until  # noqa: E402
 HOSTS = [f"soak-host-{i}" for i in range(8)]
 SAMPLE_SECONDS = 10.0
 WARMUP_SECONDS = 60.0
+GIVE_UP_SECONDS = 300.0  # a write still refused this long after its schedule is an error
 
 
 # -- processes and memory ------------------------------------------------------------------------
@@ -128,6 +138,10 @@ class Recorder:
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     examples: list[str] = field(default_factory=list)
     late: int = 0
+    answers: list[tuple[float, float, int]] = field(default_factory=list)  # (sent at, seconds, status)
+    # (t, seconds this process's event loop was late): when it lags, so do the answer times above
+    lag: list[tuple[float, float]] = field(default_factory=list)
+    shed: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # 503s: writes retried, reads dropped
 
     def ok(self, kind: str, scheduled: float) -> None:
         now = time.monotonic()
@@ -154,8 +168,12 @@ def meta(host: str, path: str, data: bytes) -> dict[str, Any]:
 
 
 class Load:
-    def __init__(self, url: str, write_key: str, read_key: str, rec: Recorder, paths: int, seed: int = 7) -> None:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    def __init__(
+        self, url: str, write_key: str, read_key: str, rec: Recorder, paths: int, connections: int = 64, seed: int = 7
+    ) -> None:
+        # Enough connections that a request waits on the server, not in this client's pool: under
+        # overload the answer times must be the server's.
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=64)
         self.w = httpx.AsyncClient(base_url=url, headers={"X-API-Key": write_key}, timeout=30, limits=limits)
         self.r = httpx.AsyncClient(base_url=url, headers={"X-API-Key": read_key}, timeout=30, limits=limits)
         self.rec = rec
@@ -166,27 +184,59 @@ class Load:
         self.refs: Counter[str] = Counter()  # current records per sha256
         self.paths = paths
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.busy: set[tuple[str, str]] = set()  # (host, path) being written
+        self.uncertain: set[tuple[str, str]] = set()  # a write failed: the server may or may not have it
+        self.replacing: Counter[str] = Counter()  # sha256s that writes in flight are replacing
 
     async def close(self) -> None:
         await self.w.aclose()
         await self.r.aclose()
 
+    async def send(self, client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        started = time.monotonic()
+        try:
+            r = await client.request(method, url, **kwargs)
+        except httpx.HTTPError:
+            self.rec.answers.append((started - self.rec.t0, time.monotonic() - started, 0))
+            raise
+        # 503 "busy" (shed at the cap) recorded as 529, to tell it from a backend timeout's 503.
+        status = 529 if r.status_code == 503 and "busy" in r.text else r.status_code
+        self.rec.answers.append((started - self.rec.t0, time.monotonic() - started, status))
+        return r
+
     async def put_and_upload(self, host: str, path: str, data: bytes, kind: str, scheduled: float) -> None:
         m = meta(host, path, data)
-        r = await self.w.post("/put_file", json=m)
-        if r.status_code != 201:
-            return self.rec.error(kind, f"put_file {r.status_code} {r.text[:200]}")
-        if r.json()["upload_required"]:
-            u = await self.w.post(
-                f"/upload_file/{m['sha256']}", content=data, headers={"Content-Type": "application/octet-stream"}
-            )
-            if u.status_code != 200:
-                return self.rec.error(kind, f"upload_file {u.status_code} {u.text[:200]}")
+        # A 503 or a dropped connection: sent again, whole, as the agent does (putplace_agent.retry:
+        # exponential backoff with full jitter up to 15 s, never sooner than Retry-After).
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                r = await self.send(self.w, "POST", "/put_file", json=m)
+                if r.status_code == 201 and r.json()["upload_required"]:
+                    r = await self.send(
+                        self.w, "POST", f"/upload_file/{m['sha256']}", content=data,
+                        headers={"Content-Type": "application/octet-stream"},
+                    )  # fmt: skip
+            except httpx.TransportError:
+                if time.monotonic() - scheduled > GIVE_UP_SECONDS:
+                    raise
+                self.rec.shed[f"{kind} (connection dropped)"] += 1
+                await asyncio.sleep(random.uniform(0, min(15.0, 0.25 * 2**attempt)))
+                continue
+            if r.status_code != 503 or time.monotonic() - scheduled > GIVE_UP_SECONDS:
+                break
+            self.rec.shed[kind] += 1
+            backoff = random.uniform(0, min(15.0, 0.25 * 2**attempt))
+            await asyncio.sleep(max(backoff, float(r.headers.get("retry-after", "1"))))
+        if r.status_code not in (200, 201):
+            return self.rec.error(kind, f"{r.request.url.path} {r.status_code} {r.text[:200]}")
         self.sent[m["sha256"]] = data
         old = self.current.get((host, path))
         if old is not None:
             self.refs[old] -= 1
         self.current[(host, path)] = m["sha256"]
+        self.uncertain.discard((host, path))
         self.refs[m["sha256"]] += 1
         self.rec.ok(kind, scheduled)
 
@@ -197,25 +247,51 @@ class Load:
         else:
             data = content_for(self.rng)
         # A bounded set of paths: the catalogue grows to it, then writes replace records (and
-        # history grows), as on nodes whose files change.
-        n = self.rng.randrange(self.paths)
-        await self.put_and_upload(host, f"/soak/d{n % 100}/f{n}.bin", data, "write", scheduled)
+        # history grows), as on nodes whose files change. One write at a time per path, so the
+        # order the server stored them in is the order they were acknowledged in.
+        while True:
+            n = self.rng.randrange(self.paths)
+            path = f"/soak/d{n % 100}/f{n}.bin"
+            if (host, path) not in self.busy:
+                break
+            # A backlog of retried writes may hold many of a host's paths: let them progress.
+            await asyncio.sleep(0.01)
+        self.busy.add((host, path))
+        errors = self.rec.errors["write"]
+        replaced = self.current.get((host, path))
+        if replaced is not None:
+            self.replacing[replaced] += 1
+        try:
+            await self.put_and_upload(host, path, data, "write", scheduled)
+        except httpx.HTTPError:
+            self.uncertain.add((host, path))
+            raise
+        finally:
+            self.busy.discard((host, path))
+            if replaced is not None:
+                self.replacing[replaced] -= 1
+            if self.rec.errors["write"] != errors:
+                self.uncertain.add((host, path))
 
     async def read_one(self, scheduled: float) -> None:
         which = self.rng.random()
         if not self.sent or which < 0.34:
-            r = await self.r.get("/files", params={"hostname": self.rng.choice(HOSTS), "limit": 50})
+            r = await self.send(self.r, "GET", "/files", params={"hostname": self.rng.choice(HOSTS), "limit": 50})
             kind = "read:list"
         elif which < 0.67:
             sha = self.rng.choice(list(self.sent))
-            r = await self.r.get(f"/get_file/{sha}")
+            r = await self.send(self.r, "GET", f"/get_file/{sha}")
             kind = "read:get_file"
-            if r.status_code == 404 and self.refs[sha] <= 0:
-                return self.rec.ok(kind, scheduled)  # every path naming it was rewritten since: right
+            if r.status_code == 404 and (self.refs[sha] <= 0 or self.replacing[sha] > 0):
+                # Every path naming it was rewritten since, or is being rewritten: right.
+                return self.rec.ok(kind, scheduled)
         else:
             sha = self.rng.choice(list(self.sent))
-            r = await self.r.get(f"/content/{sha}")
+            r = await self.send(self.r, "GET", f"/content/{sha}")
             kind = "read:content"
+        if r.status_code == 503:
+            self.rec.shed[kind] += 1  # refused at once under overload: a reader's sample, dropped
+            return None
             if r.status_code == 200:
                 if hashlib.sha256(r.content).hexdigest() != sha:
                     return self.rec.error(kind, f"content of {sha} does not hash to its sha")
@@ -230,10 +306,15 @@ class Load:
         except httpx.HTTPError as exc:
             self.rec.error(kind, f"{type(exc).__name__}: {exc}")
 
-    async def at_rate(self, job: Any, kind: str, rate: float, until: float, cap: int = 256) -> None:
-        """Start ``job`` ``rate`` times a second on a fixed schedule until ``until`` (monotonic)."""
+    async def at_rate(
+        self, job: Any, kind: str, rate: float, until: float, cap: int = 256, start: float | None = None
+    ) -> None:
+        """Start ``job`` ``rate`` times a second on a fixed schedule from ``start`` until ``until``
+        (monotonic)."""
+        if rate <= 0:
+            return
         interval = 1.0 / rate
-        scheduled = time.monotonic()
+        scheduled = start if start is not None else time.monotonic()
         while scheduled < until:
             delay = scheduled - time.monotonic()
             if delay > 0:
@@ -350,12 +431,19 @@ async def soak(api: ApiProcess, agents: list[Agent], watched: Watched, args: arg
     write_key = api.new_key("write")
     read_key = api.new_key("read")
     rec = Recorder(time.monotonic())
-    load = Load(api.url, write_key, read_key, rec, args.paths_per_host)
+    load = Load(api.url, write_key, read_key, rec, args.paths_per_host, 256 if args.overload else 64)
     until = rec.t0 + args.seconds
+
+    async def lag() -> None:
+        while time.monotonic() < until:
+            before = time.monotonic()
+            await asyncio.sleep(0.1)
+            rec.lag.append((before - rec.t0, time.monotonic() - before - 0.1))
 
     async def sampler() -> None:
         while time.monotonic() < until:
             watched.sample(time.monotonic() - rec.t0)
+            await backend_seconds(load.w, time.monotonic() - rec.t0)
             elapsed = time.monotonic() - rec.t0
             done = sum(len(v) for v in rec.latencies.values())
             errors = sum(rec.errors.values())
@@ -364,22 +452,42 @@ async def soak(api: ApiProcess, agents: list[Agent], watched: Watched, args: arg
             await asyncio.sleep(SAMPLE_SECONDS)
         watched.sample(time.monotonic() - rec.t0)
 
-    results = await asyncio.gather(
-        load.at_rate(load.write_one, "write", args.put_rate, until),
-        load.at_rate(load.read_one, "read", args.read_rate, until),
+    # Retried writes wait in flight through an overload: the client's own backlog, not a stall.
+    cap = 4096 if args.overload else 256
+    surge_start = rec.t0 + args.overload_at
+    results: list[Any] = await asyncio.gather(
+        load.at_rate(load.write_one, "write", args.put_rate, until, cap),
+        load.at_rate(load.read_one, "read", args.read_rate, until, cap),
         churn([a.root for a in agents], args.churn, until) if agents else asyncio.sleep(0, 0),
         sampler(),
-    )
+        lag(),
+        load.at_rate(
+            load.write_one, "write", args.overload_rate - args.put_rate,
+            min(until, surge_start + args.overload_seconds), cap, start=surge_start,
+        ) if args.overload else asyncio.sleep(0),
+    )  # fmt: skip
     await load.drain()
     # Every content the writers stored is read back once more, whatever the readers sampled.
+    failed = 0
     for sha, data in list(load.sent.items()):
         if sha in load.verified:
             continue
         r = await load.r.get(f"/content/{sha}")
         if r.status_code != 200 or r.content != data:
-            rec.error("final-check", f"content {sha}: {r.status_code}")
+            rec.error("final-check", f"content {sha}: {r.status_code} {r.text[:200]}")
+            failed += 1
+            if failed >= 10:  # the backends no longer answer: the report matters more than the rest
+                rec.error("final-check", "stopped after 10 failures")
+                break
+    await backend_seconds(load.w, time.monotonic() - rec.t0)
     await load.close()
-    return {"rec": rec, "churned": results[2] or 0, "contents": len(load.sent)}
+    return {
+        "rec": rec,
+        "churned": results[2] or 0,
+        "contents": len(load.sent),
+        "current": load.current,
+        "uncertain": load.uncertain,
+    }
 
 
 def tree_shas(root: Path) -> dict[str, str]:
@@ -391,6 +499,127 @@ def converged(api: ApiProcess, agent: Agent) -> bool:
         return api.catalogue(agent.node) == tree_shas(agent.root)
     except httpx.HTTPError:
         return False
+
+
+# (t, {operation: (calls, seconds, calls over 1 s)}) of the API's database calls, both workers summed.
+BACKEND_SAMPLES: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
+# (t, {le: requests answered within le seconds}) of the API itself, every route and worker summed.
+SERVER_SAMPLES: list[tuple[float, dict[float, float]]] = []
+
+
+async def backend_seconds(client: httpx.AsyncClient, t: float) -> None:
+    """Sample ``putplace_backend_operation_duration_seconds`` (database) from /metrics."""
+    try:
+        r = await client.get("/metrics", headers={"X-API-Key": ADMIN_KEY})
+    except httpx.HTTPError:
+        return  # a missed sample: the API is too busy to be asked, which the timeline shows
+    if r.status_code != 200:
+        return
+    ops: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    served: dict[float, float] = defaultdict(float)
+    for family in text_string_to_metric_families(r.text):
+        if family.name == "putplace_http_request_duration_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("route") != "/metrics":
+                    served[float(sample.labels["le"])] += sample.value
+        if family.name != "putplace_backend_operation_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("backend") != "database":
+                continue
+            op = ops[sample.labels["operation"]]
+            if sample.name.endswith("_count"):
+                op[0] += sample.value
+                op[2] += sample.value
+            elif sample.name.endswith("_sum"):
+                op[1] += sample.value
+            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "1.0":
+                op[2] -= sample.value
+    BACKEND_SAMPLES.append((t, {name: (v[0], v[1], v[2]) for name, v in ops.items()}))
+    SERVER_SAMPLES.append((t, dict(served)))
+
+
+def backend_rows(first: float, last: float) -> list[list[object]]:
+    """Per database operation: calls, mean ms and calls over 1 s, up to ``first`` s and from ``last`` s."""
+    if len(BACKEND_SAMPLES) < 2:
+        return []
+    at_first = next((snap for t, snap in BACKEND_SAMPLES if t >= first), BACKEND_SAMPLES[-1][1])
+    at_last = next((snap for t, snap in BACKEND_SAMPLES if t >= last), BACKEND_SAMPLES[-1][1])
+    end = BACKEND_SAMPLES[-1][1]
+    rows: list[list[object]] = []
+    for name in sorted(end):
+        a = at_first.get(name, (0.0, 0.0, 0.0))
+        b = at_last.get(name, (0.0, 0.0, 0.0))
+        c = end[name]
+        late = (c[0] - b[0], c[1] - b[1], c[2] - b[2])
+        if not (a[0] or late[0]):
+            continue
+        rows.append([name, a[0], a[1] / a[0] * 1000 if a[0] else float("nan"), a[2],
+                     late[0], late[1] / late[0] * 1000 if late[0] else float("nan"), late[2]])  # fmt: skip
+    return rows
+
+
+def timeline(rec: Recorder, args: argparse.Namespace) -> tuple[list[list[object]], dict[str, Any]]:
+    """Answers per 10 s window (by the time they were sent): count by status, p99 and max seconds;
+    and, for the overload, the slowest answer during it and when the answers were all 2xx again."""
+    window = 10.0 if args.overload else 60.0
+    rows: list[list[object]] = []
+    by_window: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for sent, seconds, status in rec.answers:
+        by_window[int(sent // window)].append((seconds, status))
+    clean_from = None
+    drop = args.overload_at + args.overload_seconds
+    lags: dict[int, float] = defaultdict(float)
+    for t, late in rec.lag:
+        lags[int(t // window)] = max(lags[int(t // window)], late)
+    for w in sorted(by_window):
+        answers = by_window[w]
+        times = [s for s, _ in answers]
+        ok = sum(1 for _, st in answers if 200 <= st < 300 or st == 404)
+        busy = sum(1 for _, st in answers if st == 529)
+        fast_busy = sum(1 for s, st in answers if st == 529 and s < 1.0)
+        timeouts = sum(1 for _, st in answers if st == 503)
+        shed = busy + timeouts
+        other = len(answers) - ok - shed
+        served = server_window(w * window, (w + 1) * window)
+        rows.append([f"{w * window:.0f}-{(w + 1) * window:.0f}", len(answers), ok, busy, fast_busy, timeouts, other,
+                     pct(times, 50), pct(times, 99), max(times) * 1000, lags.get(w, 0.0) * 1000, *served])  # fmt: skip
+        if w * window >= drop and clean_from is None and shed == 0 and other == 0:
+            clean_from = w * window
+        elif shed or other:
+            clean_from = None
+    during = [s for t, s, _ in rec.answers if args.overload_at <= t < drop]
+    summary = {
+        "max_answer_s_during_overload": max(during) if during else float("nan"),
+        "p99_answer_s_during_overload": pct(during, 99) / 1000 if during else float("nan"),
+        "all_2xx_again_s_after_drop": None if clean_from is None else clean_from - drop,
+    }
+    return rows, summary
+
+
+def server_window(start: float, end: float) -> list[object]:
+    """The API's own answers between two /metrics samples: how many, and how many took over 1 s
+    and over 5 s (its histogram's buckets; it counts from the request reaching the app)."""
+    a = next((snap for t, snap in SERVER_SAMPLES if t >= start - 1), None)
+    b = next((snap for t, snap in SERVER_SAMPLES if t >= end - 1), None)
+    if a is None or b is None or a is b:
+        return ["", "", ""]
+    total = b.get(float("inf"), 0) - a.get(float("inf"), 0)
+    within_1 = b.get(1.0, 0) - a.get(1.0, 0)
+    within_5 = b.get(5.0, 0) - a.get(5.0, 0)
+    return [total, total - within_1, total - within_5]
+
+
+def lost_records(api: ApiProcess, current: dict[tuple[str, str], str], uncertain: set[tuple[str, str]]) -> list[str]:
+    """Writes acknowledged but not in the catalogue as acknowledged (the last write of a path
+    wins), leaving out paths whose last write failed (the server may have stored it or not)."""
+    wrong = []
+    for host in HOSTS:
+        stored = api.catalogue(host)
+        for (h, path), sha in current.items():
+            if h == host and (h, path) not in uncertain and stored.get(path) != sha:
+                wrong.append(f"{host}:{path} stored {stored.get(path)}, acknowledged {sha}")
+    return wrong
 
 
 def main() -> int:
@@ -406,11 +635,18 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=16, help="clients of the capacity phase")
     ap.add_argument("--capacity-seconds", type=float, default=20)
     ap.add_argument("--upload-kib", type=int, default=16)
+    ap.add_argument("--overload", type=float, default=0, help="writes at this x the two-phase capacity, for a while")
+    ap.add_argument("--overload-at", type=float, default=60, help="seconds into the soak the overload starts")
+    ap.add_argument("--overload-seconds", type=float, default=60)
+    ap.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="extra API setting")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     args = ap.parse_args()
 
     work = temp_workdir("soak")
     print(machine_line())
+    busy = machine_busy_seconds()
+    time.sleep(5)
+    print(f"other processes before the start: {(machine_busy_seconds() - busy) / 5 * 100:.0f} % of a core")
     with ExitStack() as stack:
         for name in ("ferretdb", "minio"):
             SERVERS[name].install()
@@ -432,6 +668,7 @@ def main() -> int:
                 "PUTPLACE_S3_ACCESS_KEY_ID": s3.access_key,
                 "PUTPLACE_S3_SECRET_ACCESS_KEY": s3.secret_key,
                 "PUTPLACE_S3_REGION": s3.region,
+                **dict(item.split("=", 1) for item in args.api_env),
             },
         )
         api.start()
@@ -446,6 +683,7 @@ def main() -> int:
         # not for the knee (the capacity rows above are that).
         args.put_rate = args.put_rate or round(max(1.0, args.load * cast(float, cap_rows[2][1])), 1)
         args.read_rate = args.read_rate or args.put_rate
+        args.overload_rate = round(args.overload * cast(float, cap_rows[2][1]), 1)
 
         agents = []
         for i in range(args.agents):
@@ -471,11 +709,19 @@ def main() -> int:
 
         print(f"soak: {args.seconds:g} s, {args.put_rate:g} put_file/s, {args.read_rate:g} reads/s, "
               f"{args.agents} agents with {args.churn:g} files/s of churn", flush=True)  # fmt: skip
+        if args.overload:
+            print(f"overload: from {args.overload_at:g} s for {args.overload_seconds:g} s, writes at "
+                  f"{args.overload_rate:g}/s ({args.overload:g} x the two-phase capacity); API env {args.api_env}",
+                  flush=True)  # fmt: skip
+        busy, began = machine_busy_seconds(), time.monotonic()
         outcome = asyncio.run(soak(api, agents, watched, args))
+        machine = (machine_busy_seconds() - busy) / (time.monotonic() - began)
         rec: Recorder = outcome["rec"]
         for agent in agents:
             try:
-                wait_until(partial(converged, api, agent), 120, f"{agent.node}'s catalogue to equal its tree")
+                # After an overload the agents' retries back off (up to 15 s) behind their own backlog.
+                wait = 300 if args.overload else 120
+                wait_until(partial(converged, api, agent), wait, f"{agent.node}'s catalogue to equal its tree")
             except AssertionError as exc:
                 rec.error("agents", str(exc))
 
@@ -491,6 +737,28 @@ def main() -> int:
         errors = sum(rec.errors.values()) + rec.late
         for example in rec.examples:
             print(f"  error: {example}")
+        lost = lost_records(api, outcome["current"], outcome["uncertain"])
+        for line in lost[:10]:
+            rec.error("lost", line)
+        errors += len(lost)
+        rows_t, overload = timeline(rec, args)
+        print("\ntimeline of answers, by when sent. 503 busy = shed at the cap, 'fast' within 1 s; 503 other = a"
+              " backend timed out; times measured by this client (its event loop's worst lag shown: it adds to"
+              " them), then the API's own histogram (answers, over 1 s, over 5 s)")  # fmt: skip
+        print_table(["seconds", "answers", "2xx/404", "503 busy", "fast", "503 other", "other", "p50 ms", "p99 ms",
+                     "max ms", "client lag ms", "API answers", "> 1 s", "> 5 s"], rows_t)  # fmt: skip
+        print(f"503s: {dict(rec.shed)} (writes sent again after Retry-After); records lost: {len(lost)} "
+              f"of {len(outcome['current'])} acknowledged paths")  # fmt: skip
+        if args.overload:
+            print(f"overload: {overload}")
+        rows_b = backend_rows(60, args.seconds - 60)
+        if rows_b:
+            print("\ndatabase calls of the API (both workers), first minute vs last minute")
+            print_table(["operation", "calls 1st", "mean ms 1st", "> 1 s 1st", "calls last", "mean ms last",
+                         "> 1 s last"], rows_b)  # fmt: skip
+        total_cpu = sum(watched.cpu_share(name, args.seconds) for name in watched.pids)
+        print(f"machine busy during the soak and its drain: {machine * 100:.0f} % of a core "
+              f"(/proc/stat); the watched processes: {total_cpu * 100:.0f} %")  # fmt: skip
 
         steady = min(WARMUP_SECONDS, args.seconds / 2)
         mem_rows = []
@@ -512,7 +780,8 @@ def main() -> int:
         print(json.dumps({
             "bench": "soak", "seconds": args.seconds, "served": served, "errors": errors,
             "capacity": {str(r[0]): r[1] for r in cap_rows},
-            "p99_ms": {r[0]: r[4] for r in rows}, "rss_growth_max": worst,
+            "p99_ms": {r[0]: r[4] for r in rows}, "rss_growth_max": worst, "overload": overload,
+            "shed": dict(rec.shed),
         }))  # fmt: skip
         if args.keep:
             print(f"kept: {work}", file=sys.stderr)

@@ -21,7 +21,7 @@ from starlette.routing import Match
 
 from putplace_api import __version__
 from putplace_api.auth import AGENT_KEY_FILE
-from putplace_api.errors import PutPlaceError, error_response, validation_response
+from putplace_api.errors import Overloaded, PutPlaceError, error_response, validation_response
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
 from putplace_api.routes import browse, content, files, health, keys, webhooks
 from putplace_api.settings import Settings, get_settings
@@ -97,7 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(PutPlaceError)
     async def putplace_error(request: Request, exc: PutPlaceError) -> JSONResponse:
-        if exc.status_code >= 500:
+        # A shed request is counted (putplace_shed_total), not logged: under overload a line
+        # each would add to the load being shed.
+        if exc.status_code >= 500 and not isinstance(exc, Overloaded):
             log.warning("%s", exc.detail)
         return error_response(exc, settings.retry_after_seconds)
 

@@ -14,6 +14,7 @@ Routes and services raise these; backends translate their drivers' exceptions in
     ├── UnsupportedMediaType (415)
     ├── TooManyRequests (429)
     └── BackendUnavailable (503)
+        └── Overloaded (503): this process already runs its cap of database operations
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "RangeNotSatisfiable",
     "TooManyRequests",
     "BackendUnavailable",
+    "Overloaded",
     "ErrorDetail",
     "KEYED_ROUTE_ERRORS",
     "error_responses",
@@ -105,6 +107,14 @@ class BackendUnavailable(PutPlaceError):
         self.backend = backend
 
 
+class Overloaded(BackendUnavailable):
+    """Refused before it started: the process already runs as many database operations as it
+    may (``PUTPLACE_DATABASE_MAX_CONCURRENCY``). Nothing was done; the client should retry."""
+
+    def __init__(self, backend: str, limit: int) -> None:
+        super().__init__(backend, f"busy: {limit} operations already in progress in this process")
+
+
 class ErrorDetail(BaseModel):
     """The body of every error response but 422 (FastAPI's list of validation errors)."""
 
@@ -122,7 +132,8 @@ _ERRORS: dict[int, str] = {
     415: "Content type not accepted",
     416: "Range not satisfiable",
     429: "Rate limit of this API key exceeded; retry after Retry-After seconds",
-    503: "The database or the content storage does not answer; retry after Retry-After seconds",
+    503: "The database or the content storage does not answer, or this server is at its cap of database operations;"
+    " retry after Retry-After seconds",
 }
 
 

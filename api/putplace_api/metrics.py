@@ -20,6 +20,7 @@ __all__ = [
     "ANNOUNCED_FILES",
     "RATE_LIMITED",
     "BACKEND_SECONDS",
+    "SHED",
     "render",
 ]
 
@@ -41,6 +42,11 @@ BACKEND_SECONDS = Histogram(
     "Database and storage operation latency",
     ["backend", "operation", "outcome"],
     buckets=_LATENCY_BUCKETS,
+)
+SHED = Counter(
+    "putplace_shed_total",
+    "Backend operations refused at once (503) because the process ran its cap of them",
+    ["backend", "operation"],
 )
 
 

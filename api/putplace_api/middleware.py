@@ -21,7 +21,14 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from putplace_api import metrics
-from putplace_api.errors import BackendUnavailable, PayloadTooLarge, PutPlaceError, TooManyRequests, error_response
+from putplace_api.errors import (
+    BackendUnavailable,
+    Overloaded,
+    PayloadTooLarge,
+    PutPlaceError,
+    TooManyRequests,
+    error_response,
+)
 from putplace_api.ratelimit import REFUSAL_HOLD_SECONDS
 from putplace_api.tracing import redact_request_span
 from putplace_common.logs import request_id
@@ -127,7 +134,7 @@ class SecurityMiddleware:
             if not scope["path"].startswith(_STREAMED_PREFIXES):
                 receive = await self._limit_body(headers, receive)
         except PutPlaceError as exc:
-            if isinstance(exc, BackendUnavailable):
+            if isinstance(exc, BackendUnavailable) and not isinstance(exc, Overloaded):
                 logging.getLogger("putplace.auth").warning("authentication unavailable: %s", exc.detail)
             await error_response(exc, retry)(scope, receive, send)
             return

@@ -32,7 +32,19 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="sqlite:///path or mongodb://...; default sqlite:///<data_dir>/putplace.db"
     )
-    database_timeout_seconds: float = Field(5.0, gt=0, description="how long a database call may wait for a server")
+    database_timeout_seconds: float = Field(
+        5.0, gt=0, description="how long a database call may wait for a server, a pooled connection or an answer"
+    )
+    database_connect_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="how long opening a connection to MongoDB (and its heartbeat) may take; at most the timeout above",
+    )
+    database_max_concurrency: int = Field(
+        64,
+        ge=0,
+        description="database operations one API process runs at once; beyond it requests get 503 at once (0 = no cap)",
+    )
     storage_url: str | None = Field(
         None, description="file:///path or s3://bucket/prefix; default file://<data_dir>/content"
     )
@@ -55,7 +67,9 @@ class Settings(BaseSettings):
     )
     rate_limit: float | None = Field(None, gt=0, description="default requests/second per key; unset = unlimited")
     rate_limit_burst: int | None = Field(None, ge=1, description="default burst per key; unset = max(1, rate_limit)")
-    retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503 when a backend is down")
+    retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After sent with 503 when a backend is down or the database cap is reached"
+    )
     webhook_max_attempts: int = Field(
         12, ge=1, description="delivery attempts of a webhook event before it becomes a dead letter"
     )

@@ -1,7 +1,8 @@
 """What the running app holds: settings, the two backends, authentication, rate limits, quota holds.
 
 Backends are wrapped in ``_Timed`` so every database and storage call is measured in one
-place (``putplace_backend_operation_duration_seconds``) without touching the backends.
+place (``putplace_backend_operation_duration_seconds``) without touching the backends; the
+metadata store also in ``Admitted`` (outermost, so a refused call is not timed), its cap.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from putplace_api import metrics
+from putplace_api.admission import Admitted
 from putplace_api.auth import Authenticator
 from putplace_api.errors import BackendUnavailable
 from putplace_api.quotas import Quotas
@@ -66,7 +68,8 @@ class AppState:
 
 
 def build_state(settings: Settings) -> AppState:
-    store = cast(MetadataStore, _Timed(open_store(settings), "database"))
+    timed = _Timed(open_store(settings), "database")
+    store = cast(MetadataStore, Admitted(timed, "database", settings.database_max_concurrency))
     storage = cast(ContentStorage, _Timed(open_storage(settings), "storage"))
     return AppState(
         settings=settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -11,15 +12,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from putplace_api.app import create_app
 from putplace_api.settings import Settings
 from tests.servers.base import free_ports
+
+T = TypeVar("T")
 
 ADMIN_KEY = "pp_test_admin_key_0123456789abcdefghijklmnopqrstuv"
 
@@ -29,6 +33,7 @@ class Api:
     url: str
     admin_key: str
     settings: Settings
+    served: Served | None = None  # the app and its event loop, for tests that reach into it
 
     def http(self, key: str | None = ADMIN_KEY, **kwargs: Any) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
@@ -41,11 +46,34 @@ class Api:
             return str(r.json()["api_key"])
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    app: FastAPI
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's event loop (the app's objects are not thread-safe)."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=30)
+
+
 @contextmanager
 def serve(settings: Settings) -> Iterator[str]:
     """Serve create_app(settings) on a free port until the block ends."""
+    with serve_app(settings) as served:
+        yield served.url
+
+
+@contextmanager
+def serve_app(settings: Settings) -> Iterator[Served]:
+    """``serve``, also giving the app and the event loop it runs on."""
     port = free_ports(1)[0]
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
     thread.start()
@@ -57,7 +85,7 @@ def serve(settings: Settings) -> Iterator[str]:
             raise TimeoutError("the API server did not start within 30 s")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Served(f"http://127.0.0.1:{port}", app, server.servers[0].get_loop())
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -76,10 +104,10 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., Api]]:
 
     def start(**overrides: Any) -> Api:
         settings = make_settings(tmp_path / f"api{len(stack)}", **overrides)
-        cm = serve(settings)
-        url = cm.__enter__()
+        cm = serve_app(settings)
+        served = cm.__enter__()
         stack.append(cm)
-        return Api(url, ADMIN_KEY, settings)
+        return Api(served.url, ADMIN_KEY, settings, served)
 
     yield start
     for cm in reversed(stack):

@@ -23,5 +23,10 @@ def open_store(settings: Settings) -> MetadataStore:
     if scheme in ("mongodb", "mongodb+srv"):
         from putplace_api.store.mongo import MongoStore
 
-        return MongoStore(url, timeout=settings.database_timeout_seconds)
+        return MongoStore(
+            url,
+            timeout=settings.database_timeout_seconds,
+            connect_timeout=settings.database_connect_timeout_seconds,
+            max_pool=settings.database_max_concurrency or 100,  # pymongo's default without a cap
+        )
     raise ValueError(f"PUTPLACE_DATABASE_URL must start with sqlite:// or mongodb://, got {url!r}")

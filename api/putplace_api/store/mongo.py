@@ -397,15 +397,25 @@ class _Plan:
 class MongoStore:
     kind = "mongodb"
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, connect_timeout: float = 2.0, max_pool: int = 100) -> None:
         millis = max(1, int(timeout * 1000))
+        # Every wait a call can meet is bounded by ``timeout``: finding a server, a free pooled
+        # connection (pymongo's default is to wait for one forever) and the answer. Opening a
+        # connection has its own, shorter bound: a server that accepts no connection is down,
+        # while one that answers slowly may only be busy. (pymongo also gives the heartbeat's
+        # answer the connect timeout, so it cannot be very short either.) The pool is as large as
+        # the process's cap of operations (``admission.py``): a batch's lookups run 16 at a time
+        # (``_lookups``), so otherwise one admitted call could hold 16 connections and a process
+        # ~100 open queries on the server.
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url,
             tz_aware=True,
             tzinfo=UTC,
             serverSelectionTimeoutMS=millis,
-            connectTimeoutMS=millis,
+            waitQueueTimeoutMS=millis,
+            connectTimeoutMS=max(1, int(min(connect_timeout, timeout) * 1000)),
             socketTimeoutMS=millis,
+            maxPoolSize=max_pool,
         )
         db = self._client.get_default_database(DEFAULT_DATABASE)  # the URL's path, if it names one
         self._db = db
