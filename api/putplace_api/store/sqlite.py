@@ -267,6 +267,15 @@ class SqliteStore:
             raise
         c.execute("COMMIT")
 
+    async def _write_one(self, sql: str, args: Sequence[Any]) -> int:
+        """One statement in its own write transaction; the rows it changed."""
+
+        def run() -> int:
+            with self._write() as c:
+                return c.execute(sql, args).rowcount
+
+        return await self._run(run)
+
     def _open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
@@ -701,22 +710,14 @@ class SqliteStore:
         return await self._run(lambda: [_key_row(r) for r in self._c.execute("SELECT * FROM api_keys ORDER BY id")])
 
     async def revoke_key(self, key_id: str, now: datetime) -> bool:
-        def run() -> bool:
-            with self._write() as c:
-                cur = c.execute(
-                    "UPDATE api_keys SET is_active = 0, revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
-                    (now.timestamp(), key_id),
-                )
-                return cur.rowcount > 0
-
-        return await self._run(run)
+        changed = await self._write_one(
+            "UPDATE api_keys SET is_active = 0, revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+            (now.timestamp(), key_id),
+        )
+        return changed > 0
 
     async def delete_key(self, key_id: str) -> bool:
-        def run() -> bool:
-            with self._write() as c:
-                return c.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
-
-        return await self._run(run)
+        return await self._write_one("DELETE FROM api_keys WHERE id = ?", (key_id,)) > 0
 
     async def touch_keys(self, last_used: Mapping[str, datetime]) -> None:
         def run() -> None:
@@ -756,15 +757,6 @@ class SqliteStore:
         return await self._run(run)
 
     # -- webhooks (putplace_api.webhooks) -------------------------------------------------
-    async def _write_one(self, sql: str, args: Sequence[Any]) -> int:
-        """One statement in its own write transaction; the rows it changed."""
-
-        def run() -> int:
-            with self._write() as c:
-                return c.execute(sql, args).rowcount
-
-        return await self._run(run)
-
     async def insert_subscription(self, row: SubscriptionRow) -> None:
         await self._write_one(
             "INSERT INTO webhook_subscriptions (id, url, events, secret, description, created_at, active) "
