@@ -81,14 +81,13 @@ async def instance_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
         revoked = await reconcile.delete_instance(body)
     except keys.NotReady as exc:
         # A refused admin key will not be taken on a retry (e.g. revoked by an earlier attempt).
-        if exc.reason == "AdminKeyRejected" or retry >= SETTINGS.delete_retries:
-            log.error(
-                "PutPlaceInstance %s/%s deleted, but its keys could not be revoked after %d attempts (%s); "
-                "releasing it: a database or volume it leaves behind still accepts them",
-                meta["namespace"], meta["name"], retry + 1, exc.message,
-            )  # fmt: skip
-            return
-        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=SETTINGS.backoff(retry)) from None
+        _retry_unless_given_up(exc, retry, hopeless=exc.reason == "AdminKeyRejected")
+        log.error(
+            "PutPlaceInstance %s/%s deleted, but its keys could not be revoked after %d attempts (%s); "
+            "releasing it: a database or volume it leaves behind still accepts them",
+            meta["namespace"], meta["name"], retry + 1, exc.message,
+        )  # fmt: skip
+        return
     if revoked is None:
         log.info(
             "PutPlaceInstance %s/%s released: it has no admin key, so no key was made", meta["namespace"], meta["name"]
@@ -109,6 +108,14 @@ async def apikey_changed(body: kopf.Body, patch: kopf.Patch, retry: int, **_: An
     status, problem = await reconcile.reconcile_apikey(body)
     patch.status.update(status)
     _retry_unless_done(problem, retry)
+
+
+def _retry_unless_given_up(exc: keys.NotReady, retry: int, *, hopeless: bool = False) -> None:
+    """A deletion is retried with backoff (raises) up to ``delete_retries``, then given up
+    (returns): the caller logs what is left behind and lets the object go, never stuck."""
+    if hopeless or retry >= SETTINGS.delete_retries:
+        return
+    raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=SETTINGS.backoff(retry)) from None
 
 
 def _retry_unless_done(problem: keys.NotReady | None, retry: int) -> None:
@@ -133,14 +140,13 @@ async def apikey_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
     try:
         revoked = await reconcile.delete_apikey(body)
     except keys.NotReady as exc:
-        if retry >= SETTINGS.delete_retries:
-            log.error(
-                "ApiKey %s/%s deleted, but its keys could not be revoked after %d attempts (%s); releasing it: "
-                "revoke the keys named '%s …' with PUT /api_keys/{id}/revoke",
-                meta["namespace"], meta["name"], retry + 1, exc.message, meta["uid"],
-            )  # fmt: skip
-            return
-        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=SETTINGS.backoff(retry)) from None
+        _retry_unless_given_up(exc, retry)
+        log.error(
+            "ApiKey %s/%s deleted, but its keys could not be revoked after %d attempts (%s); releasing it: "
+            "revoke the keys named '%s …' with PUT /api_keys/{id}/revoke",
+            meta["namespace"], meta["name"], retry + 1, exc.message, meta["uid"],
+        )  # fmt: skip
+        return
     if not revoked:
         log.info("ApiKey %s/%s released: its instance is gone, and its keys with it", meta["namespace"], meta["name"])
 
@@ -164,12 +170,11 @@ async def webhook_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
     try:
         await reconcile.delete_webhook(body)
     except keys.NotReady as exc:
-        if retry >= SETTINGS.delete_retries:
-            log.error(
-                "WebhookSubscription %s/%s deleted, but its subscriptions could not be deleted after %d "
-                "attempts (%s); releasing it: delete those whose description begins with '%s' "
-                "(DELETE /webhooks/subscriptions/{id})",
-                meta["namespace"], meta["name"], retry + 1, exc.message, meta["uid"],
-            )  # fmt: skip
-            return
-        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=SETTINGS.backoff(retry)) from None
+        _retry_unless_given_up(exc, retry)
+        log.error(
+            "WebhookSubscription %s/%s deleted, but its subscriptions could not be deleted after %d "
+            "attempts (%s); releasing it: delete those whose description begins with '%s' "
+            "(DELETE /webhooks/subscriptions/{id})",
+            meta["namespace"], meta["name"], retry + 1, exc.message, meta["uid"],
+        )  # fmt: skip
+        return
