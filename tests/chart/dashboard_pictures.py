@@ -29,7 +29,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import EngFormatter, Formatter, PercentFormatter  # noqa: E402
 
-__all__ = ["PICTURES_ENV", "Series", "draw_dashboards"]
+__all__ = ["PICTURES_ENV", "Series", "draw_dashboards", "filled"]
 
 PICTURES_ENV = "PUTPLACE_DASHBOARD_PICTURES"
 GRID_COLUMNS = 24
@@ -70,15 +70,19 @@ def query_range(prometheus: str, expr: str, start: float, end: float, step: floa
     return list(r["data"]["result"])
 
 
+def filled(expr: str, fill: dict[str, str]) -> str:
+    """A panel's PromQL with Grafana's variables replaced as ``fill`` says."""
+    for variable, value in fill.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
 def panel_series(
     prometheus: str, panel: dict[str, Any], start: float, end: float, step: float, fill: dict[str, str]
 ) -> list[Series]:
     out = []
     for target in panel["targets"]:
-        expr = target["expr"]
-        for variable, value in fill.items():
-            expr = expr.replace(variable, value)
-        for result in query_range(prometheus, expr, start, end, step):
+        for result in query_range(prometheus, filled(target["expr"], fill), start, end, step):
             points = [(float(t) - start, float(v)) for t, v in result["values"] if math.isfinite(float(v))]
             if points:
                 times, values = zip(*points, strict=True)

@@ -21,7 +21,7 @@ import yaml  # type: ignore[import-untyped]
 from tests.agent.conftest import Agent
 from tests.api.conftest import ADMIN_KEY
 from tests.chart.conftest import CHART, find, render
-from tests.chart.dashboard_pictures import PICTURES_ENV, draw_dashboards
+from tests.chart.dashboard_pictures import PICTURES_ENV, draw_dashboards, filled
 from tests.operator.conftest import OperatorProcess, admin_secret, condition
 from tests.processes import ApiProcess
 from tests.servers import KubeCluster
@@ -39,10 +39,7 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
     for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel["targets"]:
-                expr = target["expr"]
-                for variable, value in FILL.items():
-                    expr = expr.replace(variable, value)
-                out.append((path.stem, panel["title"], expr))
+                out.append((path.stem, panel["title"], filled(target["expr"], FILL)))
     return out
 
 
