@@ -17,7 +17,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from fastapi.routing import iter_route_contexts
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from putplace_api import metrics
@@ -182,8 +184,15 @@ def _public_prefix(path: str) -> bool:
 
 
 def _route(scope: Scope) -> str:
-    """The matched route's template: what logs, metrics and traces name a request by."""
-    return getattr(scope.get("route"), "path", None) or "unmatched"
+    """The matched route's template: what logs, metrics and traces name a request by.
+
+    A request refused before routing (no key, 429, shed at the cap) has no route in its scope
+    yet: the router is asked which route it would have reached, so that those refusals are
+    counted under their route rather than all together."""
+    route = scope.get("route")
+    if route is None and (router := getattr(scope.get("app"), "router", None)) is not None:
+        route = next((r for r in iter_route_contexts(router.routes) if r.matches(scope)[0] != Match.NONE), None)
+    return getattr(route, "path", None) or "unmatched"
 
 
 def _bearer(value: str | None) -> str | None:

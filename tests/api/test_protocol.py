@@ -265,8 +265,13 @@ def test_metrics_need_a_metrics_scope_and_count_requests(api: Api) -> None:
         c.post("/put_file", json=meta(b"m"))
         assert c.get("/metrics").status_code == 403
     with api.http(key=None) as c:
+        assert c.get("/files/current", params={"hostname": "h", "filepath": "/x"}).status_code == 401
+        assert c.get("/no/such/route").status_code == 401
         r = c.get("/metrics", headers={"Authorization": f"Bearer {metrics_key}"})
     assert r.status_code == 200
     assert 'putplace_http_requests_total{method="POST",route="/put_file",status="201"}' in r.text
+    # Refused before routing (no key), yet counted under the route it asked for.
+    assert 'putplace_http_requests_total{method="GET",route="/files/current",status="401"}' in r.text
+    assert 'putplace_http_requests_total{method="GET",route="unmatched",status="401"}' in r.text
     assert "putplace_backend_operation_duration_seconds_bucket" in r.text
     assert metrics_key not in r.text and writer not in r.text
