@@ -70,6 +70,9 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         Panel("429s by key id", [(zero_if_none(
             f"sum by (key_id) (rate(putplace_rate_limited_total{{{NS}}}{RATE}))", "job", REQUESTS), "{{key_id}}")],
             "reqps"),
+        Panel("Shed at the database cap (503 + Retry-After), by operation", [(zero_if_none(
+            f"sum by (operation) (rate(putplace_shed_total{{{NS}}}{RATE}))", "job", REQUESTS), "{{operation}}")],
+            "ops"),
     ]),
     "putplace-agents": ("PutPlace / Agents", [
         Panel("Files synced by node", [

@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -67,14 +69,47 @@ def workload(api: ApiProcess, tree: Path) -> None:
             time.sleep(0.5)
 
 
-def mismatch(admin: httpx.Client, path: str) -> None:
+def shed_once(api: ApiProcess, path: str) -> None:
+    """One request refused at the cap (``putplace_shed_total``): ``api`` runs one database
+    operation at a time, and a write of ``path`` holds it, waiting on a lock this test takes on
+    the SQLite file; a read meanwhile is shed."""
+    lock = sqlite3.connect(api.workdir / "data" / "putplace.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    answers: list[int] = []
+
+    def slow_write() -> None:
+        with api.http() as c:
+            # Sent again while shed: the probe below may hold the slot as this one authenticates.
+            for _ in range(200):
+                answers.append(c.post("/put_file", json=file_meta(path, 9)).status_code)
+                if answers[-1] != 503:
+                    return
+                time.sleep(0.05)
+
+    writer = threading.Thread(target=slow_write)
+    try:
+        writer.start()
+        with api.http() as c:
+            wait_until(lambda: c.get("/stats").status_code == 503, 30, "the write to hold the only slot")
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+        writer.join()
+    assert answers[-1] == 201, answers
+
+
+def file_meta(path: str, size: int) -> dict[str, Any]:
     sha = hashlib.sha256(path.encode()).hexdigest()
-    meta = {"filepath": path, "hostname": "h", "ip_address": "127.0.0.1", "sha256": sha, "file_size": 9,
+    return {"filepath": path, "hostname": "h", "ip_address": "127.0.0.1", "sha256": sha, "file_size": size,
             "file_mode": 33188, "file_uid": 0, "file_gid": 0, "file_mtime": 1.0, "file_atime": 1.0,
             "file_ctime": 1.0}  # fmt: skip
+
+
+def mismatch(admin: httpx.Client, path: str) -> None:
+    meta = file_meta(path, 9)
     assert admin.post("/put_file", json=meta).status_code == 201
     refused = admin.post(
-        f"/upload_file/{sha}", content=b"different", headers={"Content-Type": "application/octet-stream"}
+        f"/upload_file/{meta['sha256']}", content=b"different", headers={"Content-Type": "application/octet-stream"}
     )
     assert refused.status_code == 400
 
@@ -88,7 +123,7 @@ def test_alerts_and_dashboards_against_real_scraped_data(
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rule["spec"]))
     checked = subprocess.run([str(promtool()), "check", "rules", str(rules)], capture_output=True, text=True)
-    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 10 rules found" in checked.stdout, checked.stdout + checked.stderr
 
     # An agent syncing a tree, and the operator reconciling an instance and a key at this API.
     tree = tmp_path / "tree"
@@ -101,6 +136,12 @@ def test_alerts_and_dashboards_against_real_scraped_data(
                                         "PUTPLACE_OPERATOR_RECONCILE_SECONDS": "1"},
     )  # fmt: skip
     operator.start()
+    # A second API that runs one database operation at a time, to be seen shedding load.
+    capped = ApiProcess(
+        tmp_path / "capped", env={"PUTPLACE_DATABASE_MAX_CONCURRENCY": "1", "PUTPLACE_DATABASE_TIMEOUT_SECONDS": "60"}
+    )
+    capped.workdir.mkdir()
+    capped.start()
     prometheus = None
     try:
         crds.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -115,17 +156,20 @@ def test_alerts_and_dashboards_against_real_scraped_data(
         metrics_key = api.new_key("metrics")
         targets = [
             Target("putplace-api", api.url.removeprefix("http://"), bearer=metrics_key),
+            Target("putplace-api-capped", capped.url.removeprefix("http://"), bearer=capped.new_key("metrics")),
             Target("putplace-agent", f"127.0.0.1:{agent.metrics_port}"),
             Target("putplace-operator", operator.metrics_url.removeprefix("http://").removesuffix("/metrics")),
         ]
         (tmp_path / "prom").mkdir()
         prometheus, url = run(tmp_path / "prom", targets, [rules])
         started = time.time()
-        wait_until(lambda: len([s for s in query(url, "up == 1")]) == 3, 30, "all three targets up")
+        wait_until(lambda: len([s for s in query(url, "up == 1")]) == 4, 30, "all four targets up")
         wait_until(
             lambda: condition(crds.get("apikey", "k", "-n", ns), "Ready") == ("True", "KeyIssued"), 30, "the key Ready"
         )
+        shed_once(capped, "/shed-before")
         workload(api, tree)
+        shed_once(capped, "/shed-after")  # a few scrapes later: the counter moves in rate()
         time.sleep(6)  # a few scrapes after the workload, so every rate() has two samples that differ
 
         # Every metric named by an alert or a panel is one the components really export.
@@ -158,6 +202,7 @@ def test_alerts_and_dashboards_against_real_scraped_data(
     finally:
         if prometheus is not None:
             prometheus.stop()
+        capped.stop()
         agent.stop()
         # The user-made key's finalizer is released while the operator still runs.
         crds.kubectl("delete", "namespace", ns, "--timeout=60s", check=False)
