@@ -9,9 +9,7 @@ test holds."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,6 +22,7 @@ from putplace_api import metrics
 from putplace_client import PutPlaceClient, ServerUnavailable
 from putplace_client.models import FileMetadata
 from tests.api.conftest import Api, meta
+from tests.overload import write_holding_the_only_slot
 from tests.waiting import wait_until
 
 CAP = 2
@@ -123,31 +122,10 @@ def test_a_write_waiting_on_the_database_holds_a_slot(start_api: Callable[..., A
     retry = api.settings.retry_after_seconds
     with api.http() as c:
         assert c.post("/put_file", json=meta(b"warm\n", filepath="/warm")).status_code == 201
-    lock = sqlite3.connect(api.settings.data_dir / "putplace.db", isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    answers: list[httpx.Response] = []
-
-    def slow_write() -> None:
-        # Sent again while shed: the test's probe below may hold the only slot for a moment just
-        # as this request authenticates (a 503 before its write) -- the client's retry, as agents do.
+    slow = meta(b"slow\n", filepath="/slow")
+    with write_holding_the_only_slot(api.settings.data_dir / "putplace.db", api.http, slow) as answers:
         with api.http() as c:
-            for _ in range(200):
-                answers.append(c.post("/put_file", json=meta(b"slow\n", filepath="/slow")))
-                if answers[-1].status_code != 503:
-                    return
-                time.sleep(0.05)
-
-    writer = threading.Thread(target=slow_write)
-    try:
-        writer.start()
-        with api.http() as c:
-            # A read probes, so that no write of the test's own can take the slot first.
-            wait_until(lambda: c.get("/stats").status_code == 503, 30, "the slow write to hold the only slot")
             _assert_shed(c.post("/put_file", json=meta(b"shed\n", filepath="/shed")), retry)
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
-    writer.join(timeout=60)
     assert answers[-1].status_code == 201 and all(r.status_code == 503 for r in answers[:-1])
     with api.http() as c:
         paths = {f["filepath"] for f in c.get("/files", params={"hostname": "node-1"}).json()["items"]}

@@ -9,9 +9,7 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +23,7 @@ from tests.api.conftest import ADMIN_KEY
 from tests.chart.conftest import CHART, find, render
 from tests.chart.dashboard_pictures import PICTURES_ENV, draw_dashboards, filled
 from tests.operator.conftest import OperatorProcess, admin_secret, condition
+from tests.overload import write_holding_the_only_slot
 from tests.processes import ApiProcess
 from tests.servers import KubeCluster
 from tests.servers.prometheus import Target, promtool, run
@@ -73,29 +72,9 @@ def shed_once(api: ApiProcess, path: str) -> None:
     """One request refused at the cap (``putplace_shed_total``): ``api`` runs one database
     operation at a time, and a write of ``path`` holds it, waiting on a lock this test takes on
     the SQLite file; a read meanwhile is shed."""
-    lock = sqlite3.connect(api.workdir / "data" / "putplace.db", isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    answers: list[int] = []
-
-    def slow_write() -> None:
-        with api.http() as c:
-            # Sent again while shed: the probe below may hold the slot as this one authenticates.
-            for _ in range(200):
-                answers.append(c.post("/put_file", json=file_meta(path, 9)).status_code)
-                if answers[-1] != 503:
-                    return
-                time.sleep(0.05)
-
-    writer = threading.Thread(target=slow_write)
-    try:
-        writer.start()
-        with api.http() as c:
-            wait_until(lambda: c.get("/stats").status_code == 503, 30, "the write to hold the only slot")
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
-        writer.join()
-    assert answers[-1] == 201, answers
+    with write_holding_the_only_slot(api.workdir / "data" / "putplace.db", api.http, file_meta(path, 9)) as answers:
+        pass  # the probe inside was shed
+    assert answers[-1].status_code == 201, [r.status_code for r in answers]
 
 
 def file_meta(path: str, size: int) -> dict[str, Any]:
