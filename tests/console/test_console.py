@@ -256,3 +256,30 @@ def test_pages_load_more_from_the_cursor(page: Page, console_api: Api) -> None:
     more.click()
     expect(tree.get_by_role("link")).to_have_text([n.rsplit("/", 1)[1] for n in names])
     expect(more).to_be_hidden()
+
+
+def test_an_escaped_name_and_its_literal_text_are_two_files(page: Page, console_api: Api) -> None:
+    """A name that is not UTF-8 (byte 0xE9) is stored escaped as ``\\xe9``; a file whose name is
+    that literal text is another file, with its own page and history (last: it adds a node)."""
+    old, literal, byte = b"literal text, first\n", b"literal text\n", b"byte 0xE9\n"
+    with console_api.http() as client:
+        for data, escaped in ((old, False), (literal, False), (byte, True)):
+            body = meta(data, hostname="node-5", filepath="/names/caf\\xe9", filepath_escaped=escaped)
+            answer = client.post("/put_file", json=body)
+            assert answer.status_code == 201, answer.text
+    sign_in(page, console_api.admin_key)
+    tree = page.get_by_role("table", name="Contents of the directory")
+    history = page.get_by_role("table", name="Earlier versions of this path, newest first")
+    for data, shown, earlier in ((literal, "/names/caf\\xe9", sha(old)), (byte, "(escaped: not UTF-8)", None)):
+        page.goto("/ui/browse?host=node-5&dir=/names/")
+        expect(tree.get_by_role("link")).to_have_count(2)
+        tree.get_by_role("row").filter(has_text=sha(data)[:12]).get_by_role("link").click()
+        record = page.locator("#record")
+        expect(record).to_contain_text(sha(data))
+        expect(record).to_contain_text(shown)
+        if earlier is None:
+            expect(history).to_contain_text("No earlier versions.")
+        else:
+            expect(record).not_to_contain_text("escaped")
+            expect(history.get_by_role("row")).to_have_count(2)  # header + the first version
+            expect(history).to_contain_text(earlier[:12])

@@ -96,8 +96,14 @@ function link(page, params, text) {
   return h("a", { href: url.pathname + url.search, text });
 }
 
-function fileLink(host, path, text) {
-  return link("/file", { host, path }, text ?? path);
+// A name that is not UTF-8 is stored escaped (\xNN per byte, see the README's "File names"):
+// the flag goes with it everywhere, or the literal text "\xe9" and the byte 0xE9 would be one file.
+function fileLink(host, path, escaped, text) {
+  return link("/file", escaped ? { host, path, escaped: "1" } : { host, path }, text ?? path);
+}
+
+function fileName(record) {
+  return record.filepath_escaped ? `${record.filepath} (escaped: not UTF-8)` : record.filepath;
 }
 
 function td(content, className) {
@@ -176,7 +182,7 @@ async function overview() {
   const recent = $("#recent tbody");
   let newest = null; // [updated_at, id] of the newest row shown
   function recentRow(f) {
-    return h("tr", { "data-id": f._id }, td(timeCell(f.updated_at)), td(f.hostname), td(fileLink(f.hostname, f.filepath)), td(bytes(f.file_size), "num"), td(shaCell(f.sha256)));
+    return h("tr", { "data-id": f._id }, td(timeCell(f.updated_at)), td(f.hostname), td(fileLink(f.hostname, f.filepath, f.filepath_escaped)), td(bytes(f.file_size), "num"), td(shaCell(f.sha256)));
   }
   async function loadRecent(cursor) {
     const page = await getJson("/files/recent", { cursor, limit: PAGE_SIZE });
@@ -243,7 +249,7 @@ async function browse() {
       } else {
         const f = entry.file;
         body.append(
-          h("tr", {}, td(fileLink(host, f.filepath, entry.name)), td(bytes(f.file_size), "num"), td(h("code", { text: mode(f.file_mode) })), td(`${f.file_uid}:${f.file_gid}`), td(timeCell(f.file_mtime)), td(shaCell(f.sha256))),
+          h("tr", {}, td(fileLink(host, f.filepath, f.filepath_escaped, entry.name)), td(bytes(f.file_size), "num"), td(h("code", { text: mode(f.file_mode) })), td(`${f.file_uid}:${f.file_gid}`), td(timeCell(f.file_mtime)), td(shaCell(f.sha256))),
         );
       }
     }
@@ -288,6 +294,7 @@ async function file() {
   const params = new URLSearchParams(location.search);
   const host = params.get("host");
   const path = params.get("path");
+  const escaped = params.get("escaped") === "1";
   if (!host || !path) {
     status("No file chosen.", true);
     return;
@@ -295,10 +302,11 @@ async function file() {
   document.title = `${path} · PutPlace`;
   $("h1").textContent = path;
   crumbs(host, path, true);
-  const record = await getJson("/files/current", { hostname: host, filepath: path });
+  const name = { hostname: host, filepath: path, filepath_escaped: escaped || undefined };
+  const record = await getJson("/files/current", name);
   const fields = [
     ["Node", record.hostname],
-    ["Path", record.filepath],
+    ["Path", fileName(record)],
     ["Size", `${bytes(record.file_size)} (${record.file_size.toLocaleString("en")} bytes)`],
     ["Mode", mode(record.file_mode)],
     ["Owner", `uid ${record.file_uid}, gid ${record.file_gid}`],
@@ -318,14 +326,14 @@ async function file() {
   async function loadSame(cursor) {
     const page = await getJson("/files", { sha256: record.sha256, cursor, limit: PAGE_SIZE });
     for (const f of page.items) {
-      const here = f.hostname === host && f.filepath === path;
-      same.append(h("tr", {}, td(f.hostname), td(here ? h("span", { text: `${f.filepath} (this file)` }) : fileLink(f.hostname, f.filepath))));
+      const here = f.hostname === host && f.filepath === path && Boolean(f.filepath_escaped) === escaped;
+      same.append(h("tr", {}, td(f.hostname), td(here ? h("span", { text: `${fileName(f)} (this file)` }) : fileLink(f.hostname, f.filepath, f.filepath_escaped, fileName(f)))));
     }
     moreButton("#same-more", page.next_cursor, (next) => loadSame(next).catch(report));
   }
   const history = $("#history tbody");
   async function loadHistory(before) {
-    const page = await getJson("/files/history", { hostname: host, filepath: path, before, limit: PAGE_SIZE });
+    const page = await getJson("/files/history", { ...name, before, limit: PAGE_SIZE });
     for (const v of page.items) {
       history.append(h("tr", {}, td(timeCell(v.superseded_at)), td(v.event), td(bytes(v.file_size), "num"), td(timeCell(v.file_mtime)), td(shaCell(v.sha256))));
     }
@@ -350,7 +358,7 @@ async function search() {
       ? await getJson("/files", { sha256: term, hostname: node, cursor, limit: PAGE_SIZE })
       : await getJson("/files/search", { q: term, hostname: node, cursor, limit: PAGE_SIZE });
     for (const f of page.items) {
-      body.append(h("tr", {}, td(f.hostname), td(fileLink(f.hostname, f.filepath)), td(bytes(f.file_size), "num"), td(timeCell(f.file_mtime)), td(shaCell(f.sha256))));
+      body.append(h("tr", {}, td(f.hostname), td(fileLink(f.hostname, f.filepath, f.filepath_escaped)), td(bytes(f.file_size), "num"), td(timeCell(f.file_mtime)), td(shaCell(f.sha256))));
     }
     if (!cursor) status(page.items.length ? "" : "No file matches.");
     moreButton("#results-more", page.next_cursor, (next) => load(term, node, next).catch(report));
