@@ -113,6 +113,17 @@ def test_nodes_current_record_and_whoami(backend_api: Api) -> None:
         assert c.get("/whoami").json() == {"name": "test", "scopes": ["read", "write"]}
 
 
+def test_a_key_limited_to_paths_lists_only_the_nodes_with_records_inside_them(backend_api: Api) -> None:
+    with backend_api.http() as c:
+        _put(c, "node-a", "/var/logs/other")  # /var/logs is not under /var/log
+        _put(c, "node-b", "/var/log/app.log")
+        _put(c, "node-c", "/etc/passwd")
+        _put(c, "node-d", "/srv/exact")  # the prefix names a file itself
+    key = backend_api.new_key("read", path_prefixes=["/var/log", "/srv/exact"])
+    with httpx.Client(base_url=backend_api.url, headers={"X-API-Key": key}, timeout=30) as c:
+        assert [n["hostname"] for n in c.get("/nodes").json()["items"]] == ["node-b", "node-d"]
+
+
 def test_a_limited_key_browses_only_inside_its_limits(backend_api: Api) -> None:
     with backend_api.http() as c:
         _put(c, "node-1", "/var/log/app.log", "/var/lib/db", "/etc/passwd", "/var/log/x/y.log")

@@ -21,7 +21,15 @@ from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, NotFound, Unauth
 from putplace_api.middleware import PRINCIPAL
 from putplace_api.routes.files import to_record
 from putplace_api.state import AppState
-from putplace_api.store.base import OBJECT_ID_PATTERN, ConsoleStore, FileRow, is_object_id, list_dir
+from putplace_api.store.base import (
+    OBJECT_ID_PATTERN,
+    PATH_END,
+    ConsoleStore,
+    FileRow,
+    directory,
+    is_object_id,
+    list_dir,
+)
 from putplace_client.console import NodeInfo, TreeEntry, WhoAmI
 from putplace_client.models import FileRecord, Page, Scope
 
@@ -68,13 +76,28 @@ async def whoami(principal: AnyKey) -> WhoAmI:
 @router.get("/nodes", response_model=Page[NodeInfo])
 async def list_nodes(state: StateDep, key: ReadKey, cursor: Cursor = None, limit: Limit = 100) -> Page[NodeInfo]:
     """Every node that has current records, by hostname (no counts: they would read every record).
-    A key limited to hosts sees only those."""
-    rows = await _store(state).list_nodes(cursor, limit + 1)
+    A key limited to hosts sees only those; one limited to paths, only the nodes with a record
+    inside them."""
+    store = _store(state)
+    rows = await store.list_nodes(cursor, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    hosts = key.visible.hostnames if key.visible is not None else None
-    shown = [h for h in rows if hosts is None or h in hosts]
+    v = key.visible
+    shown = rows if v is None else [h for h in rows if v.hostnames is None or h in v.hostnames]
+    if v is not None and v.path_prefixes is not None:
+        shown = [h for h in shown if await _has_records_under(store, h, v.path_prefixes)]
     return Page[NodeInfo](items=[NodeInfo(hostname=h) for h in shown], next_cursor=rows[-1] if more and rows else None)
+
+
+async def _has_records_under(store: ConsoleStore, hostname: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a current record of ``hostname`` is one of ``prefixes`` or lies under one: a seek or
+    two on the (hostname, filepath) index per prefix."""
+    for prefix in prefixes:
+        if await store.paths_after(hostname, directory(prefix), directory(prefix) + PATH_END, 1):
+            return True
+        if await store.current_file(hostname, prefix) is not None:
+            return True
+    return False
 
 
 @router.get("/files/tree", response_model=Page[TreeEntry])
