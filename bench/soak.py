@@ -622,10 +622,19 @@ def timeline(rec: Recorder, args: argparse.Namespace) -> tuple[list[list[object]
         elif shed or other:
             clean_from = None
     during = [s for t, s, _ in rec.answers if args.overload_at <= t < drop]
+    # The writes shed during the overload are retried, so the load does not drop with the offered
+    # rate: the API serves that backlog first. It cannot be gone sooner than the backlog divided
+    # by the capacity left beside the steady load -- the bound "recovery" is compared with.
+    acked = [(t, t + seconds) for t, seconds in rec.latencies["write"]]
+    backlog = sum(1 for t, done in acked if t < drop <= done)
+    spare = args.overload_rate / args.overload - args.put_rate if args.overload else 0.0
     summary = {
         "max_answer_s_during_overload": max(during) if during else float("nan"),
         "p99_answer_s_during_overload": pct(during, 99) / 1000 if during else float("nan"),
         "all_2xx_again_s_after_drop": None if clean_from is None else clean_from - drop,
+        "writes_in_backlog_at_drop": backlog,
+        "backlog_s_at_spare_capacity": backlog / spare if spare > 0 else float("inf"),
+        "last_backlog_write_acked_s_after_drop": max((done for t, done in acked if t < drop), default=drop) - drop,
     }
     return rows, summary
 
