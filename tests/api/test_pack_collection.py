@@ -106,6 +106,12 @@ async def test_gc_deletes_dead_packs_and_repacks_mostly_dead_ones(backends: Back
 
     dry = await collect_garbage(backends, GcOptions())  # the default grace: everything is too young
     assert dry.collected.count == 0
+    # A dry run judges packs by the records as they are (none deleted first): only the orphan is dead.
+    dry = await collect_garbage(backends, GcOptions(grace_seconds=0))
+    assert {(c.sha256, c.what) for c in dry.collected.items if c.sha256.startswith("packs/")} == {
+        (pack_name(orphan), "dead pack")
+    }
+    assert await backends.storage.stat_pack(orphan) is not None
     report = await collect_garbage(backends, GcOptions(grace_seconds=0, delete=True))
 
     assert report.ok and not report.lost and not report.kept
