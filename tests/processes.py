@@ -46,19 +46,33 @@ class ApiProcess:
     def verify(self) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
 
-    def start(self) -> None:
-        env = {
+    @property
+    def environ(self) -> dict[str, str]:
+        """The API's settings, as its environment: what its maintenance commands need too."""
+        return {
             "PUTPLACE_DATA_DIR": str(self.workdir / "data"),
             "PUTPLACE_ADMIN_KEY": ADMIN_KEY,
             "PUTPLACE_PORT": str(self.port),
             "PUTPLACE_LOG_LEVEL": "warning",
             **self.env,
         }
+
+    def start(self) -> None:
         self.process = Process.spawn(
             "api", [sys.executable, "-m", "putplace_api.cli", *self.args], cwd=self.workdir,
-            log_path=self.workdir / "api.log", env=env,
+            log_path=self.workdir / "api.log", env=self.environ,
         )  # fmt: skip
         self.process.wait_ready(self._healthy, timeout=30)
+
+    def maintenance(self, *args: str) -> dict[str, Any]:
+        """``putplace-api <args> --json`` (verify, gc) on this API's database and storage; its report."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PUTPLACE_")} | self.environ
+        done = subprocess.run(
+            [sys.executable, "-m", "putplace_api.cli", *args, "--json"],
+            env=env, cwd=self.workdir, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, f"putplace-api {' '.join(args)}: exit {done.returncode}\n{done.stderr}"
+        return dict(json.loads(done.stdout))
 
     @classmethod
     @contextmanager

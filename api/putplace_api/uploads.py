@@ -28,6 +28,7 @@ from putplace_api.errors import HashMismatch, NotFound, PayloadTooLarge, Unsuppo
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
 from putplace_api.quotas import Quotas, bytes_refusal, has_quota
 from putplace_api.storage.base import ContentStorage
+from putplace_api.storage.packs import packed_location, put_pack
 from putplace_api.store.base import KeyUsage, MetadataStore, StoredContent
 from putplace_client.models import BatchUploadItem, UploadStatus, is_sha256
 
@@ -240,7 +241,8 @@ async def receive_batch(
     """Many small contents in one request (the body is already in memory, under the request cap).
 
     Each part is judged on its own -- one bad part never fails the others -- and the same order
-    of safety holds as for one upload: verify, store durably, then mark stored.
+    of safety holds as for one upload: verify, store durably (all in one pack,
+    ``putplace_api.storage.packs``), then mark stored.
     """
     known = await store.contents({name for name, _ in parts if is_sha256(name)})
     if key is not None and key.visible is not None and known:
@@ -296,12 +298,20 @@ async def receive_batch(
         held = KeyUsage(len(verified), sum(len(data) for _, data, _ in verified))
     if verified:
         async with _given_back_on_error(quotas, key, held):
-            await storage.put_many([(name, data) for name, data, _ in verified])
+            placed = await put_pack(storage, [(name, data) for name, data, _ in verified])
         async with _storing(quotas, key, held):
             await store.mark_stored_many(
                 [
-                    StoredContent(name, len(data), mime, storage.location(name), key.key_id if key else None)
-                    for name, data, mime in verified
+                    StoredContent(
+                        p.sha256,
+                        p.size,
+                        mime,
+                        packed_location(storage, p.pack_id, p.offset, p.size),
+                        key.key_id if key else None,
+                        p.pack_id,
+                        p.offset,
+                    )
+                    for p, (_, _, mime) in zip(placed, verified, strict=True)
                 ],
                 datetime.now(UTC),
             )

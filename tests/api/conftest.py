@@ -7,7 +7,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from putplace_api.app import create_app
 from putplace_api.settings import Settings
+from putplace_api.storage import ContentStorage
 from tests.servers.base import free_ports
 
 T = TypeVar("T")
@@ -131,6 +132,18 @@ def backend_api(request: pytest.FixtureRequest, start_api: Callable[..., Api]) -
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+async def put_objects(storage: ContentStorage, items: Iterable[tuple[str, bytes]]) -> None:
+    """Objects written straight to storage, one per content as a single upload writes them,
+    under the names given (the bytes are not checked)."""
+
+    async def put(name: str, data: bytes) -> None:
+        writer = await storage.writer(name)
+        await writer.write(data)
+        await writer.commit()
+
+    await asyncio.gather(*(put(name, data) for name, data in items))
 
 
 def meta(data: bytes = b"hello\n", **overrides: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from putplace_api.store import MetadataStore, open_store
 from putplace_api.store.base import StoredContent
 from putplace_client.client import PutPlaceClient
 from putplace_client.models import FileMetadata
-from tests.api.conftest import ADMIN_KEY, make_settings, meta, s3_settings, sha
+from tests.api.conftest import ADMIN_KEY, make_settings, meta, put_objects, s3_settings, sha
 from tests.processes import ApiProcess
 
 T = TypeVar("T")
@@ -103,7 +103,7 @@ class Deployment:
 
     def store_objects(self, *contents: bytes) -> None:
         """Objects written straight to storage: no record, no check."""
-        self.backends(lambda _, storage: storage.put_many([(sha(c), c) for c in contents]))
+        self.backends(lambda _, storage: put_objects(storage, [(sha(c), c) for c in contents]))
 
 
 @pytest.fixture(params=["sqlite+local", "mongodb+minio"])
@@ -141,7 +141,7 @@ def test_verify_reports_corrupt_missing_and_orphan_content(deployment: Deploymen
     assert _names(report, "pending") == {sha(b"never uploaded")}  # information, not an error
 
     corrupt, gone = shas[1], shas[2]
-    deployment.backends(lambda _, storage: storage.put_many([(corrupt, b"beta\n" * 999 + b"BETA\n")]))
+    deployment.backends(lambda _, storage: put_objects(storage, [(corrupt, b"beta\n" * 999 + b"BETA\n")]))
     deployment.backends(lambda _, storage: storage.delete(gone))
     deployment.store_objects(b"orphan")
 
@@ -174,7 +174,7 @@ def test_gc_collects_unreferenced_and_orphan_content_only(deployment: Deployment
     kept = deployment.upload(b"current\n", "/g/other")
 
     async def unreferenced(store: MetadataStore, storage: ContentStorage) -> None:
-        await storage.put_many([(sha(b"unreferenced"), b"unreferenced")])
+        await put_objects(storage, [(sha(b"unreferenced"), b"unreferenced")])
         await store.mark_stored(
             sha(b"unreferenced"), 12, None, storage.location(sha(b"unreferenced")), datetime.now(UTC)
         )
@@ -303,12 +303,16 @@ def test_verify_while_uploads_run_reports_no_false_problem(deployment: Deploymen
     assert len(uploaded) > 3
 
 
-class _Interleaved:
-    """The real store, with a concurrent client's put_file (FileMetadata) or the end of its
-    upload (StoredContent) landing just before chosen calls of gc (the n-th call of a method):
-    a race made deterministic, the backends untouched."""
+class Interleaved:
+    """The real store, with a concurrent client's put_file (FileMetadata), the end of its
+    upload (StoredContent) or any other call (a coroutine function) landing just before chosen
+    calls of gc (the n-th call of a method): a race made deterministic, the backends untouched."""
 
-    def __init__(self, store: MetadataStore, before: dict[tuple[str, int], FileMetadata | StoredContent]) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        before: dict[tuple[str, int], FileMetadata | StoredContent | Callable[[], Awaitable[None]]],
+    ) -> None:
         self._store = store
         self._before = before
         self._calls: dict[str, int] = {}
@@ -325,8 +329,10 @@ class _Interleaved:
             if isinstance(late, FileMetadata):
                 (put,) = await self._store.put_files([late], datetime.now(UTC))
                 self.answers[late.sha256] = put.content.stored
-            elif late is not None:
+            elif isinstance(late, StoredContent):
                 await self._store.mark_stored_many([late], datetime.now(UTC))
+            elif late is not None:
+                await late()
             return await attr(*args, **kwargs)
 
         return call
@@ -352,14 +358,14 @@ async def test_gc_racing_put_file_never_leaves_metadata_claiming_deleted_content
     await store.open()
     await storage.open()
     try:
-        await storage.put_many([(sha(c), c) for c in contents.values()])
+        await put_objects(storage, [(sha(c), c) for c in contents.values()])
         stored = [StoredContent(sha(c), len(c), None, storage.location(sha(c))) for c in contents.values()]
         await store.mark_stored_many(stored, datetime.now(UTC))
 
         def naming(name: str) -> FileMetadata:
             return FileMetadata.model_validate(meta(contents[name], filepath=f"/race/{name}"))
 
-        racing = _Interleaved(
+        racing = Interleaved(
             store,
             {
                 ("delete_contents_if_unchanged", 1): naming("before"),

@@ -15,8 +15,9 @@ from putplace_api.errors import BackendUnavailable
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
 from putplace_api.storage.local import LocalStorage
+from putplace_api.storage.packs import put_pack
 from putplace_api.storage.s3 import PART_SIZE
-from tests.api.conftest import s3_settings
+from tests.api.conftest import put_objects, s3_settings
 from tests.servers.base import free_ports
 
 pytestmark = pytest.mark.anyio
@@ -107,14 +108,38 @@ async def test_concurrent_writers_of_one_sha_leave_one_object(storage: ContentSt
     assert await _read(storage, _sha(data)) == data
 
 
-async def test_put_many_stores_each_content_under_its_sha(storage: ContentStorage) -> None:
+async def test_a_pack_holds_contents_readable_by_range(storage: ContentStorage) -> None:
     contents = [os.urandom(n) for n in (0, 1, 4096, 70_000)] + [b"twice", b"twice"]
-    await storage.put_many([(_sha(c), c) for c in contents])
-    for c in contents:
-        assert await _read(storage, _sha(c)) == c
-        assert await storage.size(_sha(c)) == len(c)
+    placed = await put_pack(storage, [(_sha(c), c) for c in contents])
+    (pack_id,) = {p.pack_id for p in placed}
+    assert [(p.sha256, p.size) for p in placed] == [(_sha(c), len(c)) for c in contents]
+    for p, c in zip(placed, contents, strict=True):
+        assert await _read_pack(storage, pack_id, p.offset, p.offset + p.size) == c
+        assert not await storage.exists(p.sha256)  # no object per content
+    big = placed[3]
+    assert await _read_pack(storage, pack_id, big.offset + 10, big.offset + 20) == contents[3][10:20]
+    total = sum(map(len, contents))
+    assert await _read_pack(storage, pack_id, total - 5, total + 100) == b"twice"  # past the end: what there is
+    assert await _read_pack(storage, pack_id, total + 10, total + 20) == b""
+    stat = await storage.stat_pack(pack_id)
+    assert stat is not None and (stat.name, stat.size, stat.pack_id, stat.sha256) == (
+        f"packs/{pack_id}",
+        total,
+        pack_id,
+        None,
+    )
+    assert [o async for o in storage.list_objects()] == [stat]
+    assert storage.pack_location(pack_id).endswith(f"packs/{pack_id}")
     if isinstance(storage, LocalStorage):
         assert list(storage._tmp.iterdir()) == []  # no temp file left behind
+    assert await storage.delete_pack(pack_id) is True and await storage.delete_pack(pack_id) is False
+    assert await storage.stat_pack(pack_id) is None
+    with pytest.raises(FileNotFoundError):
+        await _read_pack(storage, pack_id, 0, 1)
+
+
+async def _read_pack(storage: ContentStorage, pack_id: str, start: int, end: int) -> bytes:
+    return b"".join([c async for c in storage.read_pack(pack_id, start, end)])
 
 
 async def test_delete(storage: ContentStorage) -> None:
@@ -156,7 +181,7 @@ async def test_list_objects_shows_committed_objects_and_foreign_names(storage: C
 
 async def test_list_objects_pages_through_many_objects(storage: ContentStorage) -> None:
     contents = [f"object {i}".encode() for i in range(1005)]  # over one S3 listing page (1000)
-    await storage.put_many([(_sha(c), c) for c in contents])
+    await put_objects(storage, [(_sha(c), c) for c in contents])
     listed = [o.sha256 async for o in storage.list_objects()]
     assert sorted(listed) == sorted(_sha(c) for c in contents)  # type: ignore[type-var]
 

@@ -27,6 +27,8 @@ from putplace_api.store.base import (
     KeyRow,
     KeyUsage,
     MetadataStore,
+    PackMove,
+    PackUsage,
     StoredContent,
     Visibility,
     is_object_id,
@@ -357,6 +359,35 @@ async def test_mark_stored_many(store: MetadataStore) -> None:
     }
     assert rows[announced.sha256].first_seen_at == T0 and rows[announced.sha256].stored_at == at(5)
     assert rows[sha("earlier")].stored_at == at(1)  # the first upload keeps stored_at
+
+
+async def test_packed_contents_their_usage_and_moves(store: MetadataStore) -> None:
+    p1, p2 = "1" * 32, "2" * 32
+    packed = [StoredContent(sha(f"p{i}"), 10 + i, None, f"pk#{i}", None, p1, 100 * i) for i in range(3)]
+    await store.mark_stored_many([*packed, StoredContent(sha("alone"), 4, None, "own object")], at(1))
+    rows = await store.contents({sha("p1"), sha("alone")})
+    assert (rows[sha("p1")].pack_id, rows[sha("p1")].pack_offset) == (p1, 100)
+    assert (rows[sha("alone")].pack_id, rows[sha("alone")].pack_offset) == (None, None)
+    assert await store.pack_usage([p1, p2]) == {p1: PackUsage(3, 33)}
+    assert [r.sha256 for r in await store.packed_contents(p1)] == [sha(f"p{i}") for i in range(3)]
+
+    # Moved only while still where the move says: a stale move (wrong offset) changes nothing.
+    moves = [PackMove(sha("p0"), p1, 0, p2, 0, "new#0"), PackMove(sha("p2"), p1, 999, p2, 10, "new#10")]
+    assert await store.move_packed(moves) == {sha("p0")}
+    moved = await store.get_content(sha("p0"))
+    assert moved is not None and (moved.pack_id, moved.pack_offset, moved.storage_path) == (p2, 0, "new#0")
+    assert moved.stored_at == at(1) and moved.size == 10
+    assert await store.pack_usage([p1, p2]) == {p1: PackUsage(2, 23), p2: PackUsage(1, 10)}
+
+    # A single upload storing the content again points at its own object; a record restored by gc keeps its pack.
+    await store.mark_stored(sha("p1"), 11, None, "own", at(2))
+    alone = await store.get_content(sha("p1"))
+    assert alone is not None and (alone.pack_id, alone.pack_offset) == (None, None)
+    row = await store.get_content(sha("p2"))
+    assert row is not None and await store.delete_contents_if_unchanged([row]) == {sha("p2")}
+    assert await store.pack_usage([p1]) == {}
+    await store.restore_contents([row])
+    assert await store.get_content(sha("p2")) == row and await store.pack_usage([p1]) == {p1: PackUsage(1, 12)}
 
 
 async def test_contents_in_one_call(store: MetadataStore) -> None:

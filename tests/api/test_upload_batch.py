@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -58,6 +59,28 @@ def test_each_part_is_judged_on_its_own(backend_api: Api) -> None:
     assert [(f["status"], f["size"]) for f in again] == [("exists", 5000), ("mismatch", 9)]
     with backend_api.http() as c:
         assert c.get(f"/content/{sha(other)}").content == b""
+
+
+def test_a_batch_is_stored_as_one_pack_read_by_range(backend_api: Api) -> None:
+    contents = [os.urandom(n) for n in (300, 0, 7000, 1)]
+    announce(backend_api, *contents)
+    r = upload(backend_api, [(sha(c), c) for c in contents])
+    assert [f["status"] for f in r.json()["files"]] == ["uploaded"] * 4
+    big = contents[2]
+    with backend_api.http() as c:
+        for data in contents:
+            assert c.get(f"/content/{sha(data)}").content == data
+        part = c.get(f"/content/{sha(big)}", headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == big[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{len(big)}"
+        assert c.get(f"/content/{sha(big)}", headers={"Range": "bytes=-5"}).content == big[-5:]
+        assert c.get(f"/content/{sha(big)}", headers={"Range": "bytes=7000-"}).status_code == 416
+        paths = {c.get(f"/get_file/{sha(d)}").json()["storage_path"].split("#")[0] for d in contents}
+    (pack,) = paths  # one pack for the whole batch, no object per content
+    assert "/packs/" in pack
+    if backend_api.settings.effective_storage_url.startswith("file://"):
+        root = Path(backend_api.settings.data_dir) / "content"
+        assert [p.relative_to(root).parts[0] for p in root.rglob("*") if p.is_file()] == ["packs"]
 
 
 def test_limits_of_the_server_apply_per_part(start_api: Callable[..., Api]) -> None:

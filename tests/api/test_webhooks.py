@@ -18,7 +18,7 @@ from putplace_api.maintenance.common import opened
 from putplace_api.maintenance.verify import VerifyOptions, verify
 from putplace_client import NotFoundError, PutPlaceClient
 from putplace_client.models import WebhookEvent
-from tests.api.conftest import Api, meta, s3_settings, sha
+from tests.api.conftest import Api, meta, put_objects, s3_settings, sha
 from tests.processes import metric
 from tests.waiting import wait_until
 from tests.webhook_receiver import Receiver, receiving
@@ -208,7 +208,7 @@ def test_verify_reports_corruption_to_subscribers(start_hooked: Callable[..., Ap
 
     async def damage_and_verify() -> bool:
         async with opened(api.settings) as backends:
-            await backends.storage.put_many([(sha(data), b"other bytes\n")])
+            await put_objects(backends.storage, [(sha(data), b"other bytes\n")])
             return (await verify(backends, VerifyOptions())).ok
 
     assert not asyncio.run(damage_and_verify())

@@ -2,7 +2,9 @@
 
 ``assert_intact``: each intended (host, path) is catalogued with its sha256 and its content; each
 stored content downloads and re-hashes to its sha256; storage holds exactly the stored contents
-(plus perhaps earlier versions of changed files), one object each, under the name of its hash.
+(plus perhaps earlier versions of changed files), each as one object under the name of its hash
+or as a range of a pack (``packs/<id>``, the range its record's storage_path names) that
+re-hashes to it, and no pack that no record points into.
 ``assert_claims_hold`` is its part that must hold at any moment, even right after a crash.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,9 @@ __all__ = [
 ]
 
 Key = tuple[str, str]  # (hostname, filepath)
-Objects = Callable[[], dict[str, bytes]]  # lists a storage: object name -> bytes
+Objects = Callable[[], dict[str, bytes]]  # lists a storage: sha256 or "packs/<id>" -> bytes
+_PACK = re.compile(r"^packs/[0-9a-f]{32}$")
+_PACKED_PATH = re.compile(r"/(packs/[0-9a-f]{32})#bytes=(\d+)-(\d+)$")  # a packed content's storage_path
 
 
 def sha(data: bytes) -> str:
@@ -72,11 +77,14 @@ def converged(api: ApiProcess, node: str, expected: dict[str, str]) -> bool:
 
 
 def local_objects(root: Path) -> dict[str, bytes]:
-    """Every object of local content storage by name; each must sit at ``{sha[:2]}/{sha}``."""
+    """Every object of local content storage by name; each must sit at ``{sha[:2]}/{sha}`` or be a pack."""
     out: dict[str, bytes] = {}
     for path in root.rglob("*"):
         rel = path.relative_to(root)
         if rel.parts[0] == ".tmp" or path.is_dir():
+            continue
+        if _PACK.match(rel.as_posix()):
+            out[rel.as_posix()] = path.read_bytes()
             continue
         assert len(rel.parts) == 2 and rel.parts[0] == rel.name[:2], f"stray file in storage: {rel}"
         out[rel.name] = path.read_bytes()
@@ -90,7 +98,10 @@ def bucket_objects(s3: S3Server, bucket: str, prefix: str = "content/") -> dict[
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             name = item["Key"].rsplit("/", 1)[-1]
-            assert item["Key"] == f"{prefix}{name[:2]}/{name}", f"stray object in the bucket: {item['Key']}"
+            if _PACK.match(item["Key"][len(prefix) :]):
+                name = item["Key"][len(prefix) :]
+            else:
+                assert item["Key"] == f"{prefix}{name[:2]}/{name}", f"stray object in the bucket: {item['Key']}"
             assert name not in out, f"two objects for {name}"
             out[name] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return out
@@ -108,11 +119,25 @@ def assert_claims_hold(api: ApiProcess, list_objects: Objects) -> list[dict[str,
             r = c.get(f"/content/{digest}")
             assert r.status_code == 200, f"content {digest}: {r.status_code} {r.text}"
             assert sha(r.content) == digest, f"content {digest} downloads as other bytes"
-    corrupt = sorted(name for name, data in objects.items() if sha(data) != name)
+    corrupt = sorted(name for name, data in objects.items() if not _PACK.match(name) and sha(data) != name)
     assert not corrupt, f"objects whose bytes do not match their name: {corrupt[:3]}"
-    missing = sorted(stored - objects.keys())
+    packed = _packed(records)
+    for digest, (pack, start, end) in packed.items():
+        assert pack in objects, f"content {digest}: its pack {pack} is missing"
+        assert sha(objects[pack][start:end]) == digest, f"content {digest}: its range of {pack} is other bytes"
+    missing = sorted(stored - objects.keys() - packed.keys())
     assert not missing, f"{len(missing)} contents marked stored have no object, e.g. {missing[:3]}"
     return records
+
+
+def _packed(records: Iterable[dict[str, Any]]) -> dict[str, tuple[str, int, int]]:
+    """Where each packed stored content lies: sha256 -> (pack, start, end)."""
+    out = {}
+    for r in records:
+        found = _PACKED_PATH.search(r["storage_path"] or "") if r["has_file_content"] else None
+        if found:
+            out[r["sha256"]] = (found[1], int(found[2]), int(found[3]))
+    return out
 
 
 def assert_intact(
@@ -131,6 +156,9 @@ def assert_intact(
     assert not wrong, f"{len(wrong)} records with the wrong sha256, e.g. {list(wrong.items())[:3]}"
     no_content = sorted(k for k in expected if not found[k]["has_file_content"])
     assert not no_content, f"{len(no_content)} records without content, e.g. {no_content[:3]}"
-    unclaimed = sorted(objects.keys() - {r["sha256"] for r in records if r["has_file_content"]} - set(superseded))
+    claimed = {r["sha256"] for r in records if r["has_file_content"]} | {p for p, _, _ in _packed(records).values()}
+    if superseded:  # a pack of earlier versions only cannot be told from one nothing points into
+        claimed |= {name for name in objects if _PACK.match(name)}
+    unclaimed = sorted(objects.keys() - claimed - set(superseded))
     assert not unclaimed, f"{len(unclaimed)} objects no record claims, e.g. {unclaimed[:3]}"
     return records

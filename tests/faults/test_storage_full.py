@@ -1,6 +1,7 @@
 """Local content storage on a full filesystem (a 2 MiB tmpfs): uploads get a clear 503, no
-partial object appears and no temp file is left behind; once space returns, the same uploads
-succeed. Mounting needs root (as in CI); without it the test fails, it does not skip."""
+partial object (nor pack: a batch upload's pack runs out of space partway) appears and no temp
+file is left behind; once space returns, the same uploads succeed. Mounting needs root (as in
+CI); without it the test fails, it does not skip."""
 
 from __future__ import annotations
 

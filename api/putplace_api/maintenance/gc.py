@@ -5,7 +5,13 @@ upload in progress -- object committed, record not yet marked stored -- is never
 
 - *unreferenced*: a content record no file record names (its last change, first_seen_at or
   stored_at, older than the grace), and its object when the record said stored;
-- *orphan*: an object (last modified before the grace) with no content record marked stored.
+- *orphan*: an object (last modified before the grace) with no content record marked stored;
+- *packs* (``putplace_api.storage.packs``, last modified before the grace): one that no stored
+  record points into is deleted; one whose live contents fill less than ``REPACK_BELOW`` of it
+  is repacked -- its live contents read, re-hashed and written to a new pack, each record
+  switched to the new place only while it still points at the old one, and the old pack
+  deleted only once no record points into it. An unreferenced packed content loses its record
+  in the first pass; its bytes go with its pack.
 
 Dry-run by default: it lists what it would delete and how many bytes; ``delete=True`` does it.
 
@@ -26,10 +32,18 @@ create a put_file's content records only after its file records are written (SQL
 transaction; MongoDB: in that order), so the re-check of references sees every put_file that
 could have been answered "stored". Running gc when no client is writing, or with a grace far
 beyond any upload's duration, keeps the window empty in practice.
+
+Packs have no such window: an upload only ever points records at the pack it has just written
+(younger than the grace), so nothing comes to point into an old pack but gc itself -- its own
+``restore_contents``, which runs before the pack pass. A pack is read for its usage just before
+it is deleted, and read again after: a record pointing into it then is reported ``lost`` (only
+two gc runs at once could do that; run one at a time). A reader that read a record just before
+a repack switched it finds the old pack gone and follows the record (``putplace_api.reading``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,11 +51,13 @@ from typing import Any
 
 from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded, chunks
 from putplace_api.storage.base import StoredObject
-from putplace_api.store.base import ContentRow
+from putplace_api.storage.packs import packed_location, put_pack
+from putplace_api.store.base import ContentRow, PackMove
 
 __all__ = ["Collected", "GcOptions", "GcReport", "collect_garbage"]
 
 DELETE_CONCURRENCY = 16
+REPACK_BELOW = 0.5  # a pack whose live contents fill less than this share of it is repacked
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +69,7 @@ class GcOptions:
 
 @dataclass(frozen=True, slots=True)
 class Collected:
-    sha256: str
+    sha256: str  # for a pack, its name: packs/<id>
     size: int  # bytes of storage freed (0 for a record whose content was never stored)
     what: str  # "unreferenced content", "unreferenced record (never stored)", "orphan object"
 
@@ -108,6 +124,7 @@ async def collect_garbage(backends: Backends, options: GcOptions, now: datetime 
         progress.tick("%d collected so far", report.collected.count)
     async for objects in batched(backends.storage.list_objects(), options.batch):
         await _orphans(backends, [o for o in objects if o.sha256 and o.modified < cutoff], cutoff, options, report)
+        await _packs(backends, [o for o in objects if o.pack_id and o.modified < cutoff], cutoff, options, report)
         progress.tick("%d collected so far", report.collected.count)
     return report
 
@@ -117,6 +134,8 @@ def _last_change(row: ContentRow) -> datetime:
 
 
 def _collected(row: ContentRow) -> Collected:
+    if row.stored and row.pack_id is not None:  # its bytes are counted with its pack
+        return Collected(row.sha256, 0, "unreferenced content (packed: its pack is reclaimed)")
     if row.stored:
         return Collected(row.sha256, row.size, "unreferenced content")
     return Collected(row.sha256, 0, "unreferenced record (never stored)")
@@ -140,7 +159,7 @@ async def _unreferenced(backends: Backends, old: Sequence[ContentRow], options: 
         report.kept.add(sha)
     collect = [r for r in gone if r.sha256 not in named_again]
     for row in collect:
-        if not row.stored:
+        if not row.stored or row.pack_id is not None:
             report.collected.add(_collected(row))
     deleted_objects: list[str] = []
 
@@ -152,7 +171,7 @@ async def _unreferenced(backends: Backends, old: Sequence[ContentRow], options: 
     # A few objects at a time, each chunk just after reading its records once more: a
     # put_file naming a content since its record's deletion recreated the record (and only
     # then may its upload start), so the object stays for that upload to overwrite.
-    for chunk in chunks([r for r in collect if r.stored], DELETE_CONCURRENCY):
+    for chunk in chunks([r for r in collect if r.stored and r.pack_id is None], DELETE_CONCURRENCY):
         recreated = await store.contents([r.sha256 for r in chunk])
         for sha in recreated:
             report.kept.add(sha)
@@ -201,3 +220,71 @@ async def _orphans(
 
 def _is_stored(row: ContentRow | None) -> bool:
     return row is not None and row.stored
+
+
+async def _packs(
+    backends: Backends, old: Sequence[StoredObject], cutoff: datetime, options: GcOptions, report: GcReport
+) -> None:
+    if not old:
+        return
+    used = await backends.store.pack_usage([o.pack_id for o in old if o.pack_id])
+    for o in old:
+        assert o.pack_id is not None
+        usage = used.get(o.pack_id)
+        if usage is None:
+            if not options.delete:
+                report.collected.add(Collected(o.name, o.size, "dead pack"), o.size)
+            else:
+                await _drop_pack(backends, o, cutoff, report, "dead pack", o.size)
+        elif usage.bytes < o.size * REPACK_BELOW:
+            if not options.delete:
+                freed = o.size - usage.bytes
+                report.collected.add(Collected(o.name, freed, f"pack to repack ({usage.contents} live)"), freed)
+            else:
+                await _repack(backends, o, cutoff, report)
+
+
+async def _drop_pack(
+    backends: Backends, pack: StoredObject, cutoff: datetime, report: GcReport, what: str, freed: int
+) -> None:
+    """Delete a pack nothing points into any more, reading that once more just before."""
+    assert pack.pack_id is not None
+    now = await backends.storage.stat_pack(pack.pack_id)
+    if now is None or now.modified >= cutoff or await backends.store.pack_usage([pack.pack_id]):
+        report.kept.add(pack.name)
+        return
+    await backends.storage.delete_pack(pack.pack_id)
+    report.collected.add(Collected(pack.name, freed, what), freed)
+    if await backends.store.pack_usage([pack.pack_id]):
+        report.lost.add(pack.name)
+
+
+async def _repack(backends: Backends, pack: StoredObject, cutoff: datetime, report: GcReport) -> None:
+    """Copy a pack's live contents to a new pack, switch their records, then drop the old pack."""
+    store, storage = backends.store, backends.storage
+    assert pack.pack_id is not None
+    rows = await store.packed_contents(pack.pack_id)
+    whole = b"".join([c async for c in storage.read_pack(pack.pack_id, 0, pack.size)])
+    live: list[tuple[ContentRow, bytes]] = []
+    for row in rows:
+        start = row.pack_offset or 0
+        data = whole[start : start + row.size]
+        if len(data) != row.size or hashlib.sha256(data).hexdigest() != row.sha256:
+            report.kept.add(pack.name)  # damaged: left as it is for verify to report, never copied
+            return
+        live.append((row, data))
+    placed = await put_pack(storage, [(row.sha256, data) for row, data in live])
+    moves = [
+        PackMove(
+            row.sha256,
+            pack.pack_id,
+            row.pack_offset or 0,
+            p.pack_id,
+            p.offset,
+            packed_location(storage, p.pack_id, p.offset, p.size),
+        )
+        for (row, _), p in zip(live, placed, strict=True)
+    ]
+    await store.move_packed(moves)
+    written = sum(p.size for p in placed)
+    await _drop_pack(backends, pack, cutoff, report, f"repacked ({len(live)} live contents moved)", pack.size - written)

@@ -2,12 +2,14 @@
 
 Three read-only passes, each in batches so memory stays bounded whatever the size:
 
-1. every content record marked stored (or a sample): its object exists, has the recorded
-   size and re-hashes to its sha256 -- else ``missing`` or ``corrupt`` (errors);
+1. every content record marked stored (or a sample): its object (or its range of a pack)
+   exists, has the recorded size and re-hashes to its sha256 -- else ``missing`` or ``corrupt``
+   (errors);
 2. every sha256 a current or historical file record names: a content record exists (else
    ``dangling``, an error); one not uploaded yet is ``pending`` (information: normal);
-3. every object in storage: a stored content record exists (else ``orphan``, a warning that
-   gc collects); names that are no sha256 of ours are ``foreign`` (a warning, never collected).
+3. every object in storage: a stored content record exists, or for a pack one points into it
+   (else ``orphan``, a warning that gc collects); names that are neither a sha256 nor a pack of
+   ours are ``foreign`` (a warning, never collected).
 
 Safe beside a live server: a content is re-hashed only once its record says stored, which
 uploads set after the object is committed, and storage shows nothing before commit.
@@ -24,7 +26,8 @@ from typing import Any, cast
 import anyio.to_thread
 
 from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded
-from putplace_api.storage.base import ContentStorage
+from putplace_api.reading import first_bytes
+from putplace_api.storage.base import pack_name
 from putplace_api.store.base import ContentRow, WebhookStore
 from putplace_api.webhooks.events import corruption_found
 
@@ -119,7 +122,7 @@ async def _check_contents(backends: Backends, options: VerifyOptions, report: Ve
     stored_seen = 0
 
     async def check(row: ContentRow) -> None:
-        await _check_one(backends.storage, row, report)
+        await _check_one(backends, row, report)
         progress.tick("%d records read, %d contents re-hashed", report.records, report.checked)
 
     async for batch in backends.store.iter_contents(options.batch):
@@ -139,18 +142,24 @@ async def _check_contents(backends: Backends, options: VerifyOptions, report: Ve
     await bounded(reservoir, check, options.concurrency)
 
 
-async def _check_one(storage: ContentStorage, row: ContentRow, report: VerifyReport) -> None:
+async def _check_one(backends: Backends, row: ContentRow, report: VerifyReport) -> None:
     digest = hashlib.sha256()
     size = 0
     try:
-        async for chunk in storage.read(row.sha256):
+        # A pack repacked by gc meanwhile is followed to the content's new place.
+        first, rest = await first_bytes(backends.store, backends.storage, row, 0, None, 1)
+        for chunk in first:
+            size += len(chunk)
+            digest.update(chunk)
+        async for chunk in rest:
             size += len(chunk)
             if len(chunk) < _HASH_INLINE:
                 digest.update(chunk)
             else:
                 await anyio.to_thread.run_sync(digest.update, chunk)
     except FileNotFoundError:
-        report.missing.add(Problem(row.sha256, "object missing"), row.size)
+        where = "object missing" if row.pack_id is None else f"pack {pack_name(row.pack_id)} missing"
+        report.missing.add(Problem(row.sha256, where), row.size)
         return
     report.checked += 1
     report.checked_bytes += size
@@ -174,11 +183,16 @@ async def _check_references(backends: Backends, options: VerifyOptions, report: 
 async def _check_objects(backends: Backends, options: VerifyOptions, report: VerifyReport) -> None:
     async for objects in batched(backends.storage.list_objects(), options.batch):
         ours = {o.sha256: o for o in objects if o.sha256 is not None}
+        packs = {o.pack_id: o for o in objects if o.pack_id is not None}
         for o in objects:
-            if o.sha256 is None:
+            if o.sha256 is None and o.pack_id is None:
                 report.foreign.add(o.name, o.size)
         rows = await backends.store.contents(ours)
         for sha, o in ours.items():
             row = rows.get(sha)
             if row is None or not row.stored:
                 report.orphans.add(sha, o.size)
+        used = await backends.store.pack_usage(packs) if packs else {}
+        for pack_id, o in packs.items():
+            if pack_id not in used:
+                report.orphans.add(o.name, o.size)

@@ -23,6 +23,7 @@ from putplace_api.errors import (
 )
 from putplace_api.formdata import all_fields, file_field
 from putplace_api.mime import SNIFF_BYTES, detect_mime
+from putplace_api.reading import first_bytes
 from putplace_api.uploads import receive_batch, receive_content
 from putplace_client.models import BatchUploadResponse, UploadResponse
 
@@ -176,7 +177,8 @@ async def get_content(sha256: Sha256Path, request: Request, state: StateDep, key
         content = None  # a restricted key reads a content only through a record it may see
     if content is None or not content.stored:
         raise NotFound(f"File with SHA256 {sha256} not found")
-    size = await state.storage.size(sha256)
+    # A packed content's size is its record's; its pack is found missing when read (below).
+    size = content.size if content.pack_id is not None else await state.storage.size(sha256)
     if size is None:
         log.error("content %s is marked stored but missing from storage", sha256)
         raise NotFound(f"File with SHA256 {sha256} not found")
@@ -189,23 +191,17 @@ async def get_content(sha256: Sha256Path, request: Request, state: StateDep, key
     headers["Content-Length"] = str(end - start)
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    mime = content.mime_type
-    if mime is None:  # batch uploads skip sniffing when no allow-list needs it: sniff on first read
-        head = b"".join([chunk async for chunk in state.storage.read(sha256, 0, min(size, SNIFF_BYTES))])
-        mime = detect_mime(head)
     # Read the first MiB before the status line goes out: storage that went down since size()
     # must be a 503, not a 200 whose body breaks off -- and a content up to that size is then
     # sent whole or not at all. (A larger one failing later can only be cut short; its
     # Content-Length tells the client.)
-    chunks = state.storage.read(sha256, start, end)
-    first: list[bytes] = []
-    held = 0
     try:
-        async for chunk in chunks:
-            first.append(chunk)
-            held += len(chunk)
-            if held >= FIRST_BYTES:
-                break  # the rest streams from where this stopped
+        mime = content.mime_type
+        if mime is None:  # batch uploads skip sniffing when no allow-list needs it: sniff on first read
+            want = min(size, SNIFF_BYTES)
+            head, _ = await first_bytes(state.store, state.storage, content, 0, want, want)
+            mime = detect_mime(b"".join(head)[:want])
+        first, chunks = await first_bytes(state.store, state.storage, content, start, end, FIRST_BYTES)
     except FileNotFoundError:
         log.error("content %s vanished from storage while it was being read", sha256)
         raise NotFound(f"File with SHA256 {sha256} not found") from None

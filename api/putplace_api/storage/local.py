@@ -1,4 +1,4 @@
-"""Local filesystem content storage: ``{root}/{sha[:2]}/{sha}``.
+"""Local filesystem content storage: ``{root}/{sha[:2]}/{sha}``, packs in ``{root}/packs/``.
 
 Writes go to ``{root}/.tmp/`` (same filesystem), are fsynced, then renamed into place:
 a crash or a disconnect never leaves a partial object under a final name. Temp files
@@ -11,27 +11,20 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO
 
 import anyio.to_thread
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.storage.base import StoredObject, object_name, sha_of_name
+from putplace_api.storage.base import StoredObject, object_name, pack_name, pack_of_name, sha_of_name
 
 __all__ = ["LocalStorage"]
 
 READ_CHUNK = 1024 * 1024
 STALE_TEMP_SECONDS = 3600
-
-
-# fsyncs of a batch run side by side: the filesystem folds them into a few journal commits,
-# and unlike syncfs(2) they never wait for other programs' dirty data.
-_FLUSHERS = ThreadPoolExecutor(16, thread_name_prefix="putplace-fsync")
 
 
 def _fsync_path(path: Path) -> None:
@@ -115,7 +108,9 @@ class _LocalWriter:
 
 def _listed(name: str, st: os.stat_result) -> StoredObject:
     modified = datetime.fromtimestamp(st.st_mtime, UTC)
-    return StoredObject(name=name, size=st.st_size, modified=modified, sha256=sha_of_name(name))
+    return StoredObject(
+        name=name, size=st.st_size, modified=modified, sha256=sha_of_name(name), pack_id=pack_of_name(name)
+    )
 
 
 def _list_dir(root: Path, name: str) -> list[StoredObject]:
@@ -182,33 +177,12 @@ class LocalStorage:
         await w._start()
         return w
 
-    def _put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        # The single-upload order, for a whole batch at once: every temp file written and
-        # fsynced, then renamed into place, then every directory that gained a name fsynced.
-        temps = [(self._tmp / f"{sha256}.{uuid.uuid4().hex}", self._path(sha256)) for sha256, _ in items]
-        try:
-            list(_FLUSHERS.map(_write_durably, [t for t, _ in temps], [d for _, d in items], repeat(self._fsync)))
-            parents = {final.parent for _, final in temps}
-            for parent in parents:
-                parent.mkdir(parents=True, exist_ok=True)
-            for temp, final in temps:
-                os.replace(temp, final)
-            if self._fsync:
-                list(_FLUSHERS.map(_fsync_path, parents))
-        except BaseException:
-            for temp, _ in temps:
-                temp.unlink(missing_ok=True)
-            raise
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        return self._read(self._path(sha256), start, end)
 
-    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    async def _read(self, path: Path, start: int, end: int | None) -> AsyncIterator[bytes]:
         try:
-            await anyio.to_thread.run_sync(self._put_many, items, abandon_on_cancel=False)
-        except OSError as exc:
-            raise _translate(exc) from exc
-
-    async def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        try:
-            f = await anyio.to_thread.run_sync(open, self._path(sha256), "rb")
+            f = await anyio.to_thread.run_sync(open, path, "rb")
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -245,17 +219,55 @@ class LocalStorage:
             raise _translate(exc) from exc
 
     async def stat(self, sha256: str) -> StoredObject | None:
+        return await self._stat(object_name(sha256))
+
+    async def _stat(self, name: str) -> StoredObject | None:
         try:
-            st = await anyio.to_thread.run_sync(os.stat, self._path(sha256))
+            st = await anyio.to_thread.run_sync(os.stat, self.root / name)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise _translate(exc) from exc
-        return _listed(object_name(sha256), st)
+        return _listed(name, st)
 
     async def delete(self, sha256: str) -> bool:
+        return await self._delete(self._path(sha256))
+
+    async def _delete(self, path: Path) -> bool:
         try:
-            await anyio.to_thread.run_sync(os.unlink, self._path(sha256))
+            await anyio.to_thread.run_sync(os.unlink, path)
             return True
         except FileNotFoundError:
             return False
+
+    # -- packs -----------------------------------------------------------------------------
+    def pack_location(self, pack_id: str) -> str:
+        return (self.root / pack_name(pack_id)).as_uri()
+
+    def _write_pack(self, pack_id: str, data: bytes) -> None:
+        # One file and one rename for the whole batch: what packs are for.
+        temp, final = self._tmp / f"pack-{pack_id}", self.root / pack_name(pack_id)
+        try:
+            _write_durably(temp, data, self._fsync)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(temp, final)
+            if self._fsync:
+                _fsync_path(final.parent)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    async def write_pack(self, pack_id: str, data: bytes) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._write_pack, pack_id, data, abandon_on_cancel=False)
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    def read_pack(self, pack_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        return self._read(self.root / pack_name(pack_id), start, end)
+
+    async def stat_pack(self, pack_id: str) -> StoredObject | None:
+        return await self._stat(pack_name(pack_id))
+
+    async def delete_pack(self, pack_id: str) -> bool:
+        return await self._delete(self.root / pack_name(pack_id))

@@ -1,4 +1,5 @@
-"""S3 (AWS, MinIO, SeaweedFS) content storage through aioboto3: ``{prefix}{sha[:2]}/{sha}``.
+"""S3 (AWS, MinIO, SeaweedFS) content storage through aioboto3: ``{prefix}{sha[:2]}/{sha}``,
+packs under ``{prefix}packs/`` (each one PutObject: atomic and durable when it returns).
 
 A write buffers one part (8 MiB) at a time: small content is a single PutObject, larger
 content a multipart upload that only becomes an object on CompleteMultipartUpload, so a
@@ -8,8 +9,7 @@ upload stays at one part, whatever the size.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,16 +21,21 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.storage.base import StoredObject, object_name, sha_of_name
+from putplace_api.storage.base import StoredObject, object_name, pack_name, pack_of_name, sha_of_name
 
 __all__ = ["S3Storage"]
 
 PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_BEYOND_END = {"416", "InvalidRange"}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code"))
 
 
 def _is_missing(exc: ClientError) -> bool:
-    return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+    return _code(exc) in _MISSING
 
 
 def _unavailable(exc: Exception) -> BackendUnavailable:
@@ -161,30 +166,22 @@ class S3Storage:
     async def writer(self, sha256: str) -> _S3Writer:
         return _S3Writer(self._client, self.bucket, self._key(sha256))
 
-    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        # PutObject is atomic and durable on return; a bounded number run side by side.
-        limit = asyncio.Semaphore(16)
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        return self._read(self._key(sha256), start, end)
 
-        async def put(sha256: str, data: bytes) -> None:
-            async with limit:
-                await self._client.put_object(Bucket=self.bucket, Key=self._key(sha256), Body=data)
-
-        outcomes = await asyncio.gather(*(put(sha, data) for sha, data in items), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BotoCoreError | ClientError):
-                raise _unavailable(outcome) from outcome
-            if isinstance(outcome, BaseException):
-                raise outcome
-
-    async def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(sha256)}
+    async def _read(self, key: str, start: int, end: int | None) -> AsyncIterator[bytes]:
+        if end is not None and end <= start:
+            return  # no bytes: a Range of none would be ignored and answered with the whole object
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
             obj = await self._client.get_object(**kwargs)
         except ClientError as exc:
             if _is_missing(exc):
-                raise FileNotFoundError(sha256) from exc
+                raise FileNotFoundError(key) from exc
+            if _code(exc) in _BEYOND_END:
+                return  # a range past the end of a shorter object: no bytes (the caller sees the size)
             raise _unavailable(exc) from exc
         except BotoCoreError as exc:
             raise _unavailable(exc) from exc
@@ -201,7 +198,9 @@ class S3Storage:
         name = key[len(self.prefix) :]
         # HEAD answers whole seconds (an HTTP date), a listing milliseconds: keep what both say.
         modified = modified.astimezone(UTC).replace(microsecond=0)
-        return StoredObject(name=name, size=size, modified=modified, sha256=sha_of_name(name))
+        return StoredObject(
+            name=name, size=size, modified=modified, sha256=sha_of_name(name), pack_id=pack_of_name(name)
+        )
 
     async def list_objects(self) -> AsyncIterator[StoredObject]:
         # Multipart uploads in progress are not objects: they never show up here.
@@ -215,20 +214,45 @@ class S3Storage:
             raise _unavailable(exc) from exc
 
     async def stat(self, sha256: str) -> StoredObject | None:
+        return await self._stat(self._key(sha256))
+
+    async def _stat(self, key: str) -> StoredObject | None:
         try:
-            head = await self._client.head_object(Bucket=self.bucket, Key=self._key(sha256))
+            head = await self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _is_missing(exc):
                 return None
             raise _unavailable(exc) from exc
         except BotoCoreError as exc:
             raise _unavailable(exc) from exc
-        return self._listed(self._key(sha256), int(head["ContentLength"]), head["LastModified"])
+        return self._listed(key, int(head["ContentLength"]), head["LastModified"])
 
     async def delete(self, sha256: str) -> bool:
-        existed = await self.exists(sha256)
+        return await self._delete(self._key(sha256))
+
+    async def _delete(self, key: str) -> bool:
+        existed = await self._stat(key) is not None
         try:
-            await self._client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable(exc) from exc
         return existed
+
+    # -- packs -----------------------------------------------------------------------------
+    def pack_location(self, pack_id: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{pack_name(pack_id)}"
+
+    async def write_pack(self, pack_id: str, data: bytes) -> None:
+        try:
+            await self._client.put_object(Bucket=self.bucket, Key=self.prefix + pack_name(pack_id), Body=data)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable(exc) from exc
+
+    def read_pack(self, pack_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        return self._read(self.prefix + pack_name(pack_id), start, end)
+
+    async def stat_pack(self, pack_id: str) -> StoredObject | None:
+        return await self._stat(self.prefix + pack_name(pack_id))
+
+    async def delete_pack(self, pack_id: str) -> bool:
+        return await self._delete(self.prefix + pack_name(pack_id))

@@ -27,6 +27,8 @@ __all__ = [
     "FileQuery",
     "KeyRow",
     "KeyUsage",
+    "PackMove",
+    "PackUsage",
     "StatsRow",
     "Visibility",
     "TokenGrant",
@@ -56,6 +58,8 @@ class StoredContent:
     mime_type: str | None
     storage_path: str
     stored_by: str | None = None  # the id of the key whose upload stored it (what its quota counts)
+    pack_id: str | None = None  # in a pack (putplace_api.storage.packs): which, and where in it
+    pack_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class ContentRow:
     mime_type: str | None = None
     storage_path: str | None = None
     stored_by: str | None = None  # the key whose upload first stored it; None: stored before quotas
+    pack_id: str | None = None  # None: its own object; else bytes [pack_offset, pack_offset + size) of the pack
+    pack_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,26 @@ class KeyUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class PackUsage:
+    """What of a pack the catalogue still points at."""
+
+    contents: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackMove:
+    """A packed content copied to another pack by gc: where it was, where it is now."""
+
+    sha256: str
+    from_pack: str
+    from_offset: int
+    to_pack: str
+    to_offset: int
+    storage_path: str  # the new one
+
+
+@dataclass(frozen=True, slots=True)
 class StatsRow:
     files: int
     hosts: int
@@ -267,6 +293,17 @@ class MetadataStore(Protocol):
     async def restore_contents(self, rows: Sequence[ContentRow]) -> None:
         """Put back content records deleted by ``delete_contents_if_unchanged``, where none
         exists now (a record created meanwhile is kept as it is)."""
+
+    # -- packs (putplace_api.storage.packs; gc reclaims and repacks them) ------------------
+    async def pack_usage(self, pack_ids: Collection[str]) -> dict[str, PackUsage]:
+        """The stored contents each pack holds for the catalogue; packs nothing points into are left out."""
+
+    async def packed_contents(self, pack_id: str) -> list[ContentRow]:
+        """The stored content records pointing into one pack, by offset."""
+
+    async def move_packed(self, moves: Sequence[PackMove]) -> set[str]:
+        """Point each content at its new place, only while it still points where the move
+        says it was; return the sha256s moved. Each record switches atomically."""
 
     # -- keys ----------------------------------------------------------------------------
     async def insert_key(self, key: KeyRow) -> None: ...

@@ -91,6 +91,8 @@ from putplace_api.store.base import (
     HistoryRow,
     KeyRow,
     KeyUsage,
+    PackMove,
+    PackUsage,
     PutResult,
     StatsRow,
     StoredContent,
@@ -252,6 +254,8 @@ def _content_row(doc: Mapping[str, Any]) -> ContentRow:
         mime_type=doc.get("mime_type"),
         storage_path=doc.get("storage_path"),
         stored_by=doc.get("stored_by"),
+        pack_id=doc.get("pack_id"),
+        pack_offset=doc.get("pack_offset"),
     )
 
 
@@ -453,6 +457,7 @@ class MongoStore:
             (self._history, [("sha256", ASCENDING)], "sha256", False),
             (self._keys, [("key_hash", ASCENDING)], "key_hash", True),
             (self._contents, [("stored_by", ASCENDING)], "stored_by", False),
+            (self._contents, [("pack_id", ASCENDING)], "pack_id", False),
             (self._buckets, [("b", ASCENDING), ("seq", ASCENDING)], "bucket_seq", True),
         ]
         for collection, keys, name, unique in indexes:
@@ -747,31 +752,43 @@ class MongoStore:
         now: datetime,
         stored_by: str | None = None,
     ) -> ContentRow:
+        return await self._mark_stored(StoredContent(sha256, size, mime_type, storage_path, stored_by), now)
+
+    async def _mark_stored(self, item: StoredContent, now: datetime) -> ContentRow:
         now = _ms(now)
-        fields = {"size": size, "stored": True, "mime_type": mime_type, "storage_path": storage_path}
+        # Where the bytes are (object or pack) is the last upload's: each points at bytes it wrote.
+        fields = {
+            "size": item.size,
+            "stored": True,
+            "mime_type": item.mime_type,
+            "storage_path": item.storage_path,
+            "pack_id": item.pack_id,
+            "pack_offset": item.pack_offset,
+        }
         doc: Mapping[str, Any] | None
         try:
             # Not stored yet (or no record at all): this upload sets stored_at and stored_by.
             doc = await self._contents.find_one_and_update(
-                {"_id": sha256, "stored_at": None},
-                {"$set": {**fields, "stored_at": now, "stored_by": stored_by}, "$setOnInsert": {"first_seen_at": now}},
+                {"_id": item.sha256, "stored_at": None},
+                {
+                    "$set": {**fields, "stored_at": now, "stored_by": item.stored_by},
+                    "$setOnInsert": {"first_seen_at": now},
+                },
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
             )
         except DuplicateKeyError:  # already stored: the first upload keeps stored_at
             doc = await self._contents.find_one_and_update(
-                {"_id": sha256}, {"$set": fields}, return_document=ReturnDocument.AFTER
+                {"_id": item.sha256}, {"$set": fields}, return_document=ReturnDocument.AFTER
             )
             if doc is None:  # garbage collection deleted the record in between: store it anew
-                return await self.mark_stored(sha256, size, mime_type, storage_path, now, stored_by)
+                return await self._mark_stored(item, now)
         assert doc is not None  # an upsert returning the document after always finds one
         return _content_row(doc)
 
     async def mark_stored_many(self, items: Sequence[StoredContent], now: datetime) -> None:
         # Each one is a compare-and-set (FerretDB v1 has no atomic multi-document update): side by side.
-        await asyncio.gather(
-            *(self.mark_stored(i.sha256, i.size, i.mime_type, i.storage_path, now, i.stored_by) for i in items)
-        )
+        await asyncio.gather(*(self._mark_stored(i, now) for i in items))
 
     async def stats(self, visible: Visibility | None = None) -> StatsRow:
         if visible is not None:
@@ -913,10 +930,43 @@ class MongoStore:
                 "mime_type": r.mime_type,
                 "storage_path": r.storage_path,
                 "stored_by": r.stored_by,
+                "pack_id": r.pack_id,
+                "pack_offset": r.pack_offset,
             }
             for r in rows
         ]
         await self._insert_all(self._contents, docs)  # one recreated meanwhile stays as it is
+
+    # -- packs -----------------------------------------------------------------------------
+    async def pack_usage(self, pack_ids: Collection[str]) -> dict[str, PackUsage]:
+        # One equality query per pack (the pack_id index): FerretDB answers $in by reading everything.
+        async def usage(pack_id: str) -> tuple[str, list[int]]:
+            cursor = self._contents.find({"pack_id": pack_id, "stored": True}, {"size": 1})
+            return pack_id, [int(doc["size"]) async for doc in cursor]
+
+        out: dict[str, PackUsage] = {}
+        for chunk in _chunks(sorted(set(pack_ids)), _UPDATE_CHUNK):
+            for pack_id, sizes in await asyncio.gather(*(usage(p) for p in chunk)):
+                if sizes:
+                    out[pack_id] = PackUsage(len(sizes), sum(sizes))
+        return out
+
+    async def packed_contents(self, pack_id: str) -> list[ContentRow]:
+        rows = [_content_row(doc) async for doc in self._contents.find({"pack_id": pack_id, "stored": True})]
+        return sorted(rows, key=lambda r: r.pack_offset or 0)
+
+    async def move_packed(self, moves: Sequence[PackMove]) -> set[str]:
+        async def move(m: PackMove) -> str | None:
+            done = await self._contents.update_one(
+                {"_id": m.sha256, "pack_id": m.from_pack, "pack_offset": m.from_offset, "stored": True},
+                {"$set": {"pack_id": m.to_pack, "pack_offset": m.to_offset, "storage_path": m.storage_path}},
+            )
+            return m.sha256 if done.modified_count else None
+
+        moved: set[str] = set()
+        for chunk in _chunks(list(moves), _UPDATE_CHUNK):
+            moved.update(sha for sha in await asyncio.gather(*(move(m) for m in chunk)) if sha is not None)
+        return moved
 
     # -- keys ----------------------------------------------------------------------------
     async def insert_key(self, key: KeyRow) -> None:

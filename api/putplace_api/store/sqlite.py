@@ -35,6 +35,8 @@ from putplace_api.store.base import (
     HistoryRow,
     KeyRow,
     KeyUsage,
+    PackMove,
+    PackUsage,
     PutResult,
     StatsRow,
     StoredContent,
@@ -78,8 +80,10 @@ CREATE INDEX IF NOT EXISTS file_history_path ON file_history (hostname, filepath
 CREATE INDEX IF NOT EXISTS file_history_sha256 ON file_history (sha256);
 CREATE TABLE IF NOT EXISTS contents (
     sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL DEFAULT 0,
-    first_seen_at REAL NOT NULL, stored_at REAL, mime_type TEXT, storage_path TEXT, stored_by TEXT) WITHOUT ROWID;
+    first_seen_at REAL NOT NULL, stored_at REAL, mime_type TEXT, storage_path TEXT, stored_by TEXT,
+    pack_id TEXT, pack_offset INTEGER) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contents_stored_by ON contents (stored_by) WHERE stored_by IS NOT NULL;
+CREATE INDEX IF NOT EXISTS contents_pack ON contents (pack_id, pack_offset) WHERE pack_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT, key_hash TEXT NOT NULL UNIQUE,
     key_prefix TEXT NOT NULL, scopes TEXT NOT NULL, rate_limit REAL, rate_limit_burst INTEGER,
@@ -95,12 +99,15 @@ _INSERT_FILE = (
 )
 _UPDATE_FILE = f"UPDATE files SET {', '.join(f'{f} = ?' for f in FILE_FIELDS)}, updated_at = ? WHERE id = ?"
 # The first upload wins stored_at and stored_by; a concurrent identical upload changes neither.
+# Where the bytes are (object or pack) is the last upload's: each points at bytes it wrote.
 _MARK_STORED = (
-    "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path, stored_by) "
-    "VALUES (?, ?, 1, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
+    "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path, stored_by, "
+    "pack_id, pack_offset) "
+    "VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE SET "
     "size = excluded.size, stored = 1, stored_at = COALESCE(stored_at, excluded.stored_at), "
     "mime_type = excluded.mime_type, storage_path = excluded.storage_path, "
-    "stored_by = CASE WHEN stored = 1 THEN stored_by ELSE excluded.stored_by END"
+    "stored_by = CASE WHEN stored = 1 THEN stored_by ELSE excluded.stored_by END, "
+    "pack_id = excluded.pack_id, pack_offset = excluded.pack_offset"
 )
 _INSERT_HISTORY = (
     f"INSERT INTO file_history (id, {', '.join(FILE_FIELDS)}, created_at, updated_at, superseded_at, event) "
@@ -156,6 +163,8 @@ def _content_row(row: sqlite3.Row) -> ContentRow:
         mime_type=row["mime_type"],
         storage_path=row["storage_path"],
         stored_by=row["stored_by"],
+        pack_id=row["pack_id"],
+        pack_offset=row["pack_offset"],
     )
 
 
@@ -169,6 +178,8 @@ def _content_values(row: ContentRow) -> tuple[Any, ...]:
         row.mime_type,
         row.storage_path,
         row.stored_by,
+        row.pack_id,
+        row.pack_offset,
     )
 
 
@@ -540,7 +551,8 @@ class SqliteStore:
         def run() -> ContentRow:
             with self._write() as c:
                 c.execute(
-                    _MARK_STORED, (sha256, size, now.timestamp(), now.timestamp(), mime_type, storage_path, stored_by)
+                    _MARK_STORED,
+                    (sha256, size, now.timestamp(), now.timestamp(), mime_type, storage_path, stored_by, None, None),
                 )
                 return self._contents(c, {sha256})[sha256]
 
@@ -551,7 +563,11 @@ class SqliteStore:
             ts = now.timestamp()
             with self._write() as c:
                 c.executemany(
-                    _MARK_STORED, [(i.sha256, i.size, ts, ts, i.mime_type, i.storage_path, i.stored_by) for i in items]
+                    _MARK_STORED,
+                    [
+                        (i.sha256, i.size, ts, ts, i.mime_type, i.storage_path, i.stored_by, i.pack_id, i.pack_offset)
+                        for i in items
+                    ],
                 )
 
         await self._run(run)
@@ -576,19 +592,21 @@ class SqliteStore:
         return await self._run(run)
 
     async def key_usage(self, key_ids: Collection[str]) -> dict[str, KeyUsage]:
-        def run() -> dict[str, KeyUsage]:
-            out: dict[str, KeyUsage] = {}
-            ordered = sorted(set(key_ids))
-            for i in range(0, len(ordered), 500):
-                chunk = ordered[i : i + 500]
-                sql = (
-                    "SELECT stored_by, COUNT(*), COALESCE(SUM(size), 0) FROM contents "
-                    f"WHERE stored_by IN ({','.join('?' for _ in chunk)}) AND stored = 1 GROUP BY stored_by"
-                )
-                out.update((r[0], KeyUsage(r[1], r[2])) for r in self._c.execute(sql, chunk))
-            return out
+        totals = await self._run(self._stored_totals, "stored_by", key_ids)
+        return {k: KeyUsage(n, size) for k, (n, size) in totals.items()}
 
-        return await self._run(run)
+    def _stored_totals(self, column: str, values: Collection[str]) -> dict[str, tuple[int, int]]:
+        """The stored contents and their bytes per value of ``column`` (stored_by, pack_id)."""
+        out: dict[str, tuple[int, int]] = {}
+        ordered = sorted(set(values))
+        for i in range(0, len(ordered), 500):
+            chunk = ordered[i : i + 500]
+            sql = (
+                f"SELECT {column}, COUNT(*), COALESCE(SUM(size), 0) FROM contents "
+                f"WHERE {column} IN ({','.join('?' for _ in chunk)}) AND stored = 1 GROUP BY {column}"
+            )
+            out.update((r[0], (r[1], r[2])) for r in self._c.execute(sql, chunk))
+        return out
 
     # -- integrity -----------------------------------------------------------------------
     async def iter_contents(self, batch: int = 1000) -> AsyncIterator[list[ContentRow]]:
@@ -657,12 +675,40 @@ class SqliteStore:
             with self._write() as c:
                 c.executemany(
                     "INSERT OR IGNORE INTO contents "
-                    "(sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path, stored_by) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "(sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path, stored_by, "
+                    "pack_id, pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [_content_values(r) for r in rows],
                 )
 
         await self._run(run)
+
+    # -- packs -----------------------------------------------------------------------------
+    async def pack_usage(self, pack_ids: Collection[str]) -> dict[str, PackUsage]:
+        totals = await self._run(self._stored_totals, "pack_id", pack_ids)
+        return {p: PackUsage(n, size) for p, (n, size) in totals.items()}
+
+    async def packed_contents(self, pack_id: str) -> list[ContentRow]:
+        def run() -> list[ContentRow]:
+            sql = "SELECT * FROM contents WHERE pack_id = ? AND stored = 1 ORDER BY pack_offset"
+            return [_content_row(r) for r in self._c.execute(sql, (pack_id,))]
+
+        return await self._run(run)
+
+    async def move_packed(self, moves: Sequence[PackMove]) -> set[str]:
+        def run() -> set[str]:
+            moved: set[str] = set()
+            with self._write() as c:
+                for m in moves:
+                    done = c.execute(
+                        "UPDATE contents SET pack_id = ?, pack_offset = ?, storage_path = ? "
+                        "WHERE sha256 = ? AND pack_id = ? AND pack_offset = ? AND stored = 1",
+                        (m.to_pack, m.to_offset, m.storage_path, m.sha256, m.from_pack, m.from_offset),
+                    )
+                    if done.rowcount:
+                        moved.add(m.sha256)
+            return moved
+
+        return await self._run(run)
 
     # -- keys ----------------------------------------------------------------------------
     async def insert_key(self, key: KeyRow) -> None:

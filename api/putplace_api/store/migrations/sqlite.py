@@ -12,6 +12,8 @@ with the DDL of its own version written out (never the live schema, which moves 
 - 2: API keys' limits and quotas (api_keys.hostnames, path_prefixes, max_bytes, max_files) and
   the key that stored each content (contents.stored_by); NULL in existing rows: no limit, no
   quota, stored by no key.
+- 3: small contents in packs (putplace_api.storage.packs): contents.pack_id and pack_offset;
+  NULL in existing rows: each content its own object, as before.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from putplace_api.store.migrations import legacy_name
 
 __all__ = ["VERSION", "SchemaTooNew", "upgrade"]
 
-VERSION = 2
+VERSION = 3
 
 
 class SchemaTooNew(RuntimeError):
@@ -96,7 +98,14 @@ def _to_2(c: sqlite3.Connection) -> None:
                 c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _to_1, 1: _to_2}  # from version -> step
+def _to_3(c: sqlite3.Connection) -> None:
+    """Add where a packed content lies (its index is the store's schema's)."""
+    if "contents" in _tables(c):
+        c.execute("ALTER TABLE contents ADD COLUMN pack_id TEXT")
+        c.execute("ALTER TABLE contents ADD COLUMN pack_offset INTEGER")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _to_1, 1: _to_2, 2: _to_3}  # from version -> step
 
 
 def upgrade(c: sqlite3.Connection) -> None:
