@@ -104,7 +104,7 @@ class Index:
             " WHERE ((path > ? AND path < ?) OR path = ?) AND state != ?",
             (root + b"/", _upper_bound(root), root, State.DELETE),
         )
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        return {path: (size, mtime_ns, ctime_ns, inode) for path, size, mtime_ns, ctime_ns, inode in rows}
 
     def get(self, path: bytes) -> tuple[Entry, State] | None:
         row = self._db.execute(f"SELECT {_COLUMNS}, state FROM files WHERE path = ?", (path,)).fetchone()
@@ -125,11 +125,11 @@ class Index:
         for (path,) in self._db.execute("SELECT path FROM files WHERE state = ?", (state,)).fetchall():
             yield path
 
-    def counts(self) -> dict[State, int]:
-        rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state")
-        counts = dict.fromkeys(State, 0)
-        counts.update({State(s): n for s, n in rows})
-        return counts
+    def owed(self) -> dict[State, int]:
+        """How many paths are in each state but SYNCED (what the server is still owed). Read
+        through the partial index of pending rows: no scan of the whole table at every exit."""
+        rows = self._db.execute(f"SELECT state, COUNT(*) FROM files WHERE state != {State.SYNCED} GROUP BY state")
+        return {State(s): n for s, n in rows}
 
     # -- writes --------------------------------------------------------------------------
     def record_hashed(self, entries: Iterable[Entry]) -> None:
