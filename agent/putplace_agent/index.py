@@ -63,6 +63,11 @@ CREATE INDEX IF NOT EXISTS files_pending ON files (state) WHERE state != {State.
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _SCHEMA_VERSION = 1
+# Said again in queries for a pending state: SQLite uses the partial index ``files_pending``
+# only when the query's WHERE implies the index's, which ``state = ?`` alone does not (the
+# parameter is unknown when the query is planned). Without it, every start and every retry
+# pass read the whole table three times (~40 ms per 100,000 files).
+_PENDING = f"state != {State.SYNCED}"
 
 
 def _upper_bound(prefix: bytes) -> bytes:
@@ -83,8 +88,9 @@ class Index:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, _SCHEMA_VERSION):
             raise RuntimeError(f"index {self.path} has schema {version}, this agent knows {_SCHEMA_VERSION}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        if version != _SCHEMA_VERSION:  # set once: a write at every start costs a checkpoint at exit
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
         if row is None or row[0] != identity:
             with self._transaction():
@@ -117,12 +123,12 @@ class Index:
         return [r[0] for r in rows]
 
     def pending(self, state: State, limit: int | None = None) -> list[Entry]:
-        sql = f"SELECT {_COLUMNS} FROM files WHERE state = ? ORDER BY path"
+        sql = f"SELECT {_COLUMNS} FROM files WHERE state = ? AND {_PENDING} ORDER BY path"
         rows = self._db.execute(sql + (f" LIMIT {int(limit)}" if limit else ""), (state,))
         return [Entry(*r) for r in rows]
 
     def iter_pending_paths(self, state: State) -> Iterator[bytes]:
-        for (path,) in self._db.execute("SELECT path FROM files WHERE state = ?", (state,)).fetchall():
+        for (path,) in self._db.execute(f"SELECT path FROM files WHERE state = ? AND {_PENDING}", (state,)).fetchall():
             yield path
 
     def owed(self) -> dict[State, int]:
