@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from putplace_agent.index import Index, State
+from putplace_agent.index import Index
 from putplace_agent.progress import report_progress, use_progress_bar
 from putplace_agent.settings import AgentSettings, load_settings
 from putplace_agent.sync import Agent, Fatal
@@ -144,7 +144,7 @@ async def _sync(settings: AgentSettings, *, once: bool) -> int:
                 reporter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reporter
-        owed = {state.name.lower(): n for state, n in index.counts().items() if n and state is not State.SYNCED}
+        owed = {state.name.lower(): n for state, n in index.owed().items()}
     finally:
         index.close()
     log.info("sync stopped" if not once else "sync complete", extra={**agent.tally.as_dict(), "pending": owed})

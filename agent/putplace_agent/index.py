@@ -63,6 +63,11 @@ CREATE INDEX IF NOT EXISTS files_pending ON files (state) WHERE state != {State.
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _SCHEMA_VERSION = 1
+# Said again in queries for a pending state: SQLite uses the partial index ``files_pending``
+# only when the query's WHERE implies the index's, which ``state = ?`` alone does not (the
+# parameter is unknown when the query is planned). Without it, every start and every retry
+# pass read the whole table three times (~40 ms per 100,000 files).
+_PENDING = f"state != {State.SYNCED}"
 
 
 def _upper_bound(prefix: bytes) -> bytes:
@@ -83,8 +88,9 @@ class Index:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, _SCHEMA_VERSION):
             raise RuntimeError(f"index {self.path} has schema {version}, this agent knows {_SCHEMA_VERSION}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        if version != _SCHEMA_VERSION:  # set once: a write at every start costs a checkpoint at exit
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
         if row is None or row[0] != identity:
             with self._transaction():
@@ -104,7 +110,7 @@ class Index:
             " WHERE ((path > ? AND path < ?) OR path = ?) AND state != ?",
             (root + b"/", _upper_bound(root), root, State.DELETE),
         )
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+        return {path: (size, mtime_ns, ctime_ns, inode) for path, size, mtime_ns, ctime_ns, inode in rows}
 
     def get(self, path: bytes) -> tuple[Entry, State] | None:
         row = self._db.execute(f"SELECT {_COLUMNS}, state FROM files WHERE path = ?", (path,)).fetchone()
@@ -117,19 +123,19 @@ class Index:
         return [r[0] for r in rows]
 
     def pending(self, state: State, limit: int | None = None) -> list[Entry]:
-        sql = f"SELECT {_COLUMNS} FROM files WHERE state = ? ORDER BY path"
+        sql = f"SELECT {_COLUMNS} FROM files WHERE state = ? AND {_PENDING} ORDER BY path"
         rows = self._db.execute(sql + (f" LIMIT {int(limit)}" if limit else ""), (state,))
         return [Entry(*r) for r in rows]
 
     def iter_pending_paths(self, state: State) -> Iterator[bytes]:
-        for (path,) in self._db.execute("SELECT path FROM files WHERE state = ?", (state,)).fetchall():
+        for (path,) in self._db.execute(f"SELECT path FROM files WHERE state = ? AND {_PENDING}", (state,)).fetchall():
             yield path
 
-    def counts(self) -> dict[State, int]:
-        rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state")
-        counts = dict.fromkeys(State, 0)
-        counts.update({State(s): n for s, n in rows})
-        return counts
+    def owed(self) -> dict[State, int]:
+        """How many paths are in each state but SYNCED (what the server is still owed). Read
+        through the partial index of pending rows: no scan of the whole table at every exit."""
+        rows = self._db.execute(f"SELECT state, COUNT(*) FROM files WHERE state != {State.SYNCED} GROUP BY state")
+        return {State(s): n for s, n in rows}
 
     # -- writes --------------------------------------------------------------------------
     def record_hashed(self, entries: Iterable[Entry]) -> None:

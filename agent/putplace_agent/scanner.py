@@ -11,13 +11,12 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
 from putplace_agent.index import Signature
 
-__all__ = ["Excluder", "Found", "pseudo_mounts", "signature_of", "walk", "changed"]
+__all__ = ["Changed", "Excluder", "is_catalogued", "pseudo_mounts", "scan", "signature_of"]
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +59,6 @@ class Excluder:
         return any(fnmatchcase(relative, p) or any(fnmatchcase(part, p) for part in parts) for p in self.patterns)
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    path: str
-    stat: os.stat_result
-
-
 def signature_of(st: os.stat_result) -> Signature:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
@@ -74,15 +67,30 @@ def is_catalogued(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
 
 
-def walk(
+Changed = tuple[bytes, int]  # a path (as bytes) and its size
+
+
+def scan(
     root: str,
+    known: dict[bytes, Signature],
     *,
     excluded: Excluder,
     skip: frozenset[str] = frozenset(),
     follow_symlinks: bool = False,
     on_error: Callable[[str, OSError], None] = lambda path, exc: None,
-) -> Iterator[Found]:
-    """Every catalogued entry under ``root`` (or ``root`` itself, if it is a file), depth first."""
+    batch: int = 2048,
+) -> Iterator[tuple[int, list[Changed]]]:
+    """Walk ``root`` (or ``root`` itself, if it is a file), depth first, and compare every
+    catalogued entry with ``known``, the index's signatures. Yields ``(seen, changed)`` per
+    chunk of about ``batch`` entries; every path seen is removed from ``known``, so what is left
+    afterwards is gone from disk.
+
+    A no-change rescan is this loop and nothing else, so it stays lean: the walk runs on bytes
+    (the index's keys, no encoding per entry), an unchanged entry makes no object, and the
+    excluder is not even called when there are no patterns."""
+    pop = known.pop
+    out: list[Changed] = []
+    seen = 0
     try:
         st = os.lstat(root)
     except OSError as exc:
@@ -90,51 +98,48 @@ def walk(
         return
     if not stat.S_ISDIR(st.st_mode):
         if is_catalogued(st):
-            yield Found(root, st)
+            path = os.fsencode(root)
+            if pop(path, None) != signature_of(st):
+                out.append((path, st.st_size))
+            yield 1, out
         return
-    root_len = len(root.rstrip("/")) + 1
-    stack = [root]
+    is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
+    skipped = frozenset(os.fsencode(s) for s in skip)
+    patterns = excluded if excluded.patterns else None
+    root_len = len(os.fsencode(root.rstrip("/"))) + 1
+    stack = [os.fsencode(root)]
     while stack:
         directory = stack.pop()
-        if directory in skip:
+        if directory in skipped:
             continue
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
         except OSError as exc:
-            on_error(directory, exc)
+            on_error(os.fsdecode(directory), exc)
             continue
         for entry in entries:
-            if excluded(entry.path[root_len:]):
+            path = entry.path
+            if patterns is not None and patterns(os.fsdecode(path[root_len:])):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                    stack.append(path)
                     continue
                 st = entry.stat(follow_symlinks=False)
-                if follow_symlinks and stat.S_ISLNK(st.st_mode):
+                mode = st.st_mode
+                if follow_symlinks and is_lnk(mode):
                     st = entry.stat(follow_symlinks=True)  # a dangling link raises: not catalogued
+                    mode = st.st_mode
             except OSError as exc:  # vanished between readdir and stat, or unreadable
                 if not isinstance(exc, FileNotFoundError):
-                    on_error(entry.path, exc)
+                    on_error(os.fsdecode(path), exc)
                 continue
-            if is_catalogued(st):
-                yield Found(entry.path, st)
-
-
-def changed(
-    found: Iterator[Found], known: dict[bytes, Signature], batch: int = 256
-) -> Iterator[tuple[int, list[Found]]]:
-    """Compare a walk with the index. Yields ``(seen, changed)`` per chunk of ``batch`` entries;
-    every path seen is removed from ``known``, so what is left afterwards is gone from disk."""
-    seen = 0
-    out: list[Found] = []
-    pop = known.pop
-    fsencode = os.fsencode
-    for f in found:
-        seen += 1
-        if pop(fsencode(f.path), None) != signature_of(f.stat):
-            out.append(f)
+            if not (is_reg(mode) or is_lnk(mode)):
+                continue
+            seen += 1
+            if pop(path, None) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                out.append((path, st.st_size))
         if seen >= batch:
             yield seen, out
             seen, out = 0, []

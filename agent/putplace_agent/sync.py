@@ -30,7 +30,7 @@ from putplace_agent.hasher import BLOCK, FileChanged, NotCatalogued, hash_file
 from putplace_agent.index import Entry, Index, State
 from putplace_agent.metrics import Tally
 from putplace_agent.retry import call_with_retry, is_transient
-from putplace_agent.scanner import Excluder, changed, is_catalogued, pseudo_mounts, signature_of, walk
+from putplace_agent.scanner import Excluder, is_catalogued, pseudo_mounts, scan, signature_of
 from putplace_agent.settings import AgentSettings
 from putplace_agent.watcher import watch_tree
 from putplace_client import (
@@ -270,20 +270,20 @@ class Agent:
             unreadable.append(path)
             loop.call_soon_threadsafe(self._report_once, "unreadable", path, exc)
 
-        entries = walk(
+        chunks = scan(
             root,
+            known,
             excluded=self.excluded,
             skip=self.skip,
             follow_symlinks=self.settings.follow_symlinks,  # a link's signature is then its target's
             on_error=on_error,
         )
-        chunks = changed(entries, known)
         while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
             seen, found = chunk
             self.tally.add_seen(seen, seen - len(found))
-            for f in found:
-                self.tally.bytes_to_hash += f.stat.st_size
-            await self._queue_hash([os.fsencode(f.path) for f in found], [f.stat.st_size for f in found])
+            if found:
+                self.tally.bytes_to_hash += sum(size for _, size in found)
+                await self._queue_hash([path for path, _ in found], [size for _, size in found])
         if full and known:
             # Under a directory we could not read, absence proves nothing.
             blind = tuple(os.fsencode(p.rstrip("/") + "/") for p in unreadable)

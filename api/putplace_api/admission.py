@@ -44,6 +44,13 @@ class Admitted:
         limiter = self.limiter
         if limiter is None or name in _UNCOUNTED or not inspect.iscoroutinefunction(attr):
             return attr
+        wrapped = self._wrap(name, attr, limiter)
+        # Kept: __getattr__ is only called for names not found, so the wrapper is built once
+        # per method, not on every call (functools.wraps each time cost ~3 % of a put_file).
+        setattr(self, name, wrapped)
+        return wrapped
+
+    def _wrap(self, name: str, attr: Any, limiter: anyio.CapacityLimiter) -> Any:
 
         @functools.wraps(attr)
         async def admitted(*args: Any, **kwargs: Any) -> Any:

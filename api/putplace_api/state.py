@@ -37,7 +37,11 @@ class _Timed:
         attr = getattr(self._inner, name)
         if not inspect.iscoroutinefunction(attr):
             return attr
+        wrapped = self._wrap(name, attr)
+        setattr(self, name, wrapped)  # built once per method (see Admitted.__getattr__)
+        return wrapped
 
+    def _wrap(self, name: str, attr: Any) -> Any:
         @functools.wraps(attr)
         async def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()

@@ -13,12 +13,11 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi import APIRouter, Query
 
-from putplace_api.auth import MISSING_KEY, Principal
-from putplace_api.deps import API_KEY_HEADER, FileNameQuery, ReadKey, StateDep
-from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, NotFound, Unauthorized, error_responses
-from putplace_api.middleware import PRINCIPAL
+from putplace_api.auth import Principal
+from putplace_api.deps import AnyKey, FileNameQuery, ReadKey, StateDep
+from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, NotFound, error_responses
 from putplace_api.routes.files import to_record
 from putplace_api.state import AppState
 from putplace_api.store.base import (
@@ -38,17 +37,6 @@ router = APIRouter(tags=["browse"], responses=KEYED_ROUTE_ERRORS)
 Limit = Annotated[int, Query(ge=1, le=1000)]
 MAX_STARS = 8
 Cursor = Annotated[str | None, Query(max_length=8192, description="next_cursor of the previous page")]
-
-
-async def any_key(request: Request, _: Annotated[str | None, Security(API_KEY_HEADER)]) -> Principal:
-    """Any valid key, whatever its scopes (declared in OpenAPI like the scope-checked ones)."""
-    principal: Principal | None = request.scope.get(PRINCIPAL)
-    if principal is None:  # mounted on a public path by mistake: still deny
-        raise Unauthorized(MISSING_KEY)
-    return principal
-
-
-AnyKey = Annotated[Principal, Depends(any_key)]
 
 
 def _store(state: AppState) -> ConsoleStore:

@@ -7,9 +7,10 @@ that it names, and sees only the records inside them in what it lists, looks up 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
 
 from putplace_api import metrics
 from putplace_api.auth import Principal, describe
@@ -38,23 +39,27 @@ router = APIRouter(tags=["files"], responses=KEYED_ROUTE_ERRORS)
 # (request models, store rows), and validating again costs more than the database write.
 
 
-def to_record(row: FileRow, content: ContentRow | None = None) -> FileRecord:
-    """A record as the protocol shows it; upload time and storage path only once stored."""
+def _record_fields(row: FileRow, content: ContentRow | None) -> dict[str, Any]:
+    """A record's fields as the protocol shows them; upload time and storage path only once stored."""
     stored = content if content is not None and content.stored else None
-    return FileRecord.model_construct(
+    return {
         **dict(row.meta),
-        id=row.id,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        has_file_content=stored is not None,
-        file_uploaded_at=stored.stored_at if stored else None,
-        storage_path=stored.storage_path if stored else None,
-    )
+        "id": row.id,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "has_file_content": stored is not None,
+        "file_uploaded_at": stored.stored_at if stored else None,
+        "storage_path": stored.storage_path if stored else None,
+    }
+
+
+def to_record(row: FileRow, content: ContentRow | None = None) -> FileRecord:
+    return FileRecord.model_construct(**_record_fields(row, content))
 
 
 def to_put_response(result: PutResult) -> PutFileResponse:
     return PutFileResponse.model_construct(
-        **dict(to_record(result.file, result.content)),
+        **_record_fields(result.file, result.content),
         upload_required=not result.content.stored,
         upload_url=_upload_url(result.content),
     )
@@ -86,30 +91,39 @@ def _upload_url(content: ContentRow) -> str | None:
     return None if content.stored else f"/upload_file/{content.sha256}"
 
 
+def _created(answer: BaseModel) -> Response:
+    """201 with ``answer`` as JSON, serialized once by pydantic. Returned as is, FastAPI would
+    first validate it again against the response model (declared on the route for the
+    OpenAPI document): values all validated on the way in, at ~5 % of a put_file's CPU."""
+    return Response(answer.model_dump_json(by_alias=True), status_code=201, media_type="application/json")
+
+
 @router.post("/put_file", status_code=201, response_model=PutFileResponse)
-async def put_file(body: FileMetadata, state: StateDep, key: WriteKey) -> PutFileResponse:
+async def put_file(body: FileMetadata, state: StateDep, key: WriteKey) -> Response:
     """Record one file; ``upload_required`` says whether its content must be uploaded."""
-    return to_put_response((await _announce(state, key, [body]))[0])
+    return _created(to_put_response((await _announce(state, key, [body]))[0]))
 
 
 @router.post("/put_files", status_code=201, response_model=PutFilesResponse)
-async def put_files(body: PutFilesRequest, state: StateDep, key: WriteKey) -> PutFilesResponse:
+async def put_files(body: PutFilesRequest, state: StateDep, key: WriteKey) -> Response:
     """Record up to 10,000 files in one request; the answer says, per record and in order,
     whether its content must be uploaded (without echoing the metadata back)."""
     results = await _announce(state, key, body.files)
-    return PutFilesResponse.model_construct(
-        files=[
-            PutFileResult.model_construct(
-                id=r.file.id,
-                hostname=r.file.meta.hostname,
-                filepath=r.file.meta.filepath,
-                filepath_escaped=r.file.meta.filepath_escaped,
-                sha256=r.content.sha256,
-                upload_required=not r.content.stored,
-                upload_url=_upload_url(r.content),
-            )
-            for r in results
-        ]
+    return _created(
+        PutFilesResponse.model_construct(
+            files=[
+                PutFileResult.model_construct(
+                    id=r.file.id,
+                    hostname=r.file.meta.hostname,
+                    filepath=r.file.meta.filepath,
+                    filepath_escaped=r.file.meta.filepath_escaped,
+                    sha256=r.content.sha256,
+                    upload_required=not r.content.stored,
+                    upload_url=_upload_url(r.content),
+                )
+                for r in results
+            ]
+        )
     )
 
 
