@@ -101,9 +101,15 @@ def build_catalogue(data_dir: Path, files: int, hosts: int) -> dict[str, str]:
                 n += 1
 
     with conn:
-        conn.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows())
         conn.executemany(
-            "INSERT INTO contents VALUES (?, ?, 1, ?, ?, 'application/octet-stream', ?)",
+            "INSERT INTO files (id, hostname, filepath, ip_address, sha256, file_size, file_mode, file_uid, file_gid,"
+            " file_mtime, file_atime, file_ctime, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows(),
+        )
+        conn.executemany(
+            "INSERT INTO contents (sha256, size, stored, first_seen_at, stored_at, mime_type, storage_path)"
+            " VALUES (?, ?, 1, ?, ?, 'application/octet-stream', ?)",
             ((_sha(i), 4096 + i % 65536, now, now, f"{_sha(i)[:2]}/{_sha(i)}") for i in range(distinct)),
         )
     with conn:  # one record in 10 was replaced once: its earlier version is in the history
