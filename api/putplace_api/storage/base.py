@@ -4,6 +4,12 @@ Backends: ``local.py`` (``{root}/{sha[:2]}/{sha}``) and ``s3.py`` (``{prefix}{sh
 A write goes through a ``ContentWriter``: nothing is visible under the final name until
 ``commit``; ``abort`` leaves nothing behind. Callers verify the hash before committing.
 One contract suite (``tests/api/test_storage_contract.py``) runs against every backend.
+
+Upload sessions (``putplace_api.sessions``) keep a large content's chunks in storage until the
+whole is there: local disk in one sparse file under ``{root}/.sessions/``, S3 in a multipart
+upload of ``{prefix}.sessions/{id}``. ``assemble`` puts the chunks together and hashes them
+*without* making anything visible; only ``AssembledContent.commit`` publishes the content under
+its sha256, so the caller checks the hash in between, as with a ``ContentWriter``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,18 @@ from typing import Protocol
 
 from putplace_client.models import is_sha256
 
-__all__ = ["ContentStorage", "ContentWriter", "StoredObject", "object_name", "sha_of_name"]
+__all__ = [
+    "AssembledContent",
+    "ContentStorage",
+    "ContentWriter",
+    "SessionData",
+    "StoredObject",
+    "object_name",
+    "sha_of_name",
+    "SESSIONS_DIR",
+]
+
+SESSIONS_DIR = ".sessions"  # under the storage root or prefix: upload sessions' bytes, never content
 
 
 def object_name(sha256: str) -> str:
@@ -36,6 +53,29 @@ class StoredObject:
     size: int
     modified: datetime  # timezone-aware; when the object was last written (committed)
     sha256: str | None  # None: a foreign name, not content this service wrote
+
+
+@dataclass(frozen=True, slots=True)
+class SessionData:
+    """The bytes storage keeps for one upload session, as ``list_sessions`` finds them."""
+
+    session_id: str
+    ref: str  # the storage's handle (an S3 multipart upload id; "" on local disk)
+    modified: datetime  # when it was started or last written, timezone-aware
+
+
+class AssembledContent(Protocol):
+    """A session's chunks put together and hashed, not yet visible under any content name."""
+
+    sha256: str  # what the assembled bytes hash to
+    size: int
+    head: bytes  # the first bytes (up to what ``assemble`` was asked for), to sniff the type
+
+    async def commit(self) -> None:
+        """Make the content visible under ``sha256`` atomically; the session's bytes are gone after."""
+
+    async def abort(self) -> None:
+        """Discard the assembled bytes and the session's; safe to call more than once."""
 
 
 class ContentWriter(Protocol):
@@ -81,3 +121,25 @@ class ContentStorage(Protocol):
 
     async def stat(self, sha256: str) -> StoredObject | None:
         """The object of sha256 as listing shows it; None when there is none."""
+
+    # -- upload sessions: any call naming a session whose bytes are gone raises FileNotFoundError
+    async def begin_session(self, session_id: str, size: int) -> str:
+        """Make room for a session's ``size`` bytes; the handle (``ref``) the other calls need."""
+
+    async def held_chunks(self, session_id: str, ref: str) -> set[int]:
+        """The numbers of the chunks written completely (0-based)."""
+
+    async def write_chunk(
+        self, session_id: str, ref: str, number: int, offset: int, body: AsyncIterator[bytes]
+    ) -> None:
+        """Write chunk ``number`` at ``offset``. The chunk is held only if ``body`` ends without
+        raising (the caller's checks of its size and hash raise from inside it)."""
+
+    async def assemble(self, session_id: str, ref: str, chunks: int, head_bytes: int) -> AssembledContent:
+        """Put chunks 0..chunks-1 together and hash them; nothing becomes visible."""
+
+    async def abort_session(self, session_id: str, ref: str) -> None:
+        """Discard a session's bytes (idempotent: gone already is fine)."""
+
+    def list_sessions(self) -> AsyncIterator[SessionData]:
+        """The bytes of every session storage keeps (live, abandoned or half-completed)."""

@@ -3,6 +3,7 @@
 Writes go to ``{root}/.tmp/`` (same filesystem), are fsynced, then renamed into place:
 a crash or a disconnect never leaves a partial object under a final name. Temp files
 older than an hour are swept at start-up (a younger one may belong to another worker).
+Upload sessions live in ``{root}/.sessions/`` (``local_sessions.py``), which outlives restarts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import BinaryIO
 import anyio.to_thread
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.storage.base import StoredObject, object_name, sha_of_name
+from putplace_api.storage.base import SESSIONS_DIR, StoredObject, object_name, sha_of_name
+from putplace_api.storage.files import rename_into_place
+from putplace_api.storage.local_sessions import LocalSessions
 
 __all__ = ["LocalStorage"]
 
@@ -84,14 +87,7 @@ class _LocalWriter:
         if self._fsync:
             os.fsync(self._file.fileno())
         self._file.close()
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._temp, self._final)  # atomic; an identical concurrent upload just wins or loses
-        if self._fsync:
-            fd = os.open(self._final.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        rename_into_place(self._temp, self._final, self._fsync)
 
     async def commit(self) -> None:
         try:
@@ -129,7 +125,7 @@ def _list_dir(root: Path, name: str) -> list[StoredObject]:
     return out
 
 
-class LocalStorage:
+class LocalStorage(LocalSessions):
     kind = "local"
 
     def __init__(self, root: str | Path, fsync: bool = True, sweep_temps: bool = True) -> None:
@@ -232,7 +228,7 @@ class LocalStorage:
         try:
             top = await anyio.to_thread.run_sync(lambda: sorted(os.scandir(self.root), key=lambda e: e.name))
             for entry in top:
-                if entry.name == self._tmp.name:
+                if entry.name in (self._tmp.name, SESSIONS_DIR):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     for item in await anyio.to_thread.run_sync(_list_dir, self.root, entry.name):

@@ -12,6 +12,8 @@ with the DDL of its own version written out (never the live schema, which moves 
 - 2: API keys' limits and quotas (api_keys.hostnames, path_prefixes, max_bytes, max_files) and
   the key that stored each content (contents.stored_by); NULL in existing rows: no limit, no
   quota, stored by no key.
+- 3: upload sessions (the upload_sessions table); an older server refuses the database, as it
+  would not know to expire the sessions.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from putplace_api.store.migrations import legacy_name
 
 __all__ = ["VERSION", "SchemaTooNew", "upgrade"]
 
-VERSION = 2
+VERSION = 3
 
 
 class SchemaTooNew(RuntimeError):
@@ -96,7 +98,17 @@ def _to_2(c: sqlite3.Connection) -> None:
                 c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _to_1, 1: _to_2}  # from version -> step
+def _to_3(c: sqlite3.Connection) -> None:
+    """Add the table of upload sessions."""
+    c.execute(
+        "CREATE TABLE IF NOT EXISTS upload_sessions (id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, "
+        "size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, key_id TEXT NOT NULL, storage_ref TEXT NOT NULL, "
+        "created_at REAL NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID"
+    )
+    c.execute("CREATE INDEX IF NOT EXISTS upload_sessions_expires_at ON upload_sessions (expires_at)")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _to_1, 1: _to_2, 2: _to_3}  # from version -> step
 
 
 def upgrade(c: sqlite3.Connection) -> None:
