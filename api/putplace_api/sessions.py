@@ -94,15 +94,15 @@ async def _checked(body: AsyncIterator[bytes], length: int, sha256: str | None) 
         raise BadRequest(f"The chunk's bytes do not hash to its {CHUNK_SHA256_HEADER}")
 
 
-async def expire_sessions(store: SessionStore, storage: ContentStorage, now: datetime) -> int:
-    """Discard every session expired at ``now`` (its chunks, then its record); how many."""
-    done = 0
+async def expire_sessions(store: SessionStore, storage: ContentStorage, now: datetime) -> list[str]:
+    """Discard every session expired at ``now`` (its chunks, then its record); their ids."""
+    done = []
     while rows := await store.expired_sessions(now, EXPIRY_BATCH):
         for row in rows:
             await storage.abort_session(row.id, row.storage_ref)
             if await store.delete_session(row.id):
                 metrics.SESSIONS.labels("expired").inc()
-                done += 1
+                done.append(row.id)
         if len(rows) < EXPIRY_BATCH:
             break
     return done

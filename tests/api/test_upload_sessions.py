@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from putplace_api.maintenance.common import Backends
+from putplace_api.maintenance.gc import GcOptions, collect_garbage
 from putplace_api.storage import open_storage
 from putplace_api.storage.base import SessionData
 from putplace_api.store import open_store
@@ -282,4 +284,36 @@ async def test_a_session_survives_a_server_restart(restartable: Callable[[], Any
         assert resumed.held == [0, 2]
         await c.put_chunk(resumed, 1, _chunk(DATA, resumed, 1))
         await c.complete_upload_session(resumed.upload_id)
+        assert await c.download(sha(DATA)) == DATA
+
+
+async def test_gc_reclaims_expired_and_abandoned_sessions_never_a_live_one(
+    start_api: Callable[..., Api], backend: dict[str, Any], tmp_path: Path
+) -> None:
+    api = start_api(**backend)
+    async with PutPlaceClient(api.url, api.admin_key) as c:
+        await _announce(c, DATA)
+        live = await c.create_upload_session(sha(DATA), len(DATA))
+        await c.put_chunk(live, 0, _chunk(DATA, live, 0))
+    expired = await _expired_session(api, DATA)
+    async with _backends(api) as (store, storage):
+        abandoned = uuid.uuid4().hex  # data with no record: its record was lost
+        await storage.begin_session(abandoned, len(DATA))
+        later = datetime.now(UTC) + timedelta(hours=1)  # everything is older than a grace of 0 then
+        dry = await collect_garbage(Backends(store, storage), GcOptions(grace_seconds=0), now=later)
+        found = {(item.sha256, item.what) for item in dry.collected.items}
+        assert found == {
+            (expired.id, "expired upload session"),
+            (abandoned, "upload session data without a session"),
+        }
+        assert {s.session_id for s in await _session_data(api)} == {live.upload_id, expired.id, abandoned}
+        done = await collect_garbage(Backends(store, storage), GcOptions(grace_seconds=0, delete=True), now=later)
+        assert {(item.sha256, item.what) for item in done.collected.items} == found and done.ok
+        assert {s.session_id for s in await _session_data(api)} == {live.upload_id}
+        assert await store.get_session(expired.id) is None
+    async with PutPlaceClient(api.url, api.admin_key) as c:  # the live session is whole
+        resumed = await c.upload_session(live.upload_id)
+        assert resumed.held == [0]
+        (tmp_path / "source").write_bytes(DATA)
+        await c.upload_chunked(resumed, tmp_path / "source")
         assert await c.download(sha(DATA)) == DATA

@@ -7,6 +7,11 @@ upload in progress -- object committed, record not yet marked stored -- is never
   stored_at, older than the grace), and its object when the record said stored;
 - *orphan*: an object (last modified before the grace) with no content record marked stored.
 
+Upload sessions (``putplace_api.sessions``) too: an expired session's chunks and record (as the
+API's own periodic pass would), and session data in storage that no session record names
+(a session whose record was lost) once older than the grace. A live session -- a record not
+expired -- is never touched, whatever its age. Session bytes are not counted in the report's bytes.
+
 Dry-run by default: it lists what it would delete and how many bytes; ``delete=True`` does it.
 
 Racing a live server. An unreferenced content is collected in this order: delete its record
@@ -36,8 +41,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded, chunks
+from putplace_api.sessions import expire_sessions
 from putplace_api.storage.base import StoredObject
-from putplace_api.store.base import ContentRow
+from putplace_api.store.base import ContentRow, SessionStore
 
 __all__ = ["Collected", "GcOptions", "GcReport", "collect_garbage"]
 
@@ -53,7 +59,7 @@ class GcOptions:
 
 @dataclass(frozen=True, slots=True)
 class Collected:
-    sha256: str
+    sha256: str  # the content's; for an upload session, its id
     size: int  # bytes of storage freed (0 for a record whose content was never stored)
     what: str  # "unreferenced content", "unreferenced record (never stored)", "orphan object"
 
@@ -109,7 +115,25 @@ async def collect_garbage(backends: Backends, options: GcOptions, now: datetime 
     async for objects in batched(backends.storage.list_objects(), options.batch):
         await _orphans(backends, [o for o in objects if o.sha256 and o.modified < cutoff], cutoff, options, report)
         progress.tick("%d collected so far", report.collected.count)
+    await _sessions(backends, now or datetime.now(UTC), cutoff, options, report)
     return report
+
+
+async def _sessions(backends: Backends, now: datetime, cutoff: datetime, options: GcOptions, report: GcReport) -> None:
+    """Expired upload sessions, and session data no record names (older than the grace)."""
+    store: SessionStore = backends.store  # type: ignore[assignment]  # both stores implement it
+    if options.delete:
+        expired = await expire_sessions(store, backends.storage, now)
+    else:
+        expired = [row.id for row in await store.expired_sessions(now, options.batch)]
+    for session_id in expired:
+        report.collected.add(Collected(session_id, 0, "expired upload session"))
+    async for data in backends.storage.list_sessions():
+        if data.modified >= cutoff or await store.get_session(data.session_id) is not None:
+            continue  # young (perhaps being created: data first, then its record), or alive
+        if options.delete:
+            await backends.storage.abort_session(data.session_id, data.ref)
+        report.collected.add(Collected(data.session_id, 0, "upload session data without a session"))
 
 
 def _last_change(row: ContentRow) -> datetime:
