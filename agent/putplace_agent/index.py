@@ -3,7 +3,9 @@ still owed to the server.
 
 A file is re-hashed only when its stat signature (size, mtime_ns, ctime_ns, inode) changed --
 the rule restic and borg use. Work the server has not acknowledged stays here as a state, so
-an API outage or a restart loses nothing: on start the agent re-sends whatever is pending.
+an API outage or a restart loses nothing: on start the agent re-sends whatever is pending. A
+large file going up in chunks keeps its upload session's id here, so a restart sends only the
+chunks the server does not hold.
 
 Paths are kept as bytes (``os.fsencode``) because file names need not be UTF-8. One SQLite
 file in the state directory, used only from the agent's event-loop thread.
@@ -61,6 +63,9 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_pending ON files (state) WHERE state != {State.SYNCED};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    path BLOB PRIMARY KEY, sha256 TEXT NOT NULL, ctime_ns INTEGER NOT NULL, upload_id TEXT NOT NULL
+) WITHOUT ROWID;
 """
 _SCHEMA_VERSION = 1
 
@@ -125,6 +130,14 @@ class Index:
         for (path,) in self._db.execute("SELECT path FROM files WHERE state = ?", (state,)).fetchall():
             yield path
 
+    def session_of(self, e: Entry) -> str | None:
+        """The upload session this very version of the file was being sent in, if any."""
+        row = self._db.execute(
+            "SELECT upload_id FROM sessions WHERE path = ? AND sha256 = ? AND ctime_ns = ?",
+            (e.path, e.sha256, e.ctime_ns),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def counts(self) -> dict[State, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state")
         counts = dict.fromkeys(State, 0)
@@ -184,6 +197,16 @@ class Index:
             sql = "DELETE FROM files WHERE path = ? AND state = ?"
         with self._transaction():
             self._db.executemany(sql, rows)
+
+    def remember_session(self, e: Entry, upload_id: str) -> None:
+        """Kept before any chunk is sent: a restart asks the server which chunks it holds."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO sessions (path, sha256, ctime_ns, upload_id) VALUES (?, ?, ?, ?)",
+            (e.path, e.sha256, e.ctime_ns, upload_id),
+        )
+
+    def forget_session(self, path: bytes) -> None:
+        self._db.execute("DELETE FROM sessions WHERE path = ?", (path,))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -272,14 +272,21 @@ class PutPlaceClient:
         """Send the chunks ``session`` lacks, ``parallel`` at a time, then complete it. Give it a
         session from ``upload_session`` to resume: held chunks are not sent again."""
         missing = iter(session.missing())
+        failures: list[Exception] = []  # the first ends every sender; it is raised as one upload's
 
         async def sender() -> None:
-            for number in missing:  # one shared iterator: each chunk is taken by one sender
-                await self.put_chunk(session, number, source)
+            try:
+                for number in missing:  # one shared iterator: each chunk is taken by one sender
+                    await self.put_chunk(session, number, source)
+            except Exception as exc:
+                failures.append(exc)
+                senders.cancel_scope.cancel()
 
         async with anyio.create_task_group() as senders:
             for _ in range(max(1, parallel)):
                 senders.start_soon(sender)
+        if failures:
+            raise failures[0]
         return await self.complete_upload_session(
             session.upload_id, hostname=hostname, filepath=filepath, filepath_escaped=filepath_escaped
         )
