@@ -71,6 +71,13 @@ def content_record(api: ApiProcess, digest: str) -> dict[str, Any] | None:
     return dict(r.json())
 
 
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of ``size`` zero bytes that takes no room (a hole, made with truncate)."""
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
 def content_stored(api: ApiProcess, digest: str) -> bool:
     record = content_record(api, digest)
     return record is not None and bool(record["has_file_content"])
@@ -325,9 +332,7 @@ def test_an_unreadable_file_fails_alone_and_is_reported_once(api_process: ApiPro
 def test_a_sparse_5_gib_file_is_synced_in_bounded_memory(
     big_api: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
 ) -> None:
-    big = tree / "sparse.img"
-    with big.open("wb") as f:
-        f.truncate(5 * GIB)
+    big = sparse_file(tree / "sparse.img", 5 * GIB)
     agent = make_agent(node="node-a")
     agent.start()
     # About a minute on an idle 2-core machine; the deadline only catches a stall, not slowness
@@ -399,9 +404,7 @@ def test_a_tree_of_200_000_files(api_process: ApiProcess, huge_tree: Path, make_
 def test_sigterm_during_an_upload_then_a_restart_finishes_it_without_rehashing(
     big_api: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
 ) -> None:
-    big = tree / "big.img"
-    with big.open("wb") as f:
-        f.truncate(3 * GIB)
+    big = sparse_file(tree / "big.img", 3 * GIB)
     # One request for the whole content (the session threshold above it): the upload in progress
     # is the server's temp file; the chunked path is the next test's.
     env = {"PUTPLACE_DRAIN_SECONDS": "1", "PUTPLACE_SESSION_THRESHOLD_BYTES": str(4 * GIB)}
@@ -440,9 +443,7 @@ def test_sigterm_during_an_upload_then_a_restart_finishes_it_without_rehashing(
 def test_kill_9_during_a_chunked_upload_then_a_restart_sends_only_what_is_missing(
     big_api: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
 ) -> None:
-    big = tree / "big.img"
-    with big.open("wb") as f:
-        f.truncate(3 * GIB)
+    big = sparse_file(tree / "big.img", 3 * GIB)
     agent = make_agent(node="node-a", env={"PUTPLACE_SESSION_PARALLEL_CHUNKS": "2"})
     held = "putplace_upload_session_held_bytes_total"
     received = "putplace_upload_session_received_bytes_total"
