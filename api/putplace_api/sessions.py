@@ -245,6 +245,8 @@ class Sessions:
 
     async def _complete(self, key: Principal, upload_id: str) -> Completed:
         row = await self._row(key, upload_id)
+        if await self._storage.size(row.sha256) == row.size:
+            return await self._found_published(key, row)
         missing = sorted(set(range(_chunks(row))) - await self._held(row))
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
@@ -269,6 +271,18 @@ class Sessions:
         metrics.SESSIONS.labels("completed").inc()
         metrics.UPLOADS.labels("stored").inc()
         metrics.UPLOADED_BYTES.inc(row.size)
+        return Completed(row, mime)
+
+    async def _found_published(self, key: Principal, row: SessionRow) -> Completed:
+        """The content is under its name already: published by an earlier completion that the
+        API did not get to record (it was stopped), or by another upload. Only verified bytes
+        ever get a content's name, so what is left is to mark it stored and end the session."""
+        head = [piece async for piece in self._storage.read(row.sha256, 0, SNIFF_BYTES)]
+        mime = detect_mime(b"".join(head))
+        await self._store.mark_stored(
+            row.sha256, row.size, mime, self._storage.location(row.sha256), datetime.now(UTC), key.key_id
+        )
+        await self._discard(row, "completed")
         return Completed(row, mime)
 
     async def _publish(self, row: SessionRow) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from putplace_api.errors import BackendUnavailable
 from putplace_api.settings import Settings
-from putplace_api.storage import ContentStorage, open_storage
+from putplace_api.storage import ContentStorage, open_storage, s3_sessions
 from putplace_api.storage.local import LocalStorage
 from putplace_api.storage.s3 import PART_SIZE
 from tests.api.conftest import s3_settings
@@ -210,6 +210,10 @@ async def _body(data: bytes, fail: bool = False) -> AsyncIterator[bytes]:
         raise ValueError("refused by the caller")
 
 
+def _part(data: bytes, n: int) -> bytes:
+    return data[n * SESSION_CHUNK : (n + 1) * SESSION_CHUNK]
+
+
 async def _sessions(storage: ContentStorage) -> dict[str, str]:
     return {s.session_id: s.ref async for s in storage.list_sessions()}
 
@@ -221,9 +225,7 @@ async def test_session_chunks_in_any_order_assemble_then_commit(storage: Content
     assert await storage.held_chunks(sid, ref) == set()
     before = datetime.now(UTC) - timedelta(seconds=5)
     for n in (2, 0):
-        await storage.write_chunk(
-            sid, ref, n, n * SESSION_CHUNK, _body(data[n * SESSION_CHUNK : (n + 1) * SESSION_CHUNK])
-        )
+        await storage.write_chunk(sid, ref, n, n * SESSION_CHUNK, _body(_part(data, n)))
     with pytest.raises(ValueError):  # a chunk refused on the way is not held
         await storage.write_chunk(sid, ref, 1, SESSION_CHUNK, _body(data[SESSION_CHUNK : 2 * SESSION_CHUNK], True))
     assert await storage.held_chunks(sid, ref) == {0, 2}
@@ -277,3 +279,22 @@ async def test_session_assembled_again_after_a_crash_before_commit(storage: Cont
     assert again.sha256 == _sha(data)
     await again.commit()
     assert await _read(storage, _sha(data)) == data
+
+
+async def test_session_beyond_copy_object_limit_is_copied_in_parts(
+    storage: ContentStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond CopyObject's 5 GB an assembled content is copied part by part (UploadPartCopy):
+    the same path, taken here with the limit and the part lowered to 5 MiB (real servers)."""
+    monkeypatch.setattr(s3_sessions, "COPY_LIMIT", SESSION_CHUNK)
+    monkeypatch.setattr(s3_sessions, "COPY_PART", SESSION_CHUNK)
+    data = os.urandom(2 * SESSION_CHUNK + 1000)
+    sid = uuid.uuid4().hex
+    ref = await storage.begin_session(sid, len(data))
+    for n in range(3):
+        await storage.write_chunk(sid, ref, n, n * SESSION_CHUNK, _body(_part(data, n)))
+    assembled = await storage.assemble(sid, ref, 3, 0)
+    await assembled.commit()
+    assert await _read(storage, _sha(data)) == data
+    assert [o.sha256 async for o in storage.list_objects()] == [_sha(data)]
+    assert await _sessions(storage) == {}

@@ -24,6 +24,7 @@ from putplace_client import PutPlaceClient
 from putplace_client.errors import ConflictError, NotFoundError, StatusError
 from putplace_client.models import FileMetadata, UploadSession
 from tests.api.conftest import ADMIN_KEY, Api, make_settings, meta, s3_settings, serve_app, sha
+from tests.webhook_receiver import receiving
 
 pytestmark = pytest.mark.anyio
 
@@ -317,3 +318,57 @@ async def test_gc_reclaims_expired_and_abandoned_sessions_never_a_live_one(
         (tmp_path / "source").write_bytes(DATA)
         await c.upload_chunked(resumed, tmp_path / "source")
         assert await c.download(sha(DATA)) == DATA
+
+
+async def test_completion_tells_webhooks_as_an_upload_does(
+    start_api: Callable[..., Api], backend: dict[str, Any]
+) -> None:
+    api = start_api(**backend, webhook_poll_seconds=0.2)
+    forged = os.urandom(len(DATA))
+    with receiving() as receiver, api.http() as h:
+        r = h.post(
+            "/webhooks/subscriptions", json={"url": receiver.url(), "events": ["file.uploaded", "upload.mismatch"]}
+        )
+        assert r.status_code == 201, r.text
+        async with PutPlaceClient(api.url, api.admin_key) as c:
+            await _announce(c, DATA)
+            for data in (forged, DATA):  # a mismatch first, then the right bytes in a new session
+                session = await c.create_upload_session(sha(DATA), len(DATA))
+                for n in range(session.chunks):
+                    await c.put_chunk(session, n, _chunk(data, session, n))
+                try:
+                    await c.complete_upload_session(session.upload_id, hostname="node-1", filepath="/data/big.img")
+                except StatusError as exc:
+                    assert exc.status_code == 400 and data is forged
+        delivered = receiver.wait_for(2)
+    assert [(d.event, d.payload["data"]["sha256"]) for d in delivered] == [
+        ("upload.mismatch", sha(DATA)),
+        ("file.uploaded", sha(DATA)),
+    ]
+    assert delivered[1].payload["data"] == {
+        "sha256": sha(DATA), "size": len(DATA), "mime_type": "application/octet-stream",
+        "hostname": "node-1", "filepath": "/data/big.img",
+    }  # fmt: skip
+
+
+async def test_completion_cut_short_after_publishing_completes_when_asked_again(
+    client: tuple[Api, PutPlaceClient],
+) -> None:
+    """The API stopped between publishing the content and recording it: the content is under its
+    name, the session still open. Completing again records it (no chunk is sent again)."""
+    api, c = client
+    await _announce(c, DATA)
+    session = await c.create_upload_session(sha(DATA), len(DATA))
+    for n in range(session.chunks):
+        await c.put_chunk(session, n, _chunk(DATA, session, n))
+    async with _backends(api) as (store, storage):  # what the stopped completion had done
+        row = await store.get_session(session.upload_id)
+        assembled = await storage.assemble(row.id, row.storage_ref, session.chunks, 0)
+        await assembled.commit()
+    with pytest.raises(NotFoundError):  # published, but not marked stored: not served yet
+        await c.download(sha(DATA))
+    done = await c.complete_upload_session(session.upload_id)
+    assert done.sha256 == sha(DATA) and await c.download(sha(DATA)) == DATA
+    with pytest.raises(NotFoundError):
+        await c.upload_session(session.upload_id)
+    assert await _session_data(api) == []
