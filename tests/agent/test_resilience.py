@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -437,33 +436,6 @@ def test_sigterm_during_an_upload_then_a_restart_finishes_it_without_rehashing(
     assert agent.counter("putplace_agent_files_hashed_total") == 0  # the index remembered the hash
     assert agent.counter("putplace_agent_files_uploaded_total") == 1
     assert big_api.catalogue("node-a") == {str(big): ZEROS_3_GIB}
-    assert agent.stop() == 0
-
-
-def test_kill_9_during_a_chunked_upload_then_a_restart_sends_only_what_is_missing(
-    big_api: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
-) -> None:
-    big = sparse_file(tree / "big.img", 3 * GIB)
-    agent = make_agent(node="node-a", env={"PUTPLACE_SESSION_PARALLEL_CHUNKS": "2"})
-    held = "putplace_upload_session_held_bytes_total"
-    received = "putplace_upload_session_received_bytes_total"
-
-    agent.start()
-    wait_until(lambda: big_api.counter(held) >= 256 * MIB, 120, "the chunked upload to be under way")
-    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
-    # The server has seen the cut: no chunk is being received any more.
-    wait_until(lambda: big_api.counter("putplace_upload_session_chunks_in_progress") == 0, 30, "the chunks to end")
-    held_before, received_before = big_api.counter(held), big_api.counter(received)
-    assert held_before < 3 * GIB and not content_stored(big_api, ZEROS_3_GIB), "killed too late to show anything"
-
-    agent.start()
-    wait_until(lambda: content_stored(big_api, ZEROS_3_GIB), 300, "the content after the restart")
-    assert agent.counter("putplace_agent_files_hashed_total") == 0  # the index remembered the hash
-    # Only what the server did not hold went up again, measured in bytes; each chunk held once.
-    assert big_api.counter(received) - received_before == 3 * GIB - held_before
-    assert big_api.counter(held) == 3 * GIB
-    assert big_api.catalogue("node-a") == {str(big): ZEROS_3_GIB}
-    assert not list((big_api.workdir / "data" / "content" / ".sessions").iterdir())
     assert agent.stop() == 0
 
 
