@@ -372,3 +372,21 @@ async def test_completion_cut_short_after_publishing_completes_when_asked_again(
     with pytest.raises(NotFoundError):
         await c.upload_session(session.upload_id)
     assert await _session_data(api) == []
+
+
+async def test_chunks_larger_than_the_json_request_cap_are_taken(start_api: Callable[..., Api]) -> None:
+    """Chunk bodies are streamed and checked against their exact size, not held to
+    max_request_bytes (the cap of JSON bodies)."""
+    api = start_api(upload_chunk_bytes=6 * MIB, max_request_bytes=MIB)
+    data = os.urandom(6 * MIB + 10)
+    async with PutPlaceClient(api.url, api.admin_key) as c:
+        await _announce(c, data)
+        session = await c.create_upload_session(sha(data), len(data))
+        assert (session.chunk_size, session.chunks) == (6 * MIB, 2)
+        for n in range(session.chunks):
+            await c.put_chunk(session, n, _chunk(data, session, n))
+        await c.complete_upload_session(session.upload_id)
+        assert await c.download(sha(data)) == data
+    with api.http() as h:  # the JSON route of sessions keeps the cap
+        r = h.post("/uploads", content=b"{" + b" " * (2 * MIB) + b"}", headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
