@@ -145,6 +145,17 @@ class ApiProcess:
         with self.http() as c:
             return dict(c.get("/stats").raise_for_status().json())
 
+    def counter(self, name: str) -> float:
+        """A metric of the API (summed over its labels; 0 when it has no sample yet)."""
+        with self.http() as c:
+            try:
+                return metric(c.get("/metrics").raise_for_status().text, name)
+            except KeyError:
+                return 0.0
+
+    def rss_bytes(self) -> int:
+        return peak_rss(self.pid)
+
 
 @dataclass
 class Agent:
@@ -229,10 +240,7 @@ class Agent:
 
     def rss_bytes(self) -> int:
         assert self.popen is not None
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):  # peak resident set size
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM in /proc/<pid>/status")
+        return peak_rss(self.popen.pid)
 
 
 @contextmanager
@@ -288,6 +296,14 @@ def summary_of(stderr: str) -> dict[str, Any]:
         if record.get("message") in ("sync complete", "sync stopped"):
             return dict(record)
     return {}
+
+
+def peak_rss(pid: int) -> int:
+    """The peak resident set size of a running process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
 def metric(text: str, name: str) -> float:

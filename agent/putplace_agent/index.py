@@ -3,7 +3,9 @@ still owed to the server.
 
 A file is re-hashed only when its stat signature (size, mtime_ns, ctime_ns, inode) changed --
 the rule restic and borg use. Work the server has not acknowledged stays here as a state, so
-an API outage or a restart loses nothing: on start the agent re-sends whatever is pending.
+an API outage or a restart loses nothing: on start the agent re-sends whatever is pending. A
+large file going up in chunks keeps its upload session's id here, so a restart sends only the
+chunks the server does not hold.
 
 Paths are kept as bytes (``os.fsencode``) because file names need not be UTF-8. One SQLite
 file in the state directory, used only from the agent's event-loop thread.
@@ -61,8 +63,13 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_pending ON files (state) WHERE state != {State.SYNCED};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    path BLOB PRIMARY KEY, sha256 TEXT NOT NULL, ctime_ns INTEGER NOT NULL, upload_id TEXT NOT NULL
+) WITHOUT ROWID;
 """
-_SCHEMA_VERSION = 1
+# 1: files and meta. 2: sessions (chunked uploads to resume). Every statement of _SCHEMA is
+# IF NOT EXISTS, so running it again brings any older index to the current version.
+_SCHEMA_VERSION = 2
 # Said again in queries for a pending state: SQLite uses the partial index ``files_pending``
 # only when the query's WHERE implies the index's, which ``state = ?`` alone does not (the
 # parameter is unknown when the query is planned). Without it, every start and every retry
@@ -86,7 +93,7 @@ class Index:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # a crash may lose the last commits: they are re-done
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
+        if version > _SCHEMA_VERSION:
             raise RuntimeError(f"index {self.path} has schema {version}, this agent knows {_SCHEMA_VERSION}")
         if version != _SCHEMA_VERSION:  # set once: a write at every start costs a checkpoint at exit
             self._db.executescript(_SCHEMA)
@@ -136,6 +143,14 @@ class Index:
         through the partial index of pending rows: no scan of the whole table at every exit."""
         rows = self._db.execute(f"SELECT state, COUNT(*) FROM files WHERE state != {State.SYNCED} GROUP BY state")
         return {State(s): n for s, n in rows}
+
+    def session_of(self, e: Entry) -> str | None:
+        """The upload session this very version of the file was being sent in, if any."""
+        row = self._db.execute(
+            "SELECT upload_id FROM sessions WHERE path = ? AND sha256 = ? AND ctime_ns = ?",
+            (e.path, e.sha256, e.ctime_ns),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     # -- writes --------------------------------------------------------------------------
     def record_hashed(self, entries: Iterable[Entry]) -> None:
@@ -190,6 +205,16 @@ class Index:
             sql = "DELETE FROM files WHERE path = ? AND state = ?"
         with self._transaction():
             self._db.executemany(sql, rows)
+
+    def remember_session(self, e: Entry, upload_id: str) -> None:
+        """Kept before any chunk is sent: a restart asks the server which chunks it holds."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO sessions (path, sha256, ctime_ns, upload_id) VALUES (?, ?, ?, ?)",
+            (e.path, e.sha256, e.ctime_ns, upload_id),
+        )
+
+    def forget_session(self, path: bytes) -> None:
+        self._db.execute("DELETE FROM sessions WHERE path = ?", (path,))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -65,6 +65,12 @@ class AgentSettings(BaseSettings):
     )
     hash_workers: int = Field(2, ge=1, le=64, description="threads hashing files")
     upload_concurrency: int = Field(4, ge=1, le=64, description="content uploads in flight")
+    session_threshold_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="files larger than this go up in chunks through an upload session, resumed after a restart",
+    )
+    session_parallel_chunks: int = Field(4, ge=1, le=32, description="chunks of one upload session in flight")
     batch_size: int = Field(1000, ge=1, le=10_000, description="records per POST /put_files")
     batch_linger_seconds: float = Field(0.05, ge=0, description="how long a partial batch waits for more records")
     retry_for_seconds: float = Field(

@@ -3,7 +3,8 @@ server asks for, delete what is gone -- and keep every step's debt in the index.
 
     scans / watch events --> hash (thread pool) --> announce (POST /put_files, batched)
                                                       |--> bundle small contents (POST /upload_files)
-                                                      |--> upload large ones (bounded concurrency, streamed)
+                                                      |--> upload large ones (bounded concurrency, streamed;
+                                                      |    above a threshold in resumable chunks: sessions.py)
     gone from disk ------------------------------------> delete (DELETE /files)
 
 Stages talk through in-memory queues; the index is the truth. A path leaves a state only when
@@ -31,6 +32,7 @@ from putplace_agent.index import Entry, Index, State
 from putplace_agent.metrics import Tally
 from putplace_agent.retry import call_with_retry, is_transient
 from putplace_agent.scanner import Excluder, is_catalogued, pseudo_mounts, scan, signature_of
+from putplace_agent.sessions import upload_in_session
 from putplace_agent.settings import AgentSettings
 from putplace_agent.watcher import watch_tree
 from putplace_client import (
@@ -721,6 +723,17 @@ class Agent:
             if signature_of(st) != e.signature:  # also when it is no longer a file (a FIFO would block)
                 raise _Stale
             source: bytes | Path = os.readlink(e.path) if stat.S_ISLNK(st.st_mode) else Path(os.fsdecode(e.path))
+            if isinstance(source, Path) and e.size > self.settings.session_threshold_bytes:
+                await upload_in_session(
+                    self.client,
+                    self.index,
+                    e,
+                    source,
+                    parallel=self.settings.session_parallel_chunks,
+                    hostname=self.settings.node_name,
+                    filepath=self._catalogue_path(e.path),
+                )
+                return
             await self.client.upload(
                 e.sha256, source, hostname=self.settings.node_name, filepath=self._catalogue_path(e.path)
             )

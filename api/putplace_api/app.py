@@ -23,7 +23,7 @@ from putplace_api import __version__
 from putplace_api.auth import AGENT_KEY_FILE
 from putplace_api.errors import Overloaded, PutPlaceError, error_response, validation_response
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
-from putplace_api.routes import browse, content, files, health, keys, webhooks
+from putplace_api.routes import browse, content, files, health, keys, sessions, webhooks
 from putplace_api.settings import Settings, get_settings
 from putplace_api.state import AppState, build_state
 from putplace_api.tracing import setup_tracing
@@ -69,12 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.sync:
             await state.auth.local_agent_key(settings.data_dir / AGENT_KEY_FILE)
         flusher = asyncio.create_task(_flush_last_used(state))
+        # Expired upload sessions are looked for at least twice per lifetime, at most once a minute.
+        expirer = asyncio.create_task(state.sessions.run(min(60.0, settings.upload_session_ttl_seconds / 2)))
         await state.webhooks.start()
         log.info("PutPlace API ready: database=%s storage=%s", state.store.kind, state.storage.kind)
         try:
             yield
         finally:
             flusher.cancel()
+            expirer.cancel()
             await state.webhooks.stop()
             with contextlib.suppress(Exception):
                 await state.auth.flush_last_used()
@@ -94,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.putplace = state
-    for router in (health.router, files.router, content.router, keys.router, webhooks.router):
+    for router in (health.router, files.router, content.router, sessions.router, keys.router, webhooks.router):
         app.include_router(router)
     app.include_router(browse.router)
     mount_console(app)

@@ -9,6 +9,7 @@ Routes and services raise these; backends translate their drivers' exceptions in
     ├── Unauthorized (401)
     ├── Forbidden (403)
     ├── NotFound (404)
+    ├── Conflict (409)
     ├── RangeNotSatisfiable (416)
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
@@ -35,6 +36,7 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "Conflict",
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "RangeNotSatisfiable",
@@ -79,6 +81,10 @@ class Forbidden(PutPlaceError):
 
 class NotFound(PutPlaceError):
     status_code = 404
+
+
+class Conflict(PutPlaceError):
+    status_code = 409
 
 
 class PayloadTooLarge(PutPlaceError):
@@ -128,6 +134,7 @@ _ERRORS: dict[int, str] = {
     401: "Missing, unknown, revoked or expired API key",
     403: "The API key lacks the scope this operation needs, or the record named is outside its hosts and paths",
     404: "Nothing by that name",
+    409: "Not what was announced: the content is stored already (nothing to upload), or has another size",
     413: "Request body larger than the server accepts, or storing it would exceed the API key's quota",
     415: "Content type not accepted",
     416: "Range not satisfiable",

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 __all__ = [
     "REQUESTS",
@@ -21,6 +29,11 @@ __all__ = [
     "RATE_LIMITED",
     "BACKEND_SECONDS",
     "SHED",
+    "SESSIONS",
+    "SESSION_CHUNKS",
+    "SESSION_RECEIVED_BYTES",
+    "SESSION_HELD_BYTES",
+    "SESSION_CHUNKS_IN_PROGRESS",
     "render",
 ]
 
@@ -47,6 +60,22 @@ SHED = Counter(
     "putplace_shed_total",
     "Backend operations refused at once (503) because the process ran its cap of them",
     ["backend", "operation"],
+)
+
+SESSIONS = Counter(
+    "putplace_upload_sessions_total",
+    "Upload sessions by what became of them: created, completed, aborted, expired, mismatch, refused",
+    ["outcome"],
+)
+SESSION_CHUNKS = Counter("putplace_upload_session_chunks_total", "Chunks received by outcome", ["outcome"])
+SESSION_RECEIVED_BYTES = Counter(
+    "putplace_upload_session_received_bytes_total", "Chunk body bytes read, whether or not the chunk was kept"
+)
+SESSION_HELD_BYTES = Counter(
+    "putplace_upload_session_held_bytes_total", "Bytes of the chunks written completely (held by a session)"
+)
+SESSION_CHUNKS_IN_PROGRESS = Gauge(
+    "putplace_upload_session_chunks_in_progress", "Chunk requests being received now", multiprocess_mode="livesum"
 )
 
 

@@ -52,6 +52,12 @@ PRINCIPAL = "putplace.principal"  # scope key where SecurityMiddleware leaves th
 _STREAMED_PREFIXES = ("/upload_file/",)  # bodies limited by max_upload_bytes instead
 
 
+def _streamed(path: str) -> bool:
+    """Bodies the route streams and limits itself: uploads (max_upload_bytes) and upload
+    session chunks (their exact size, which may exceed max_request_bytes)."""
+    return path.startswith(_STREAMED_PREFIXES) or (path.startswith("/uploads/") and "/chunks/" in path)
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -136,7 +142,7 @@ class SecurityMiddleware:
                         "RateLimit-Policy": f"{decision.burst};w={decision.burst / decision.limit:g}",
                     },
                 )
-            if not scope["path"].startswith(_STREAMED_PREFIXES):
+            if not _streamed(scope["path"]):
                 receive = await self._limit_body(headers, receive)
         except PutPlaceError as exc:
             if isinstance(exc, BackendUnavailable) and not isinstance(exc, Overloaded):

@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     max_upload_bytes: int | None = Field(
         None, ge=0, description="largest accepted upload (413 above); unset = no limit"
     )
+    upload_chunk_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=512 * 1024 * 1024,
+        description="chunk size of upload sessions (S3 parts are >= 5 MiB); memory per chunk being received on S3",
+    )
+    upload_session_ttl_seconds: float = Field(
+        24 * 3600.0, gt=0, description="an upload session unused for this long expires and its chunks are deleted"
+    )
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest JSON request body (413 above)")
     allowed_mime_types: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated MIME allow-list for uploads (415 otherwise); empty = any"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from putplace_api import metrics
@@ -19,6 +19,7 @@ from putplace_api.auth import Authenticator
 from putplace_api.errors import BackendUnavailable
 from putplace_api.quotas import Quotas
 from putplace_api.ratelimit import RateLimiter
+from putplace_api.sessions import Sessions
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
 from putplace_api.store import MetadataStore, open_store
@@ -68,13 +69,15 @@ class AppState:
     auth: Authenticator
     limiter: RateLimiter
     webhooks: Webhooks
-    quotas: Quotas = field(default_factory=Quotas)
+    sessions: Sessions
+    quotas: Quotas
 
 
 def build_state(settings: Settings) -> AppState:
     timed = _Timed(open_store(settings), "database")
     store = cast(MetadataStore, Admitted(timed, "database", settings.database_max_concurrency))
     storage = cast(ContentStorage, _Timed(open_storage(settings), "storage"))
+    quotas = Quotas()
     return AppState(
         settings=settings,
         store=store,
@@ -82,4 +85,6 @@ def build_state(settings: Settings) -> AppState:
         auth=Authenticator(store),
         limiter=RateLimiter(store, settings.rate_limit, settings.rate_limit_burst),
         webhooks=Webhooks(cast(WebhookStore, store), settings),
+        sessions=Sessions(store, storage, settings, quotas),
+        quotas=quotas,
     )

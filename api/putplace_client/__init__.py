@@ -7,6 +7,7 @@ from putplace_client.client import PutPlaceClient
 from putplace_client.errors import (
     AuthenticationError,
     CertificateError,
+    ConflictError,
     ContentChanged,
     NotFoundError,
     PermissionDenied,
@@ -27,6 +28,7 @@ from putplace_client.models import (
     Scope,
     Stats,
     UploadResponse,
+    UploadSession,
     UploadStatus,
 )
 
@@ -40,6 +42,7 @@ __all__ = [
     "AuthenticationError",
     "PermissionDenied",
     "NotFoundError",
+    "ConflictError",
     "RateLimited",
     "ServerUnavailable",
     "ApiKeyCreate",
@@ -52,5 +55,6 @@ __all__ = [
     "Stats",
     "UploadResponse",
     "UploadStatus",
+    "UploadSession",
     "BatchUploadItem",
 ]

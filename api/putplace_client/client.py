@@ -21,11 +21,13 @@ import httpx
 from putplace_client import names
 from putplace_client.errors import CertificateError, ContentChanged, TransportError, status_error
 from putplace_client.models import (
+    CHUNK_SHA256_HEADER,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
     BatchUploadItem,
     BatchUploadResponse,
+    ChunkReceived,
     DeadLetter,
     FileMetadata,
     FileRecord,
@@ -38,6 +40,8 @@ from putplace_client.models import (
     Scope,
     Stats,
     UploadResponse,
+    UploadSession,
+    UploadSessionCreate,
     WebhookCreate,
     WebhookCreated,
     WebhookEvent,
@@ -57,9 +61,11 @@ def _name_params(param: str, value: str, escaped: bool) -> dict[str, str]:
     return {param: name.filepath, f"{param}_escaped": "true"} if name.escaped else {param: name.filepath}
 
 
-async def _file_chunks(f: anyio.AsyncFile[bytes], size: int) -> AsyncGenerator[bytes, None]:
-    """Exactly ``size`` bytes (the declared Content-Length) of an open file, 1 MiB at a time."""
+async def _file_chunks(f: anyio.AsyncFile[bytes], size: int, start: int = 0) -> AsyncGenerator[bytes, None]:
+    """Exactly ``size`` bytes (the declared Content-Length) of an open file from ``start``, 1 MiB at a time."""
     try:
+        if start:
+            await f.seek(start)
         left = size
         while left > 0:
             chunk = await f.read(min(UPLOAD_CHUNK, left))
@@ -196,6 +202,94 @@ class PutPlaceClient:
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         r = await self._send("POST", "/upload_files", content=b"".join(pieces), headers=headers)
         return BatchUploadResponse.model_validate(r.json()).files
+
+    # -- upload sessions: chunked, resumable uploads of large contents --------------------
+    async def create_upload_session(self, sha256: str, size: int) -> UploadSession:
+        """Open a session for an announced content (``ConflictError``: it is stored already)."""
+        body = UploadSessionCreate(sha256=sha256, size=size).model_dump(mode="json")
+        return UploadSession.model_validate((await self._send("POST", "/uploads", json=body)).json())
+
+    async def upload_session(self, upload_id: str) -> UploadSession:
+        """The session with the chunks the server holds."""
+        return UploadSession.model_validate((await self._send("GET", f"/uploads/{upload_id}")).json())
+
+    async def put_chunk(
+        self,
+        session: UploadSession,
+        number: int,
+        source: Path | str | bytes,
+        *,
+        chunk_sha256: str | None = None,
+    ) -> ChunkReceived:
+        """Send chunk ``number``: ``bytes`` as they are, or that chunk's span of a file, read 1 MiB
+        at a time (``ContentChanged`` if the file is shorter now)."""
+        start, end = session.chunk_span(number)
+        headers = {"Content-Type": "application/octet-stream"}
+        if chunk_sha256 is not None:
+            headers[CHUNK_SHA256_HEADER] = chunk_sha256
+        body: bytes | AsyncGenerator[bytes, None]
+        if isinstance(source, bytes):
+            body = source
+        else:
+            body = _file_chunks(await anyio.open_file(source, "rb"), end - start, start)
+            headers["Content-Length"] = str(end - start)
+        url = f"/uploads/{session.upload_id}/chunks/{number}"
+        try:
+            r = await self._send("PUT", url, content=body, headers=headers)
+        finally:
+            if not isinstance(body, bytes):
+                await body.aclose()
+        return ChunkReceived.model_validate(r.json())
+
+    async def complete_upload_session(
+        self,
+        upload_id: str,
+        *,
+        hostname: str | None = None,
+        filepath: str | None = None,
+        filepath_escaped: bool = False,
+    ) -> UploadResponse:
+        """Have the server assemble and verify the content (it hashes the whole: allow time)."""
+        params = {} if hostname is None else {"hostname": hostname}
+        if filepath is not None:
+            params |= _name_params("filepath", filepath, filepath_escaped)
+        r = await self._send("POST", f"/uploads/{upload_id}/complete", params=params)
+        return UploadResponse.model_validate(r.json())
+
+    async def abort_upload_session(self, upload_id: str) -> None:
+        await self._send("DELETE", f"/uploads/{upload_id}")
+
+    async def upload_chunked(
+        self,
+        session: UploadSession,
+        source: Path | str,
+        *,
+        parallel: int = 4,
+        hostname: str | None = None,
+        filepath: str | None = None,
+        filepath_escaped: bool = False,
+    ) -> UploadResponse:
+        """Send the chunks ``session`` lacks, ``parallel`` at a time, then complete it. Give it a
+        session from ``upload_session`` to resume: held chunks are not sent again."""
+        missing = iter(session.missing())
+        failures: list[Exception] = []  # the first ends every sender; it is raised as one upload's
+
+        async def sender() -> None:
+            try:
+                for number in missing:  # one shared iterator: each chunk is taken by one sender
+                    await self.put_chunk(session, number, source)
+            except Exception as exc:
+                failures.append(exc)
+                senders.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as senders:
+            for _ in range(max(1, parallel)):
+                senders.start_soon(sender)
+        if failures:
+            raise failures[0]
+        return await self.complete_upload_session(
+            session.upload_id, hostname=hostname, filepath=filepath, filepath_escaped=filepath_escaped
+        )
 
     async def get_file(self, sha256: str) -> FileRecord:
         return FileRecord.model_validate((await self._send("GET", f"/get_file/{sha256}")).json())

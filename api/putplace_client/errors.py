@@ -8,6 +8,7 @@
         ├── AuthenticationError   401
         ├── PermissionDenied      403
         ├── NotFoundError         404
+        ├── ConflictError         409 (an upload session for content stored already)
         ├── RateLimited           429 (retry_after)
         └── ServerUnavailable     503 (retry_after)
 
@@ -27,6 +28,7 @@ __all__ = [
     "AuthenticationError",
     "PermissionDenied",
     "NotFoundError",
+    "ConflictError",
     "RateLimited",
     "ServerUnavailable",
     "status_error",
@@ -81,6 +83,10 @@ class NotFoundError(StatusError):
     pass
 
 
+class ConflictError(StatusError):
+    """409: e.g. an upload session for a content stored already."""
+
+
 class RateLimited(StatusError):
     pass
 
@@ -93,6 +99,7 @@ _BY_STATUS: dict[int, type[StatusError]] = {
     401: AuthenticationError,
     403: PermissionDenied,
     404: NotFoundError,
+    409: ConflictError,
     429: RateLimited,
     503: ServerUnavailable,
 }

@@ -469,3 +469,47 @@ class ReplayResponse(BaseModel):
 
 
 __all__ += ["WebhookEvent", "WebhookCreate", "WebhookInfo", "WebhookCreated", "DeadLetter", "ReplayResponse"]
+
+
+# -- upload sessions (chunked, resumable uploads of large contents) ------------------------
+
+UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+CHUNK_SHA256_HEADER = "X-Chunk-SHA256"  # optional on a chunk: the server refuses a chunk not hashing to it
+
+
+class UploadSessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: Sha256
+    size: int = Field(ge=1, description="the content's size in bytes, as announced by /put_file")
+
+
+class UploadSession(BaseModel):
+    """An upload session: the content is sent as ``chunks`` chunks of ``chunk_size`` bytes (the
+    last one the rest), in any order, by ``PUT /uploads/{upload_id}/chunks/{n}`` (n from 0)."""
+
+    upload_id: str
+    sha256: str
+    size: int
+    chunk_size: int
+    chunks: int
+    held: list[int] = Field(description="the chunk numbers the server holds, ascending")
+    expires_at: datetime = Field(description="when the session is discarded unless used again before")
+
+    def missing(self) -> list[int]:
+        held = set(self.held)
+        return [n for n in range(self.chunks) if n not in held]
+
+    def chunk_span(self, number: int) -> tuple[int, int]:
+        """[start, end) of chunk ``number`` in the content."""
+        start = number * self.chunk_size
+        return start, min(self.size, start + self.chunk_size)
+
+
+class ChunkReceived(BaseModel):
+    upload_id: str
+    number: int
+    size: int
+
+
+__all__ += ["UPLOAD_ID_RE", "CHUNK_SHA256_HEADER", "UploadSessionCreate", "UploadSession", "ChunkReceived"]

@@ -70,6 +70,13 @@ def content_record(api: ApiProcess, digest: str) -> dict[str, Any] | None:
     return dict(r.json())
 
 
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of ``size`` zero bytes that takes no room (a hole, made with truncate)."""
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
 def content_stored(api: ApiProcess, digest: str) -> bool:
     record = content_record(api, digest)
     return record is not None and bool(record["has_file_content"])
@@ -324,9 +331,7 @@ def test_an_unreadable_file_fails_alone_and_is_reported_once(api_process: ApiPro
 def test_a_sparse_5_gib_file_is_synced_in_bounded_memory(
     big_api: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
 ) -> None:
-    big = tree / "sparse.img"
-    with big.open("wb") as f:
-        f.truncate(5 * GIB)
+    big = sparse_file(tree / "sparse.img", 5 * GIB)
     agent = make_agent(node="node-a")
     agent.start()
     # About a minute on an idle 2-core machine; the deadline only catches a stall, not slowness
@@ -334,8 +339,14 @@ def test_a_sparse_5_gib_file_is_synced_in_bounded_memory(
     wait_until(lambda: content_stored(big_api, ZEROS_5_GIB), 540, "the 5 GiB content at the server")
     assert big_api.catalogue("node-a") == {str(big): ZEROS_5_GIB}
     assert agent.counter("putplace_agent_bytes_uploaded_total") == 5 * GIB
+    # It went up in chunks (above the agent's session threshold), each chunk once.
+    assert big_api.counter("putplace_upload_session_held_bytes_total") == 5 * GIB
+    assert big_api.counter("putplace_upload_session_received_bytes_total") == 5 * GIB
     peak = agent.rss_bytes()
     assert peak < 150 * MIB, f"the agent's peak RSS was {peak / MIB:.0f} MiB"
+    api_peak = big_api.rss_bytes()
+    assert api_peak < 150 * MIB, f"the API's peak RSS was {api_peak / MIB:.0f} MiB"
+    print(f"5 GiB in chunks: peak RSS agent {peak / MIB:.0f} MiB, API {api_peak / MIB:.0f} MiB")
     assert agent.stop() == 0
 
 
@@ -392,10 +403,11 @@ def test_a_tree_of_200_000_files(api_process: ApiProcess, huge_tree: Path, make_
 def test_sigterm_during_an_upload_then_a_restart_finishes_it_without_rehashing(
     big_api: ApiProcess, tree: Path, make_agent: Callable[..., Agent]
 ) -> None:
-    big = tree / "big.img"
-    with big.open("wb") as f:
-        f.truncate(3 * GIB)
-    agent = make_agent(node="node-a", env={"PUTPLACE_DRAIN_SECONDS": "1"})
+    big = sparse_file(tree / "big.img", 3 * GIB)
+    # One request for the whole content (the session threshold above it): the upload in progress
+    # is the server's temp file; the chunked path is the next test's.
+    env = {"PUTPLACE_DRAIN_SECONDS": "1", "PUTPLACE_SESSION_THRESHOLD_BYTES": str(4 * GIB)}
+    agent = make_agent(node="node-a", env=env)
     temps = big_api.workdir / "data" / "content" / ".tmp"  # where the server writes an upload in progress
 
     def uploaded_so_far() -> int:

@@ -26,6 +26,7 @@ INVALID = {"detail": "Invalid or inactive API key"}
 DATA = b"node secret: only readers may see it\n"
 PUBLIC = None  # needed scope of an endpoint open to everyone
 ANY_KEY = "any"  # needed scope of an endpoint any valid key may call
+UPLOAD_ID = "0123456789abcdef0123456789abcdef"  # an upload session id nobody has
 
 # A request builder gets an admin client (to prepare what the request needs, e.g. a record to
 # delete) and returns the request's arguments: httpx.Client.request(method, **args).
@@ -71,6 +72,14 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Build, int]] = {
     ("POST", "/upload_file/{sha256}"): ("write", _fixed(url=f"/upload_file/{sha(DATA)}", content=DATA), 200),
     ("POST", "/upload_files"): ("write", _fixed(url="/upload_files", files=[(sha(DATA), ("f", DATA))]), 200),
     ("DELETE", "/files"): ("write", lambda admin: {"url": "/files", **_fresh_record(admin)}, 200),
+    # DATA is stored already (409); no session has that id (404): refusals come first.
+    ("POST", "/uploads"): ("write", _fixed(url="/uploads", json={"sha256": sha(DATA), "size": len(DATA)}), 409),
+    ("GET", "/uploads/{upload_id}"): ("write", _fixed(url=f"/uploads/{UPLOAD_ID}"), 404),
+    ("PUT", "/uploads/{upload_id}/chunks/{number}"): (
+        "write", _fixed(url=f"/uploads/{UPLOAD_ID}/chunks/0", content=DATA), 404
+    ),
+    ("POST", "/uploads/{upload_id}/complete"): ("write", _fixed(url=f"/uploads/{UPLOAD_ID}/complete"), 404),
+    ("DELETE", "/uploads/{upload_id}"): ("write", _fixed(url=f"/uploads/{UPLOAD_ID}"), 404),
     ("GET", "/get_file/{sha256}"): ("read", _fixed(url=f"/get_file/{sha(DATA)}"), 200),
     ("GET", "/content/{sha256}"): ("read", _fixed(url=f"/content/{sha(DATA)}"), 200),
     ("GET", "/files"): ("read", _fixed(url="/files"), 200),
@@ -136,6 +145,7 @@ ELSEWHERE: dict[tuple[str, str], tuple[int, Any]] = {
     ),
     ("POST", "/upload_files"): (200, {"files": [{"sha256": sha(DATA), "status": "not_announced", "size": len(DATA)}]}),
     ("DELETE", "/files"): (403, None),  # the message names the fresh record's random path
+    ("POST", "/uploads"): (404, {"detail": f"No metadata announced for SHA256 {sha(DATA)}; call /put_file first"}),
     ("GET", "/get_file/{sha256}"): (404, NOT_FOUND),
     ("GET", "/content/{sha256}"): (404, NOT_FOUND),
     ("GET", "/files"): (200, {"items": [], "next_cursor": None}),

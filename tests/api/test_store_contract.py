@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +30,8 @@ from putplace_api.store.base import (
     MetadataStore,
     PackMove,
     PackUsage,
+    SessionRow,
+    SessionStore,
     StoredContent,
     Visibility,
     is_object_id,
@@ -1062,3 +1065,23 @@ async def test_mongodb_unreachable_is_backend_unavailable(anyio_backend: str) ->
             assert caught.value.detail.startswith("database unavailable:")
     finally:
         await store.close()
+
+
+async def test_upload_sessions(store: MetadataStore) -> None:
+    sessions: SessionStore = store  # type: ignore[assignment]  # both backends implement it
+    rows = [
+        SessionRow(uuid.uuid4().hex, "ab" * 32, 10 * 2**30, 8 * 2**20, "key1", ref, T0, T0 + timedelta(hours=h))
+        for h, ref in ((3, ""), (1, "s3-upload-id"), (2, ""))
+    ]
+    for row in rows:
+        await sessions.insert_session(row)
+    assert await sessions.get_session(rows[1].id) == rows[1]
+    assert await sessions.get_session("0" * 32) is None
+    assert await sessions.expired_sessions(T0 + timedelta(hours=2, minutes=30), 10) == [rows[1], rows[2]]
+    assert await sessions.expired_sessions(T0 + timedelta(hours=5), 1) == [rows[1]]  # oldest expiry first
+    await sessions.touch_session(rows[1].id, T0 + timedelta(hours=4))
+    await sessions.touch_session(rows[1].id, T0)  # never earlier
+    assert (await sessions.get_session(rows[1].id)) == replace(rows[1], expires_at=T0 + timedelta(hours=4))
+    assert await sessions.delete_session(rows[1].id) is True
+    assert await sessions.delete_session(rows[1].id) is False
+    assert await sessions.expired_sessions(T0 + timedelta(hours=5), 10) == [rows[2], rows[0]]

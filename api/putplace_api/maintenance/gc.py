@@ -1,6 +1,6 @@
 """``putplace-api gc``: collect content that no file record, current or historical, names.
 
-Two kinds of garbage, each only once older than the grace period (default 24h), so that an
+Garbage, each kind only once older than the grace period (default 24h), so that an
 upload in progress -- object committed, record not yet marked stored -- is never collected:
 
 - *unreferenced*: a content record no file record names (its last change, first_seen_at or
@@ -12,6 +12,11 @@ upload in progress -- object committed, record not yet marked stored -- is never
   switched to the new place only while it still points at the old one, and the old pack
   deleted only once no record points into it. An unreferenced packed content loses its record
   in the first pass; its bytes go with its pack.
+
+Upload sessions (``putplace_api.sessions``) too: an expired session's chunks and record (as the
+API's own periodic pass would), and session data in storage that no session record names
+(a session whose record was lost) once older than the grace. A live session -- a record not
+expired -- is never touched, whatever its age. Session bytes are not counted in the report's bytes.
 
 Dry-run by default: it lists what it would delete and how many bytes; ``delete=True`` does it.
 
@@ -50,9 +55,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded, chunks
+from putplace_api.sessions import expire_sessions
 from putplace_api.storage.base import StoredObject
 from putplace_api.storage.packs import packed_location, put_pack
-from putplace_api.store.base import ContentRow, PackMove
+from putplace_api.store.base import ContentRow, PackMove, SessionStore
 
 __all__ = ["Collected", "GcOptions", "GcReport", "collect_garbage"]
 
@@ -69,7 +75,7 @@ class GcOptions:
 
 @dataclass(frozen=True, slots=True)
 class Collected:
-    sha256: str  # for a pack, its name: packs/<id>
+    sha256: str  # the content's; for a pack, its name (packs/<id>); for an upload session, its id
     size: int  # bytes of storage freed (0 for a record whose content was never stored)
     what: str  # "unreferenced content", "unreferenced record (never stored)", "orphan object"
 
@@ -126,7 +132,25 @@ async def collect_garbage(backends: Backends, options: GcOptions, now: datetime 
         await _orphans(backends, [o for o in objects if o.sha256 and o.modified < cutoff], cutoff, options, report)
         await _packs(backends, [o for o in objects if o.pack_id and o.modified < cutoff], cutoff, options, report)
         progress.tick("%d collected so far", report.collected.count)
+    await _sessions(backends, now or datetime.now(UTC), cutoff, options, report)
     return report
+
+
+async def _sessions(backends: Backends, now: datetime, cutoff: datetime, options: GcOptions, report: GcReport) -> None:
+    """Expired upload sessions, and session data no record names (older than the grace)."""
+    store: SessionStore = backends.store  # type: ignore[assignment]  # both stores implement it
+    if options.delete:
+        expired = await expire_sessions(store, backends.storage, now)
+    else:
+        expired = [row.id for row in await store.expired_sessions(now, options.batch)]
+    for session_id in expired:
+        report.collected.add(Collected(session_id, 0, "expired upload session"))
+    async for data in backends.storage.list_sessions():
+        if data.modified >= cutoff or await store.get_session(data.session_id) is not None:
+            continue  # young (perhaps being created: data first, then its record), or alive
+        if options.delete:
+            await backends.storage.abort_session(data.session_id, data.ref)
+        report.collected.add(Collected(data.session_id, 0, "upload session data without a session"))
 
 
 def _last_change(row: ContentRow) -> datetime:

@@ -3,6 +3,7 @@
 Writes go to ``{root}/.tmp/`` (same filesystem), are fsynced, then renamed into place:
 a crash or a disconnect never leaves a partial object under a final name. Temp files
 older than an hour are swept at start-up (a younger one may belong to another worker).
+Upload sessions live in ``{root}/.sessions/`` (``local_sessions.py``), which outlives restarts.
 """
 
 from __future__ import annotations
@@ -19,20 +20,21 @@ from typing import BinaryIO
 import anyio.to_thread
 
 from putplace_api.errors import BackendUnavailable
-from putplace_api.storage.base import StoredObject, object_name, pack_name, pack_of_name, sha_of_name
+from putplace_api.storage.base import (
+    SESSIONS_DIR,
+    StoredObject,
+    object_name,
+    pack_name,
+    pack_of_name,
+    sha_of_name,
+)
+from putplace_api.storage.files import rename_into_place
+from putplace_api.storage.local_sessions import LocalSessions
 
 __all__ = ["LocalStorage"]
 
 READ_CHUNK = 1024 * 1024
 STALE_TEMP_SECONDS = 3600
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_durably(temp: Path, data: bytes, fsync: bool) -> None:
@@ -77,14 +79,7 @@ class _LocalWriter:
         if self._fsync:
             os.fsync(self._file.fileno())
         self._file.close()
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._temp, self._final)  # atomic; an identical concurrent upload just wins or loses
-        if self._fsync:
-            fd = os.open(self._final.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        rename_into_place(self._temp, self._final, self._fsync)
 
     async def commit(self) -> None:
         try:
@@ -124,7 +119,7 @@ def _list_dir(root: Path, name: str) -> list[StoredObject]:
     return out
 
 
-class LocalStorage:
+class LocalStorage(LocalSessions):
     kind = "local"
 
     def __init__(self, root: str | Path, fsync: bool = True, sweep_temps: bool = True) -> None:
@@ -206,7 +201,7 @@ class LocalStorage:
         try:
             top = await anyio.to_thread.run_sync(lambda: sorted(os.scandir(self.root), key=lambda e: e.name))
             for entry in top:
-                if entry.name == self._tmp.name:
+                if entry.name in (self._tmp.name, SESSIONS_DIR):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     for item in await anyio.to_thread.run_sync(_list_dir, self.root, entry.name):
@@ -249,10 +244,7 @@ class LocalStorage:
         temp, final = self._tmp / f"pack-{pack_id}", self.root / pack_name(pack_id)
         try:
             _write_durably(temp, data, self._fsync)
-            final.parent.mkdir(exist_ok=True)
-            os.replace(temp, final)
-            if self._fsync:
-                _fsync_path(final.parent)
+            rename_into_place(temp, final, self._fsync)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise

@@ -4,7 +4,7 @@ packs under ``{prefix}packs/`` (each one PutObject: atomic and durable when it r
 A write buffers one part (8 MiB) at a time: small content is a single PutObject, larger
 content a multipart upload that only becomes an object on CompleteMultipartUpload, so a
 crash or disconnect never exposes a partial object (abort removes the parts). Memory per
-upload stays at one part, whatever the size.
+upload stays at one part, whatever the size. Upload sessions: ``s3_sessions.py``.
 """
 
 from __future__ import annotations
@@ -20,29 +20,16 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from putplace_api.errors import BackendUnavailable
-from putplace_api.storage.base import StoredObject, object_name, pack_name, pack_of_name, sha_of_name
+from putplace_api.storage.base import SESSIONS_DIR, StoredObject, pack_name, pack_of_name, sha_of_name
+from putplace_api.storage.s3_errors import code as _code
+from putplace_api.storage.s3_errors import is_missing as _is_missing
+from putplace_api.storage.s3_errors import unavailable as _unavailable
+from putplace_api.storage.s3_sessions import S3Sessions
 
 __all__ = ["S3Storage"]
 
 PART_SIZE = 8 * 1024 * 1024
-_MISSING = {"404", "NoSuchKey", "NotFound"}
 _BEYOND_END = {"416", "InvalidRange"}
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code"))
-
-
-def _is_missing(exc: ClientError) -> bool:
-    return _code(exc) in _MISSING
-
-
-def _unavailable(exc: Exception) -> BackendUnavailable:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return BackendUnavailable("storage", f"{err.get('Code')}: {err.get('Message')}")
-    return BackendUnavailable("storage", type(exc).__name__)
 
 
 class _S3Writer:
@@ -103,7 +90,7 @@ class _S3Writer:
                 pass  # an unfinished upload holds no visible object; bucket lifecycle rules reap it
 
 
-class S3Storage:
+class S3Storage(S3Sessions):
     kind = "s3"
 
     def __init__(
@@ -135,9 +122,6 @@ class S3Storage:
         )
         self._stack = AsyncExitStack()
         self._client: Any = None
-
-    def _key(self, sha256: str) -> str:
-        return self.prefix + object_name(sha256)
 
     async def open(self) -> None:
         self._client = await self._stack.enter_async_context(
@@ -203,12 +187,14 @@ class S3Storage:
         )
 
     async def list_objects(self) -> AsyncIterator[StoredObject]:
-        # Multipart uploads in progress are not objects: they never show up here.
+        # Multipart uploads in progress are not objects: they never show up here; nor do
+        # sessions' staging keys (s3_sessions.py).
+        sessions = f"{self.prefix}{SESSIONS_DIR}/"
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
             async for page in pages:
                 for obj in page.get("Contents", []):
-                    if not obj["Key"].endswith("/"):  # a "directory" marker
+                    if not obj["Key"].endswith("/") and not obj["Key"].startswith(sessions):  # a "directory" marker
                         yield self._listed(obj["Key"], int(obj["Size"]), obj["LastModified"])
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable(exc) from exc

@@ -555,3 +555,40 @@ def glob_to_regex(pattern: str) -> str:
 def glob_to_sqlite(pattern: str) -> str:
     """A glob as SQLite's GLOB operator reads it: the same, but ``[^...]`` negates, not ``[!...]``."""
     return re.sub(r"\[!", "[^", pattern)
+
+
+# -- upload sessions (putplace_api.sessions) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """An upload session: its content (sha256, size), how it is cut, whose it is, and the
+    storage's handle on its bytes (an S3 multipart upload id; empty for local disk)."""
+
+    id: str
+    sha256: str
+    size: int
+    chunk_size: int
+    key_id: str
+    storage_ref: str
+    created_at: datetime
+    expires_at: datetime
+
+
+class SessionStore(Protocol):
+    async def insert_session(self, row: SessionRow) -> None: ...
+
+    async def get_session(self, session_id: str) -> SessionRow | None: ...
+
+    async def touch_session(self, session_id: str, expires_at: datetime) -> None:
+        """Push a session's expiry later (it was used)."""
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Forget a session; False when it was gone already (another request completed, aborted
+        or expired it)."""
+
+    async def expired_sessions(self, now: datetime, limit: int) -> list[SessionRow]:
+        """Sessions whose expiry is before ``now``, oldest expiry first."""
+
+
+__all__ += ["SessionRow", "SessionStore"]

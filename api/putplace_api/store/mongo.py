@@ -63,7 +63,7 @@ import functools
 import inspect
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -94,6 +94,7 @@ from putplace_api.store.base import (
     PackMove,
     PackUsage,
     PutResult,
+    SessionRow,
     StatsRow,
     StoredContent,
     SubscriptionRow,
@@ -1047,6 +1048,7 @@ class MongoStore:
         await deliveries.create_index([("s", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)], name="s_status_id")
         await deliveries.create_index([("status", ASCENDING), ("_id", ASCENDING)], name="status_id")
         await self._db["webhook_leases"].create_index([("s", ASCENDING), ("k", ASCENDING)], name="s_k")
+        await self._db["upload_sessions"].create_index([("expires_at", ASCENDING)], name="expires_at")
 
     async def insert_subscription(self, row: SubscriptionRow) -> None:
         await self._db["webhook_subscriptions"].insert_one(
@@ -1190,6 +1192,26 @@ class MongoStore:
             purged += result.deleted_count
         return purged
 
+    # -- upload sessions (putplace_api.sessions): ``upload_sessions``, _id = session id ------
+    async def insert_session(self, row: SessionRow) -> None:
+        doc = {f.name: getattr(row, f.name) for f in fields(SessionRow) if f.name != "id"}
+        doc |= {"_id": row.id, "created_at": _ms(row.created_at), "expires_at": _ms(row.expires_at)}
+        await self._db["upload_sessions"].insert_one(doc)
+
+    async def get_session(self, session_id: str) -> SessionRow | None:
+        doc = await self._db["upload_sessions"].find_one({"_id": session_id})
+        return None if doc is None else _session_row(doc)
+
+    async def touch_session(self, session_id: str, expires_at: datetime) -> None:
+        await self._db["upload_sessions"].update_one({"_id": session_id}, {"$max": {"expires_at": _ms(expires_at)}})
+
+    async def delete_session(self, session_id: str) -> bool:
+        return (await self._db["upload_sessions"].delete_one({"_id": session_id})).deleted_count > 0
+
+    async def expired_sessions(self, now: datetime, limit: int) -> list[SessionRow]:
+        cursor = self._db["upload_sessions"].find({"expires_at": {"$lt": now}}).sort("expires_at", ASCENDING)
+        return [_session_row(doc) async for doc in cursor.limit(limit)]
+
     # -- console queries (store.base.ConsoleStore) -----------------------------------------
     async def list_nodes(self, after: str | None, limit: int) -> list[str]:
         # A skip scan on the hostname_filepath index (one find per host), not a $group over
@@ -1240,6 +1262,10 @@ class MongoStore:
             where["$or"] = [{"updated_at": {"$lt": at}}, {"updated_at": at, "_id": {"$lt": after}}]
         cursor = self._files.find(where).sort([("updated_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
         return [_file_row(doc) async for doc in cursor]
+
+
+def _session_row(doc: Mapping[str, Any]) -> SessionRow:
+    return SessionRow(id=doc["_id"], **{k: v for k, v in doc.items() if k != "_id"})
 
 
 def _delivery_row(doc: Mapping[str, Any]) -> DeliveryRow:

@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from putplace_api.store.base import (
     PackMove,
     PackUsage,
     PutResult,
+    SessionRow,
     StatsRow,
     StoredContent,
     SubscriptionRow,
@@ -306,7 +307,7 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             schema.upgrade(conn)
-            for statement in (_SCHEMA + _WEBHOOK_SCHEMA).split(";"):
+            for statement in (_SCHEMA + _WEBHOOK_SCHEMA + _SESSION_SCHEMA).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {schema.VERSION}")
@@ -943,6 +944,35 @@ class SqliteStore:
 
         return await self._run(run)
 
+    # -- upload sessions (putplace_api.sessions) --------------------------------------------
+    async def insert_session(self, row: SessionRow) -> None:
+        values = {f.name: getattr(row, f.name) for f in fields(SessionRow)}
+        values |= {"created_at": row.created_at.timestamp(), "expires_at": row.expires_at.timestamp()}
+        columns = ", ".join(values)
+        await self._write_one(
+            f"INSERT INTO upload_sessions ({columns}) VALUES ({', '.join('?' for _ in values)})", list(values.values())
+        )
+
+    async def get_session(self, session_id: str) -> SessionRow | None:
+        def run() -> SessionRow | None:
+            row = self._c.execute("SELECT * FROM upload_sessions WHERE id = ?", (session_id,)).fetchone()
+            return None if row is None else _session_row(row)
+
+        return await self._run(run)
+
+    async def touch_session(self, session_id: str, expires_at: datetime) -> None:
+        await self._write_one(
+            "UPDATE upload_sessions SET expires_at = MAX(expires_at, ?) WHERE id = ?",
+            (expires_at.timestamp(), session_id),
+        )
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self._write_one("DELETE FROM upload_sessions WHERE id = ?", (session_id,)) > 0
+
+    async def expired_sessions(self, now: datetime, limit: int) -> list[SessionRow]:
+        sql = "SELECT * FROM upload_sessions WHERE expires_at < ? ORDER BY expires_at LIMIT ?"
+        return await self._run(lambda: [_session_row(r) for r in self._c.execute(sql, (now.timestamp(), limit))])
+
     # -- console queries (store.base.ConsoleStore) -----------------------------------------
     async def list_nodes(self, after: str | None, limit: int) -> list[str]:
         def run() -> list[str]:
@@ -1016,6 +1046,19 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_status ON webhook_deliveries (stat
 CREATE TABLE IF NOT EXISTS webhook_leases (
     subscription_id TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL) WITHOUT ROWID;
 """
+
+
+_SESSION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS upload_sessions (
+    id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    key_id TEXT NOT NULL, storage_ref TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS upload_sessions_expires_at ON upload_sessions (expires_at);
+"""
+
+
+def _session_row(row: sqlite3.Row) -> SessionRow:
+    times = {f: _dt(row[f]) for f in ("created_at", "expires_at")}
+    return SessionRow(**{**dict(row), **times})
 
 
 def _subscription_row(row: sqlite3.Row) -> SubscriptionRow:

@@ -14,6 +14,8 @@ with the DDL of its own version written out (never the live schema, which moves 
   quota, stored by no key.
 - 3: small contents in packs (putplace_api.storage.packs): contents.pack_id and pack_offset;
   NULL in existing rows: each content its own object, as before.
+- 4: upload sessions (the upload_sessions table); an older server refuses the database, as it
+  would not know to expire the sessions.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from putplace_api.store.migrations import legacy_name
 
 __all__ = ["VERSION", "SchemaTooNew", "upgrade"]
 
-VERSION = 3
+VERSION = 4
 
 
 class SchemaTooNew(RuntimeError):
@@ -105,7 +107,22 @@ def _to_3(c: sqlite3.Connection) -> None:
         c.execute("ALTER TABLE contents ADD COLUMN pack_offset INTEGER")
 
 
-_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _to_1, 1: _to_2, 2: _to_3}  # from version -> step
+def _to_4(c: sqlite3.Connection) -> None:
+    """Add the table of upload sessions."""
+    c.execute(
+        "CREATE TABLE IF NOT EXISTS upload_sessions (id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, "
+        "size INTEGER NOT NULL, chunk_size INTEGER NOT NULL, key_id TEXT NOT NULL, storage_ref TEXT NOT NULL, "
+        "created_at REAL NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID"
+    )
+    c.execute("CREATE INDEX IF NOT EXISTS upload_sessions_expires_at ON upload_sessions (expires_at)")
+
+
+_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _to_1,
+    1: _to_2,
+    2: _to_3,
+    3: _to_4,
+}  # from version -> step
 
 
 def upgrade(c: sqlite3.Connection) -> None:
