@@ -195,17 +195,20 @@ def upload_run(src: Path, sha: str, size: int, work: Path, tag: str, fsync: bool
     }
 
 
-def ceiling_run(src: Path, size: int, work: Path, *flags: str) -> float:
+def ceiling_run(src: Path, size: int, work: Path, *flags: str) -> tuple[float, float]:
     """The same curl upload into bench/bare_app.py, which reads the body and discards it:
-    what uvicorn + FastAPI alone take in on this machine (no hashing, no storage)."""
+    what uvicorn + FastAPI alone take in on this machine (no hashing, no storage). Its
+    seconds and the server's CPU seconds (what a busy machine moves far less)."""
     sync_all()
     with bare_server(work, *flags) as server:
+        cpu0 = cpu_seconds(server.pid)
         elapsed, p = timed(
             curl_upload(src, f"{server.base_url}/upload_file/{'0' * 64}", "--fail-with-body", "-o", "-", key=None)
         )
+        cpu = cpu_seconds(server.pid) - cpu0
     if json.loads(p.stdout)["size"] != size:
         raise RuntimeError(f"bare app received {p.stdout!r}")
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -228,8 +231,8 @@ def main() -> int:
     cp_s: list[float] = []
     cp_sync_s: list[float] = []
     up: dict[str, list[dict[str, float]]] = {"fsync": [], "nofsync": []}
-    ceiling_s: list[float] = []
-    stock_s: list[float] = []
+    ceiling_s: list[tuple[float, float]] = []
+    stock_s: list[tuple[float, float]] = []
     try:
         src = work / "source.bin"
         t0 = time.perf_counter()
@@ -248,8 +251,8 @@ def main() -> int:
             ceiling_s.append(ceiling_run(src, size, work))
             stock_s.append(ceiling_run(src, size, work, "--stock-uvicorn"))
             print(
-                f"  round {rnd + 1} bare FastAPI, body discarded {ceiling_s[-1]:6.2f}s "
-                f"(stock uvicorn {stock_s[-1]:6.2f}s)",
+                f"  round {rnd + 1} bare FastAPI, body discarded {ceiling_s[-1][0]:6.2f}s, server CPU "
+                f"{ceiling_s[-1][1]:.2f}s (stock uvicorn {stock_s[-1][0]:6.2f}s, CPU {stock_s[-1][1]:.2f}s)",
                 flush=True,
             )
             for mode, fsync in (("fsync", True), ("nofsync", False)):
@@ -281,9 +284,10 @@ def main() -> int:
         ["cp", cp_t, mib / cp_t, "", "", "", ""],
         ["cp + sync", cp_sync_t, mib / cp_sync_t, "", "", "", ""],
     ]
-    ceil_t, stock_t = statistics.median(ceiling_s), statistics.median(stock_s)
-    rows.append(["bare FastAPI, body discarded", ceil_t, mib / ceil_t, cp_t / ceil_t, cp_sync_t / ceil_t, "", ""])
-    rows.append(["  same, stock uvicorn", stock_t, mib / stock_t, cp_t / stock_t, cp_sync_t / stock_t, "", ""])
+    ceil_t, ceil_cpu = (statistics.median(x[i] for x in ceiling_s) for i in (0, 1))
+    stock_t, stock_cpu = (statistics.median(x[i] for x in stock_s) for i in (0, 1))
+    rows.append(["bare FastAPI, body discarded", ceil_t, mib / ceil_t, cp_t / ceil_t, cp_sync_t / ceil_t, ceil_cpu, ""])
+    rows.append(["  same, stock uvicorn", stock_t, mib / stock_t, cp_t / stock_t, cp_sync_t / stock_t, stock_cpu, ""])
     for label, mode in (("upload (fsync, default)", "fsync"), ("upload (STORAGE_FSYNC=false)", "nofsync")):
         t = med(mode, "seconds")
         rows.append([label, t, mib / t, cp_t / t, cp_sync_t / t, med(mode, "server_cpu_s"), med(mode, "peak_rss_mib")])
@@ -321,6 +325,8 @@ def main() -> int:
                 "upload_nofsync_mib_s": round(mib / med("nofsync", "seconds"), 1),
                 "bare_discard_mib_s": round(mib / ceil_t, 1),
                 "bare_discard_stock_uvicorn_mib_s": round(mib / stock_t, 1),
+                "bare_discard_cpu_ms_per_mib": round(1000 * ceil_cpu / mib, 3),
+                "bare_discard_stock_uvicorn_cpu_ms_per_mib": round(1000 * stock_cpu / mib, 3),
                 "ratio_fsync_vs_cp": round(ratio_fsync, 3),
                 "ratio_nofsync_vs_cp": round(ratio_nofsync, 3),
                 "ratio_fsync_vs_cp_sync": round(ratio_fsync_like, 3),
