@@ -73,8 +73,9 @@ class _LocalWriter:
     the bytes are copied once into an aligned block that the disk reads itself, instead of
     into the page cache that an fsync must then write out. Measured for 2 GiB here: 0.2 s of
     CPU and ~1 s, against 3.4-6.7 s of CPU and 4.4-9.3 s buffered (docs/benchmarks.md).
-    Otherwise (tmpfs, some network filesystems) buffered writes, sent on to the disk as they
-    go (every ``WRITEBACK_BYTES``) so that the commit's fsync finds little left to write."""
+    Otherwise (a filesystem without it: tmpfs before Linux 6.6, some network filesystems)
+    buffered writes, sent on to the disk as they go (every ``WRITEBACK_BYTES``) so that the
+    commit's fsync finds little left to write."""
 
     def __init__(self, final: Path, temp: Path, fsync: bool) -> None:
         self._final = final
@@ -89,9 +90,10 @@ class _LocalWriter:
 
     def _open(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        block = mmap.mmap(-1, DIRECT_BLOCK)  # page-aligned, as O_DIRECT wants
         try:
             self._fd = os.open(self._temp, flags | os.O_DIRECT, 0o666)
-            self._block = mmap.mmap(-1, DIRECT_BLOCK)  # page-aligned, as O_DIRECT wants
+            self._block = block
         except OSError as exc:
             if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no direct I/O
                 raise
@@ -110,6 +112,7 @@ class _LocalWriter:
         fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         block, filled = self._block, self._filled
         self._block, self._filled = None, 0
+        self._written = self._sent_on = os.lseek(self._fd, 0, os.SEEK_CUR)  # what direct I/O wrote
         if block is not None:  # not closed: a view of it may live on in a traceback; the GC unmaps it
             self._write(memoryview(block)[:filled])
 
