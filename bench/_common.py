@@ -133,9 +133,9 @@ def putplace_server(data_dir: Path, workdir: Path, extra_env: Mapping[str, str] 
     return server
 
 
-def bare_server(workdir: Path) -> Server:
+def bare_server(workdir: Path, *flags: str) -> Server:
     """The baseline: bench/bare_app.py under the same uvicorn.run() call as the service."""
-    return Server("bare-fastapi", [sys.executable, str(BENCH_DIR / "bare_app.py"), "{port}"], {}, workdir)
+    return Server("bare-fastapi", [sys.executable, str(BENCH_DIR / "bare_app.py"), "{port}", *flags], {}, workdir)
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -4,10 +4,11 @@ Also the framework ceiling row of upload_large.py: ``POST /upload_file/{sha256}`
 the raw body as a stream and discards it (no hashing, no writing).
 
 No auth, no database, no middleware. Served by the same ``uvicorn.run(...)`` call (same
-options, same loop and HTTP implementation: uvloop and httptools when installed) and the
-same log level as ``putplace-api`` with one worker.
+options, same loop and HTTP implementation: uvloop and putplace's httptools protocol,
+``putplace_api.http_protocol``) and the same log level as ``putplace-api`` with one worker.
+``--stock-uvicorn``: uvicorn's own httptools protocol instead (upload_large.py's reference row).
 
-    python bench/bare_app.py PORT
+    python bench/bare_app.py PORT [--stock-uvicorn]
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
+
+from putplace_api.http_protocol import UVICORN_OPTIONS
 
 
 class Meta(BaseModel):
@@ -60,4 +63,5 @@ if __name__ == "__main__":
     # As putplace-api with PUTPLACE_LOG_LEVEL=warning: root at WARNING, no uvicorn access log.
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=30)
+    options = {"http": "httptools"} if "--stock-uvicorn" in sys.argv[2:] else UVICORN_OPTIONS
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=30, **options)

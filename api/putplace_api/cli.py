@@ -176,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
+    from putplace_api.http_protocol import UVICORN_OPTIONS
     from putplace_api.local_agent import LocalAgent
     from putplace_common.logs import setup_logging
 
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "timeout_graceful_shutdown": 30,
         "ssl_certfile": settings.tls_certfile,
         "ssl_keyfile": settings.tls_keyfile,
+        **UVICORN_OPTIONS,
     }
     try:
         if settings.workers > 1:

@@ -37,9 +37,13 @@ __all__ = ["UploadResult", "receive_batch", "receive_content", "WRITE_BLOCK"]
 # The upload is a pipeline: the event loop receives the body and gathers it into blocks of
 # WRITE_BLOCK bytes; a second task hashes each block in a worker thread (hashlib releases
 # the GIL) and hands it to storage, while the loop already receives the next ones. At most
-# PIPELINE_BLOCKS blocks wait between the two, which bounds memory per upload (~5 MiB).
-WRITE_BLOCK = 1024 * 1024
-PIPELINE_BLOCKS = 4
+# PIPELINE_BLOCKS blocks wait between the two, which bounds memory per upload (~12 MiB, and
+# the server's read-ahead, putplace_api.http_protocol.BODY_BUFFER, which already lets the
+# socket run ahead: a second waiting block only raised the peak RSS, by ~10 MiB). The block
+# matches the messages that read-ahead gives (a few MiB): one block is then mostly one
+# message, with no copy, and two thread hops per block cost little.
+WRITE_BLOCK = 4 * 1024 * 1024
+PIPELINE_BLOCKS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +137,18 @@ async def _store_stream(
     mime: str | None = None
     send, receive = anyio.create_memory_object_stream[list[bytes]](PIPELINE_BLOCKS)
 
+    def hash_pieces(pieces: list[bytes]) -> None:
+        for piece in pieces:
+            digest.update(piece)
+
     async def hash_and_store() -> None:
         async with receive:
             async for pieces in receive:
-                data = b"".join(pieces)
-                # Hashing and writing one block run side by side: both release the GIL.
+                # Hashing and writing one block run side by side: both release the GIL. Only
+                # the writer needs the block in one piece (a copy only if it came in several).
                 async with anyio.create_task_group() as both:
-                    both.start_soon(anyio.to_thread.run_sync, digest.update, data)
-                    await writer.write(data)
+                    both.start_soon(anyio.to_thread.run_sync, hash_pieces, pieces)
+                    await writer.write(b"".join(pieces))
 
     try:
         try:

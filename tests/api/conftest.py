@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from putplace_api.app import create_app
+from putplace_api.http_protocol import UVICORN_OPTIONS
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage
 from tests.servers.base import free_ports
@@ -74,7 +75,7 @@ def serve_app(settings: Settings) -> Iterator[Served]:
     """``serve``, also giving the app and the event loop it runs on."""
     port = free_ports(1)[0]
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", **UVICORN_OPTIONS)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
     thread.start()

@@ -323,3 +323,38 @@ async def test_session_beyond_copy_object_limit_is_copied_in_parts(
     assert await _read(storage, _sha(data)) == data
     assert [o.sha256 async for o in storage.list_objects()] == [_sha(data)]
     assert await _sessions(storage) == {}
+
+
+@pytest.mark.parametrize("refused_at", ["open", "write"])
+async def test_local_storage_without_direct_io_writes_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_at: str
+) -> None:
+    """A filesystem that refuses O_DIRECT (at open, or only at the first write) gets the same
+    bytes, written buffered. Such a filesystem cannot be had here (tmpfs has direct I/O since
+    Linux 6.6), so the refusal is injected: EINVAL, what Linux answers."""
+    import errno
+    import fcntl
+
+    from putplace_api.storage.local import DIRECT_BLOCK
+
+    real_open, real_write = os.open, os.write
+
+    def refusing_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if refused_at == "open" and flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    def refusing_write(fd: int, data: bytes) -> int:
+        if refused_at == "write" and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "write", refusing_write)
+    storage = LocalStorage(tmp_path / "c")
+    await storage.open()
+    data = os.urandom(2 * DIRECT_BLOCK + 12345)
+    sha = await _put(storage, data, chunk=1024 * 1024 + 1)
+    monkeypatch.undo()
+    assert await _read(storage, sha) == data
+    assert os.listdir(tmp_path / "c" / ".tmp") == []
