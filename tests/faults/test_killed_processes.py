@@ -139,7 +139,9 @@ def test_agent_killed_mid_upload_finishes_it_without_rehashing(
                 pass
         return max(sizes, default=0)
 
-    agent = make_agent(api=api, root=tree)
+    # One request for the whole content (the session threshold above it): the upload in progress
+    # is the server's temp file; kill -9 mid-session is tests/faults/test_chunked_upload_killed.py.
+    agent = make_agent(api=api, root=tree, env={"PUTPLACE_SESSION_THRESHOLD_BYTES": str(512 * MIB)})
     agent.start(wait_for_scan=False)
     wait_until(lambda: uploaded_so_far() > 32 * MIB, 30, "the upload to be under way")
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
