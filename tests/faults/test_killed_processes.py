@@ -19,6 +19,7 @@ from tests.processes import Agent, ApiProcess
 from tests.waiting import wait_until
 
 MIB = 1024 * 1024
+SIZE = 2048 * MIB  # the file the agent is killed uploading
 HASHED = "putplace_agent_files_hashed_total"
 UPLOADED = "putplace_agent_files_uploaded_total"
 
@@ -125,8 +126,13 @@ def test_agent_killed_mid_upload_finishes_it_without_rehashing(
     tree.mkdir()
     big = tree / "big.img"
     with big.open("wb") as f:
-        f.truncate(256 * MIB)  # sparse: reads as zeros
-    digest = hashlib.sha256(bytes(256 * MIB)).hexdigest()
+        # Sparse: reads as zeros. Large enough that the upload is still under way when the test
+        # looks (256 MiB could be sent whole between two looks once uploads got faster).
+        f.truncate(SIZE)
+    zeros = hashlib.sha256()
+    for _ in range(SIZE // (16 * MIB)):
+        zeros.update(bytes(16 * MIB))
+    digest = zeros.hexdigest()
     api = start_api()
     content = api.workdir / "data" / "content"
 
@@ -141,7 +147,7 @@ def test_agent_killed_mid_upload_finishes_it_without_rehashing(
 
     # One request for the whole content (the session threshold above it): the upload in progress
     # is the server's temp file; kill -9 mid-session is tests/faults/test_chunked_upload_killed.py.
-    agent = make_agent(api=api, root=tree, env={"PUTPLACE_SESSION_THRESHOLD_BYTES": str(512 * MIB)})
+    agent = make_agent(api=api, root=tree, env={"PUTPLACE_SESSION_THRESHOLD_BYTES": str(2 * SIZE)})
     agent.start(wait_for_scan=False)
     wait_until(lambda: uploaded_so_far() > 32 * MIB, 30, "the upload to be under way")
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -150,7 +156,7 @@ def test_agent_killed_mid_upload_finishes_it_without_rehashing(
     assert_claims_hold(api, partial(local_objects, content))
 
     agent.start()
-    wait_until(lambda: converged(api, "node-a", {str(big): digest}), 60, "the upload after the restart")
+    wait_until(lambda: converged(api, "node-a", {str(big): digest}), 300, "the upload after the restart")
     assert agent.counter(HASHED) == 0  # the index kept the hash through the kill
     assert agent.counter(UPLOADED) == 1
     assert agent.stop() == 0
