@@ -25,6 +25,7 @@ from putplace_api.formdata import all_fields, file_field
 from putplace_api.mime import SNIFF_BYTES, detect_mime
 from putplace_api.reading import first_bytes
 from putplace_api.uploads import receive_batch, receive_content
+from putplace_client import names
 from putplace_client.models import BatchUploadResponse, UploadResponse
 
 router = APIRouter(tags=["content"], responses=KEYED_ROUTE_ERRORS)
@@ -110,10 +111,15 @@ async def upload_file(
         raise
     if not result.already_stored:
         await state.webhooks.uploaded(sha256, result.size, result.mime_type, hostname, filepath)
+    return uploaded(sha256, result.size, hostname, name)
+
+
+def uploaded(sha256: str, size: int, hostname: str | None, name: names.Name | None) -> UploadResponse:
+    """The answer to an upload, one request or a completed session: the name it was told, echoed."""
     return UploadResponse(
         message="File uploaded successfully",
         sha256=sha256,
-        size=str(result.size),
+        size=str(size),
         hostname=hostname,
         filepath=name.filepath if name else None,
         filepath_escaped=name.escaped if name else False,

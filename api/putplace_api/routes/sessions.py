@@ -9,6 +9,7 @@ from starlette.requests import ClientDisconnect
 
 from putplace_api.deps import StateDep, WriteKey, query_name
 from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, error_responses
+from putplace_api.routes.content import uploaded
 from putplace_api.sessions import SessionMismatch
 from putplace_client.models import (
     CHUNK_SHA256_HEADER,
@@ -92,11 +93,7 @@ async def complete_session(
         await state.webhooks.mismatch(exc.sha256, hostname, filepath)
         raise
     await state.webhooks.uploaded(done.sha256, done.size, done.mime_type, hostname, filepath)
-    echoed = {"filepath": name.filepath, "filepath_escaped": name.escaped} if name else {"filepath": None}
-    done_message = "File uploaded successfully"
-    return UploadResponse(
-        message=done_message, sha256=done.sha256, size=str(done.size), hostname=hostname, status="uploaded", **echoed
-    )
+    return uploaded(done.sha256, done.size, hostname, name)
 
 
 @router.delete("/{upload_id}", status_code=204, response_class=Response, responses=error_responses(404))
