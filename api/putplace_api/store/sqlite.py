@@ -338,10 +338,8 @@ class SqliteStore:
         is answered with the incoming metadata, which equals it. A path repeated within the
         batch is resolved in memory, in order."""
         ts = now.timestamp()
-        c.executemany(
-            "INSERT OR IGNORE INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
-            [(f.sha256, f.file_size, ts) for f in files],
-        )
+        stamp = datetime.fromtimestamp(ts, UTC)  # every time written now, as read back: made once, not per row
+        contents = self._new_contents(c, files, ts, stamp)
         current = self._existing(c, {_name_key(f) for f in files})
         inserts: dict[NameKey, _Stored] = {}
         updates: dict[NameKey, _Stored] = {}
@@ -361,12 +359,32 @@ class SqliteStore:
                 new = _Stored(old.id, values, old.created_at, ts)
                 (inserts if key in inserts else updates)[key] = new
             current[key] = new
-            rows.append(FileRow(id=new.id, meta=meta, created_at=_dt(new.created_at), updated_at=_dt(new.updated_at)))  # type: ignore[arg-type]
+            created = stamp if new.created_at == ts else _dt(new.created_at)
+            updated = stamp if new.updated_at == ts else _dt(new.updated_at)
+            rows.append(FileRow(id=new.id, meta=meta, created_at=created, updated_at=updated))  # type: ignore[arg-type]
         c.executemany(_INSERT_FILE, [(r.id, *r.values, r.created_at, r.updated_at) for r in inserts.values()])
         c.executemany(_UPDATE_FILE, [(*r.values, r.updated_at, r.id) for r in updates.values()])
         c.executemany(_INSERT_HISTORY, archived)
-        contents = self._contents(c, {r.meta.sha256 for r in rows})
         return [PutResult(file=r, content=contents[r.meta.sha256]) for r in rows]
+
+    @classmethod
+    def _new_contents(
+        cls, c: sqlite3.Connection, files: Sequence[FileMetadata], ts: float, stamp: datetime
+    ) -> dict[str, ContentRow]:
+        """The content row of every sha256 in ``files``: those already known as read, the others
+        inserted (first size wins) and answered as written, without reading them back. Inside
+        the batch's write transaction, so no other writer comes in between."""
+        sizes: dict[str, int] = {}
+        for f in files:
+            sizes.setdefault(f.sha256, f.file_size)
+        contents = cls._contents(c, set(sizes))
+        new = [(sha, size) for sha, size in sizes.items() if sha not in contents]
+        c.executemany(
+            "INSERT INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
+            [(sha, size, ts) for sha, size in new],
+        )
+        contents.update((sha, ContentRow(sha, size, stored=False, first_seen_at=stamp)) for sha, size in new)
+        return contents
 
     @staticmethod
     def _existing(c: sqlite3.Connection, keys: set[NameKey]) -> dict[NameKey, _Stored]:
