@@ -28,7 +28,7 @@ from putplace_api.errors import HashMismatch, NotFound, PayloadTooLarge, Unsuppo
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
 from putplace_api.quotas import Quotas, bytes_refusal, has_quota
 from putplace_api.storage.base import ContentStorage
-from putplace_api.storage.packs import packed_location, put_pack
+from putplace_api.storage.packs import put_pack
 from putplace_api.store.base import KeyUsage, MetadataStore, StoredContent
 from putplace_client.models import BatchUploadItem, UploadStatus, is_sha256
 
@@ -314,7 +314,7 @@ async def receive_batch(
                         p.sha256,
                         p.size,
                         mime,
-                        packed_location(storage, p.pack_id, p.offset, p.size),
+                        p.storage_path,
                         key.key_id if key else None,
                         p.pack_id,
                         p.offset,
@@ -326,7 +326,8 @@ async def receive_batch(
         metrics.UPLOADED_BYTES.inc(sum(len(data) for _, data, _ in verified))
     for status in outcome.values():
         metrics.UPLOADS.labels(_METRIC_OUTCOME.get(status, status.value)).inc()
-    return [BatchUploadItem(sha256=name, status=outcome[name], size=len(data)) for name, data in parts]
+    # Constructed: every value is the server's own (a part's name is any string, as the model says).
+    return [BatchUploadItem.model_construct(sha256=name, status=outcome[name], size=len(data)) for name, data in parts]
 
 
 _METRIC_OUTCOME = {

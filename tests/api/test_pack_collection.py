@@ -23,7 +23,7 @@ from putplace_api.settings import Settings
 from putplace_api.storage import open_storage
 from putplace_api.storage.base import pack_name
 from putplace_api.storage.local import LocalStorage
-from putplace_api.storage.packs import packed_location, put_pack
+from putplace_api.storage.packs import put_pack
 from putplace_api.store import MetadataStore, open_store
 from putplace_api.store.base import ContentRow, StoredContent
 from putplace_client.models import FileMetadata
@@ -63,7 +63,7 @@ async def pack(backends: Backends, *contents: bytes) -> str:
             p.sha256,
             p.size,
             None,
-            packed_location(backends.storage, p.pack_id, p.offset, p.size),
+            p.storage_path,
             None,
             p.pack_id,
             p.offset,

@@ -57,7 +57,7 @@ from typing import Any
 from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded, chunks
 from putplace_api.sessions import expire_sessions
 from putplace_api.storage.base import StoredObject
-from putplace_api.storage.packs import packed_location, put_pack
+from putplace_api.storage.packs import put_pack
 from putplace_api.store.base import ContentRow, PackMove, SessionStore
 
 __all__ = ["Collected", "GcOptions", "GcReport", "collect_garbage"]
@@ -305,7 +305,7 @@ async def _repack(backends: Backends, pack: StoredObject, cutoff: datetime, repo
             row.pack_offset or 0,
             p.pack_id,
             p.offset,
-            packed_location(storage, p.pack_id, p.offset, p.size),
+            p.storage_path,
         )
         for (row, _), p in zip(live, placed, strict=True)
     ]

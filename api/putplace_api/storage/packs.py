@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from putplace_api.storage.base import ContentStorage
 
-__all__ = ["Packed", "new_pack_id", "packed_location", "put_pack"]
+__all__ = ["Packed", "new_pack_id", "put_pack"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,24 +32,22 @@ class Packed:
     pack_id: str
     offset: int
     size: int
+    storage_path: str  # its record's: the pack's URL and the byte range in it
 
 
 def new_pack_id() -> str:
     return uuid.uuid4().hex
 
 
-def packed_location(storage: ContentStorage, pack_id: str, offset: int, size: int) -> str:
-    """A packed content's storage_path: its pack's URL and the byte range in it."""
-    return f"{storage.pack_location(pack_id)}#bytes={offset}-{offset + size}"
-
-
 async def put_pack(storage: ContentStorage, items: Sequence[tuple[str, bytes]]) -> list[Packed]:
     """Write verified contents as one new pack, durable on return; where each lies, in order."""
     pack_id = new_pack_id()
+    where = storage.pack_location(pack_id)  # once per pack, not per content (a Path made a URI, on disk)
     placed: list[Packed] = []
     offset = 0
     for sha256, data in items:
-        placed.append(Packed(sha256, pack_id, offset, len(data)))
-        offset += len(data)
+        end = offset + len(data)
+        placed.append(Packed(sha256, pack_id, offset, len(data), f"{where}#bytes={offset}-{end}"))
+        offset = end
     await storage.write_pack(pack_id, b"".join(data for _, data in items))
     return placed
