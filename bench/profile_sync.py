@@ -6,7 +6,7 @@ sampling each process, every thread that is on a CPU (not only the one holding t
 Investigation aid only: py-spy is NOT a project dependency.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/profile_sync.py [--files 100000] [--tree DIR] [--out DIR]
+    .venv/bin/python bench/profile_sync.py --out DIR [--files 100000] [--tree DIR] [--report-only]
 
 Prints, per process, the CPU seconds (from /proc, with the sampler attached: sampling adds a
 little), and the share of samples per stage, turned into microseconds of CPU per file. The
@@ -18,6 +18,7 @@ kept in ``--out`` for a flame graph or another breakdown.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import subprocess
@@ -48,7 +49,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("index (agent SQLite)", ("index.py",)),
     ("catalogue (API SQLite)", ("store/sqlite.py",)),
     ("walk (scandir, lstat)", ("scanner.py",)),
-    ("JSON encode/decode", ("json/", "orjson", "_json_", "jsonable_encoder", "dump_json", "validate_json")),
+    ("JSON encode/decode", ("json/", "jsonable_encoder", "dump_json", "validate_json", "Response.json")),
     ("pydantic validation / models", ("pydantic", "models.py")),
     ("multipart parse / build", ("formdata.py", "multipart", "_multipart")),
     ("auth / key check", ("auth.py", "deps.py")),
@@ -123,7 +124,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="directory for the raw stacks and logs (kept)")
     ap.add_argument("--rate", type=int, default=250, help="samples per second per process")
     ap.add_argument("--agent-arg", action="append", default=["--upload-concurrency=8"], metavar="ARG")
+    ap.add_argument("--report-only", action="store_true", help="print the report of the run kept in --out")
     args = ap.parse_args()
+    if args.report_only:
+        return show(args.out)
     if shutil.which("py-spy", path=str(VENV_BIN)) is None:
         sys.exit("error: py-spy is not installed (investigation only): .venv/bin/pip install py-spy")
     out: Path = args.out
@@ -147,11 +151,12 @@ def main() -> int:
             agent_sampler = subprocess.Popen(py_spy(args.rate, agent_raw, "--pid", str(agent.pid)),
                                              stdout=subprocess.DEVNULL)  # fmt: skip
             agent_threads: dict[str, float] = {}
-            while agent.poll() is None:  # per-thread CPU, last reading before the agent exits
+            while agent.poll() is None:  # per-thread CPU: the most seen (threads end before the agent)
                 try:
-                    agent_threads = thread_cpu_seconds(agent.pid)
+                    now = thread_cpu_seconds(agent.pid)
                 except OSError:
                     break
+                agent_threads = {k: max(v, agent_threads.get(k, 0.0)) for k, v in now.items()}
                 time.sleep(0.2)
             returncode = agent.wait()
         wall = time.perf_counter() - t0
@@ -166,10 +171,21 @@ def main() -> int:
     if returncode != 0 or not summary or summary["seen"] != args.files:
         print(stderr[-3000:], file=sys.stderr)
         return 1
-    print(f"initial sync of {args.files:,} files under py-spy: {summary['seconds']:.1f} s (wall {wall:.1f} s); "
-          f"other programs {100 * other:.0f}% of a core -- {machine_line()}")  # fmt: skip
-    report("API", api_raw, api_cpu, args.files, api_threads)
-    report("agent", agent_raw, agent_cpu, args.files, agent_threads)
+    figures = {
+        "files": args.files, "seconds": summary["seconds"], "wall": wall, "other_cores": other,
+        "api_cpu": api_cpu, "agent_cpu": agent_cpu, "api_threads": api_threads, "agent_threads": agent_threads,
+    }  # fmt: skip
+    (out / "figures.json").write_text(json.dumps(figures))
+    return show(out)
+
+
+def show(out: Path) -> int:
+    """The report of a run kept in ``out`` (also: ``--report-only``)."""
+    f = json.loads((out / "figures.json").read_text())
+    print(f"initial sync of {f['files']:,} files under py-spy: {f['seconds']:.1f} s (wall {f['wall']:.1f} s); "
+          f"other programs {100 * f['other_cores']:.0f}% of a core -- {machine_line()}")  # fmt: skip
+    report("API", out / "api.raw.txt", f["api_cpu"], f["files"], f["api_threads"])
+    report("agent", out / "agent.raw.txt", f["agent_cpu"], f["files"], f["agent_threads"])
     return 0
 
 
