@@ -26,13 +26,12 @@ from typing import BinaryIO
 import anyio.to_thread
 
 from putplace_api.storage.base import SESSIONS_DIR, SessionData, object_name
-from putplace_api.storage.direct_io import DirectWrites
+from putplace_api.storage.direct_io import DirectWrites, read_blocks
 from putplace_api.storage.files import rename_into_place
 
 __all__ = ["LocalSessions"]
 
 WRITE_BLOCK = 1024 * 1024  # bytes gathered before one write: one thread hop per MiB, not per piece
-HASH_BLOCK = 4 * 1024 * 1024  # read back from the disk: the chunks were written past the page cache
 
 
 class _Assembled:
@@ -49,10 +48,9 @@ class _Assembled:
 
     def hash(self, head_bytes: int) -> None:
         digest = hashlib.sha256()
-        self._data.seek(0)
-        while block := self._data.read(HASH_BLOCK):
+        for block in read_blocks(self._data_path):
             if not self.head:
-                self.head = block[:head_bytes]
+                self.head = bytes(block[:head_bytes])
             digest.update(block)
             self.size += len(block)
         self.sha256 = digest.hexdigest()
