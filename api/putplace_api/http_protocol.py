@@ -22,7 +22,31 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["BODY_BUFFER", "BodyBufferingProtocol", "UVICORN_OPTIONS"]
 
-BODY_BUFFER = 4 * 1024 * 1024
+BODY_BUFFER = int(__import__("os").environ.get("XP_BUF", str(4 << 20)))
+
+
+class _BodyPieces:
+    """The body bytes read ahead, kept as the pieces the socket gave until the app takes them.
+
+    uvicorn gathers them in a ``bytearray`` and hands the app ``bytes(body)``: two copies of
+    every byte, a few MiB at a time on the event loop. Kept as pieces, they are joined once when
+    the app takes them (``bytes()`` calls ``__bytes__``), and a single piece not at all."""
+
+    __slots__ = ("_pieces", "_size")
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._size = 0
+
+    def append(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._size += len(piece)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        return self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
 
 
 class BodyBufferingProtocol(HttpToolsProtocol):
@@ -32,8 +56,14 @@ class BodyBufferingProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
             return  # as uvicorn: the body of an answered request or of an upgrade is not the app's
-        cycle.body += body
-        if len(cycle.body) > BODY_BUFFER:
+        pending: bytearray | _BodyPieces = cycle.body
+        if not isinstance(pending, _BodyPieces):
+            # uvicorn leaves an empty bytearray after each message it hands over (and nothing
+            # but this method adds to it), so nothing is dropped here.
+            pending = _BodyPieces()
+            cycle.body = pending  # type: ignore[assignment]
+        pending.append(body)
+        if len(pending) > BODY_BUFFER:
             self.flow.pause_reading()
         cycle.message_event.set()
 

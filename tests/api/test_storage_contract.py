@@ -330,12 +330,13 @@ async def test_local_storage_without_direct_io_writes_buffered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_at: str
 ) -> None:
     """A filesystem that refuses O_DIRECT (at open, or only at the first write) gets the same
-    bytes, written buffered. Such a filesystem cannot be had here (tmpfs has direct I/O since
-    Linux 6.6), so the refusal is injected: EINVAL, what Linux answers."""
+    bytes, written buffered, for an upload and for a session's chunks. Such a filesystem cannot
+    be had here (tmpfs has direct I/O since Linux 6.6), so the refusal is injected: EINVAL, what
+    Linux answers."""
     import errno
     import fcntl
 
-    from putplace_api.storage.local import DIRECT_BLOCK
+    from putplace_api.storage.direct_io import DIRECT_BLOCK
 
     real_open, real_write = os.open, os.write
 
@@ -355,6 +356,14 @@ async def test_local_storage_without_direct_io_writes_buffered(
     await storage.open()
     data = os.urandom(2 * DIRECT_BLOCK + 12345)
     sha = await _put(storage, data, chunk=1024 * 1024 + 1)
+    chunked = os.urandom(2 * SESSION_CHUNK + 777)
+    sid = uuid.uuid4().hex
+    ref = await storage.begin_session(sid, len(chunked))
+    for n in (2, 0, 1):
+        await storage.write_chunk(sid, ref, n, n * SESSION_CHUNK, _body(_part(chunked, n)))
+    await (await storage.assemble(sid, ref, 3, 0)).commit()
     monkeypatch.undo()
     assert await _read(storage, sha) == data
+    assert await _read(storage, _sha(chunked)) == chunked
     assert os.listdir(tmp_path / "c" / ".tmp") == []
+    assert await _sessions(storage) == {}

@@ -13,8 +13,6 @@ as it goes (``_LocalWriter``): the fsync before publishing then has little left 
 from __future__ import annotations
 
 import errno
-import fcntl
-import mmap
 import os
 import time
 import uuid
@@ -33,20 +31,14 @@ from putplace_api.storage.base import (
     pack_of_name,
     sha_of_name,
 )
+from putplace_api.storage.direct_io import DirectWrites
 from putplace_api.storage.files import rename_into_place
 from putplace_api.storage.local_sessions import LocalSessions
 
 __all__ = ["LocalStorage"]
 
 READ_CHUNK = 1024 * 1024
-WRITEBACK_BYTES = 16 * 1024 * 1024
-DIRECT_BLOCK = 4 * 1024 * 1024  # a multiple of any logical block size; one write per block
 STALE_TEMP_SECONDS = 3600
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:  # os.write may write less than asked (a signal, a 2 GiB single write)
-        view = view[os.write(fd, view) :]
 
 
 def _write_durably(temp: Path, data: bytes, fsync: bool) -> None:
@@ -64,36 +56,17 @@ def _translate(exc: OSError) -> Exception:
 
 
 class _LocalWriter:
-    """Writes one temp file. Where the filesystem allows it, with direct I/O (``O_DIRECT``):
-    the bytes are copied once into an aligned block that the disk reads itself, instead of
-    into the page cache that an fsync must then write out. Measured for 2 GiB here: 0.2 s of
-    CPU and ~1 s, against 3.4-6.7 s of CPU and 4.4-9.3 s buffered (docs/benchmarks.md).
-    Otherwise (a filesystem without it: tmpfs before Linux 6.6, some network filesystems)
-    buffered writes, sent on to the disk as they go (every ``WRITEBACK_BYTES``) so that the
-    commit's fsync finds little left to write."""
+    """Writes one temp file (``direct_io``: direct I/O where the filesystem has it)."""
 
     def __init__(self, final: Path, temp: Path, fsync: bool) -> None:
         self._final = final
         self._temp = temp
         self._fsync = fsync
-        self._fd: int | None = None
-        self._block: mmap.mmap | None = None  # direct I/O: the aligned block being filled
-        self._filled = 0
+        self._file: DirectWrites | None = None
         self._done = False
-        self._written = 0
-        self._sent_on = 0  # buffered: bytes already handed to the disk
 
     def _open(self) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        block = mmap.mmap(-1, DIRECT_BLOCK)  # page-aligned, as O_DIRECT wants
-        try:
-            self._fd = os.open(self._temp, flags | os.O_DIRECT, 0o666)
-            self._block = block
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no direct I/O
-                raise
-            self._temp.unlink(missing_ok=True)
-            self._fd = os.open(self._temp, flags, 0o666)
+        self._file = DirectWrites(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0, writeback=self._fsync)
 
     async def _start(self) -> None:
         try:
@@ -101,43 +74,9 @@ class _LocalWriter:
         except OSError as exc:
             raise _translate(exc) from exc
 
-    def _buffered(self) -> None:
-        """Go on without direct I/O (the rest of a block, or a filesystem that refused it)."""
-        assert self._fd is not None
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        block, filled = self._block, self._filled
-        self._block, self._filled = None, 0
-        self._written = self._sent_on = os.lseek(self._fd, 0, os.SEEK_CUR)  # what direct I/O wrote
-        if block is not None:  # not closed: a view of it may live on in a traceback; the GC unmaps it
-            self._write(memoryview(block)[:filled])
-
-    def _write(self, chunk: bytes | memoryview) -> None:
-        assert self._fd is not None
-        view = memoryview(chunk)
-        if self._block is not None:
-            while view:
-                n = min(len(view), DIRECT_BLOCK - self._filled)
-                self._block[self._filled : self._filled + n] = view[:n]
-                self._filled += n
-                view = view[n:]
-                if self._filled == DIRECT_BLOCK:
-                    try:
-                        _write_all(self._fd, memoryview(self._block))
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL:
-                            raise
-                        self._buffered()  # opened with O_DIRECT, but writing with it refused
-                        self._write(view)
-                        return
-                    self._filled = 0
-            return
-        _write_all(self._fd, view)
-        self._written += len(view)
-        if self._fsync and self._written - self._sent_on >= WRITEBACK_BYTES:
-            # Linux starts writing back the range it is told is not needed (only its clean pages
-            # are dropped): the disk works while the body still arrives.
-            os.posix_fadvise(self._fd, self._sent_on, self._written - self._sent_on, os.POSIX_FADV_DONTNEED)
-            self._sent_on = self._written
+    def _write(self, chunk: bytes) -> None:
+        assert self._file is not None
+        self._file.write(chunk)
 
     async def write(self, chunk: bytes) -> None:
         try:
@@ -147,13 +86,11 @@ class _LocalWriter:
             raise _translate(exc) from exc
 
     def _commit(self) -> None:
-        assert self._fd is not None
-        if self._block is not None:
-            self._buffered()  # the last, partial block: direct I/O takes whole aligned blocks only
+        assert self._file is not None
+        self._file.finish()
         if self._fsync:
-            os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+            os.fsync(self._file.fd)
+        self._file.close()
         rename_into_place(self._temp, self._final, self._fsync)
 
     async def commit(self) -> None:
@@ -165,10 +102,8 @@ class _LocalWriter:
             raise _translate(exc) from exc
 
     def _abort(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._block = None
+        if self._file is not None:
+            self._file.close()
         self._temp.unlink(missing_ok=True)
 
     async def abort(self) -> None:

@@ -3,7 +3,8 @@
 ``{root}/.sessions/{id}.data`` is created at the content's full size (sparse: no blocks until
 written); each chunk is written at its offset, made durable, and only then appended to
 ``{id}.held`` (one number a line, O_APPEND) -- so a chunk listed there is on disk whatever
-crashes, and a chunk cut short is simply not listed. ``assemble`` hashes the file in place and
+crashes, and a chunk cut short is simply not listed. Chunks are written with direct I/O where
+the filesystem has it (``direct_io``), as single uploads are. ``assemble`` hashes the file in place and
 ``commit`` renames it to the content's name: no copy, and never a name showing unverified bytes.
 
 Writers hold a shared ``flock`` on the data file, ``assemble`` an exclusive one until commit or
@@ -25,12 +26,12 @@ from typing import BinaryIO
 import anyio.to_thread
 
 from putplace_api.storage.base import SESSIONS_DIR, SessionData, object_name
+from putplace_api.storage.direct_io import DirectWrites, read_blocks
 from putplace_api.storage.files import rename_into_place
 
 __all__ = ["LocalSessions"]
 
 WRITE_BLOCK = 1024 * 1024  # bytes gathered before one write: one thread hop per MiB, not per piece
-HASH_BLOCK = 1024 * 1024
 
 
 class _Assembled:
@@ -47,10 +48,9 @@ class _Assembled:
 
     def hash(self, head_bytes: int) -> None:
         digest = hashlib.sha256()
-        self._data.seek(0)
-        while block := self._data.read(HASH_BLOCK):
+        for block in read_blocks(self._data_path):
             if not self.head:
-                self.head = block[:head_bytes]
+                self.head = bytes(block[:head_bytes])
             digest.update(block)
             self.size += len(block)
         self.sha256 = digest.hexdigest()
@@ -148,21 +148,38 @@ class LocalSessions:
         finally:
             os.close(fd)
 
+    def _open_chunk(self, session_id: str, offset: int) -> tuple[BinaryIO, DirectWrites]:
+        """The session's file locked (shared), and a writer at ``offset`` in it."""
+        data_path = self._files(session_id)[0]
+        lock = _open_locked(data_path, False)
+        try:
+            # By path again: while the shared lock is held, completing cannot rename it away.
+            return lock, DirectWrites(data_path, os.O_WRONLY, offset, writeback=self._fsync)
+        except BaseException:
+            lock.close()
+            raise
+
+    def _finish_chunk(self, writer: DirectWrites) -> None:
+        writer.finish()
+        if self._fsync:
+            os.fdatasync(writer.fd)
+
     async def write_chunk(
         self, session_id: str, ref: str, number: int, offset: int, body: AsyncIterator[bytes]
     ) -> None:
-        data_path = self._files(session_id)[0]
-        f = await anyio.to_thread.run_sync(_open_locked, data_path, False)
+        lock, writer = await anyio.to_thread.run_sync(self._open_chunk, session_id, offset)
         try:
-            await anyio.to_thread.run_sync(f.seek, offset)
             async for block in _blocks(body):
-                await anyio.to_thread.run_sync(f.write, block)
-            await anyio.to_thread.run_sync(f.flush)
-            if self._fsync:
-                await anyio.to_thread.run_sync(os.fdatasync, f.fileno())
+                await anyio.to_thread.run_sync(writer.write, block)
+            await anyio.to_thread.run_sync(self._finish_chunk, writer)
             await anyio.to_thread.run_sync(self._mark_held, session_id, number)
         finally:
-            await anyio.to_thread.run_sync(f.close, abandon_on_cancel=False)
+
+            def close() -> None:
+                writer.close()
+                lock.close()
+
+            await anyio.to_thread.run_sync(close, abandon_on_cancel=False)
 
     def _assemble(self, session_id: str, head_bytes: int) -> _Assembled:
         data_path, held = self._files(session_id)
