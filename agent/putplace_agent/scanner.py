@@ -7,16 +7,22 @@ pseudo filesystem); sockets, FIFOs and devices are skipped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import marshal
 import os
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
-from putplace_agent.index import Signature
+from putplace_agent.index import Row, Signature, State
 
-__all__ = ["Changed", "Excluder", "is_catalogued", "pseudo_mounts", "scan", "signature_of"]
+__all__ = [
+    "Changed", "Chunk", "Excluder", "FileStat", "Listing", "compare", "digest_of", "is_catalogued", "pseudo_mounts",
+    "scan", "signature_of",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +74,52 @@ def is_catalogued(st: os.stat_result) -> bool:
 
 
 Changed = tuple[bytes, int]  # a path (as bytes) and its size
+FileStat = tuple[bytes, int, int, int, int]  # a name in its directory, and its signature
+
+
+def digest_of(files: list[FileStat]) -> bytes:
+    """A directory's files as a rescan sees them, in one value: equal digests mean the same names
+    with the same signatures. marshal version 2 writes no back-references, so the bytes depend
+    on the values only; a different spelling (another Python) only costs one slow look."""
+    return hashlib.blake2b(marshal.dumps(files, 2), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A directory whose files must be compared one by one: its summary is missing or differs."""
+
+    directory: bytes
+    files: list[FileStat]
+    digest: bytes
+
+
+def compare(listing: Listing, rows: dict[bytes, Row]) -> tuple[list[Changed], list[bytes], bool]:
+    """``listing`` against the index's ``rows`` of that directory (``Index.in_directory``).
+
+    Returns what changed on disk (new, or another signature, or back while its deletion is
+    owed), the indexed paths gone from disk, and whether the directory may be summarised: no
+    change, nothing gone, every file synced."""
+    prefix = listing.directory if listing.directory.endswith(b"/") else listing.directory + b"/"
+    changed: list[Changed] = []
+    synced = True
+    for name, size, mtime_ns, ctime_ns, inode in listing.files:
+        path = prefix + name
+        row = rows.pop(path, None)
+        if row is None or row[4] == State.DELETE or row[:4] != (size, mtime_ns, ctime_ns, inode):
+            changed.append((path, size))
+        elif row[4] != State.SYNCED:
+            synced = False
+    gone = [path for path, row in rows.items() if row[4] != State.DELETE]
+    return changed, gone, synced and not changed and not rows
+
+
+Chunk = tuple[int, list[Changed], list[Listing]]
+_ABSENT = object()  # the directory has no row: nothing in it is indexed
 
 
 def scan(
     root: str,
+    summaries: dict[bytes, bytes | None],
     known: dict[bytes, Signature],
     *,
     excluded: Excluder,
@@ -79,17 +127,19 @@ def scan(
     follow_symlinks: bool = False,
     on_error: Callable[[str, OSError], None] = lambda path, exc: None,
     batch: int = 2048,
-) -> Iterator[tuple[int, list[Changed]]]:
-    """Walk ``root`` (or ``root`` itself, if it is a file), depth first, and compare every
-    catalogued entry with ``known``, the index's signatures. Yields ``(seen, changed)`` per
-    chunk of about ``batch`` entries; every path seen is removed from ``known``, so what is left
-    afterwards is gone from disk.
+) -> Iterator[Chunk]:
+    """Walk ``root`` depth first against the index: ``summaries`` of its directories
+    (``Index.summaries``) and, should ``root`` be a file, its signature in ``known``. Yields
+    ``(seen, changed, listings)`` per chunk of about ``batch`` entries: the files found changed
+    here, and the directories to compare file by file (``compare``, in the caller's thread,
+    which owns the index). Every directory visited is removed from ``summaries`` and a file
+    root from ``known``, so what is left afterwards is gone from disk (or was not looked at).
 
     A no-change rescan is this loop and nothing else, so it stays lean: the walk runs on bytes
-    (the index's keys, no encoding per entry), an unchanged entry makes no object, and the
-    excluder is not even called when there are no patterns."""
-    pop = known.pop
+    (the index's keys, no encoding per entry), an unchanged directory costs one tuple per file
+    and one digest, and the excluder is not even called when there are no patterns."""
     out: list[Changed] = []
+    listings: list[Listing] = []
     seen = 0
     try:
         st = os.lstat(root)
@@ -99,25 +149,29 @@ def scan(
     if not stat.S_ISDIR(st.st_mode):
         if is_catalogued(st):
             path = os.fsencode(root)
-            if pop(path, None) != signature_of(st):
+            if known.pop(path, None) != signature_of(st):
                 out.append((path, st.st_size))
-            yield 1, out
+            yield 1, out, listings
         return
     is_reg, is_lnk = stat.S_ISREG, stat.S_ISLNK
     skipped = frozenset(os.fsencode(s) for s in skip)
     patterns = excluded if excluded.patterns else None
-    root_len = len(os.fsencode(root.rstrip("/"))) + 1
-    stack = [os.fsencode(root)]
+    top = os.fsencode(root.rstrip("/") or "/")
+    root_len = len(top.rstrip(b"/")) + 1
+    stack = [top]
     while stack:
         directory = stack.pop()
         if directory in skipped:
             continue
+        summary = summaries.pop(directory, _ABSENT)  # even if unreadable: absence proves nothing then
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
         except OSError as exc:
             on_error(os.fsdecode(directory), exc)
             continue
+        files: list[FileStat] = []
+        new = 0
         for entry in entries:
             path = entry.path
             if patterns is not None and patterns(os.fsdecode(path[root_len:])):
@@ -137,11 +191,20 @@ def scan(
                 continue
             if not (is_reg(mode) or is_lnk(mode)):
                 continue
-            seen += 1
-            if pop(path, None) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            if summary is _ABSENT:
                 out.append((path, st.st_size))
+                new += 1
+            else:
+                files.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        if summary is _ABSENT:
+            seen += new
+        else:
+            seen += len(files)
+            digest = digest_of(files)
+            if digest != summary:
+                listings.append(Listing(directory, files, digest))
         if seen >= batch:
-            yield seen, out
-            seen, out = 0, []
-    if seen:
-        yield seen, out
+            yield seen, out, listings
+            seen, out, listings = 0, [], []
+    if seen or listings:
+        yield seen, out, listings

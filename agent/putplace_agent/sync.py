@@ -31,7 +31,7 @@ from putplace_agent.hasher import BLOCK, FileChanged, NotCatalogued, hash_file
 from putplace_agent.index import Entry, Index, State
 from putplace_agent.metrics import Tally
 from putplace_agent.retry import call_with_retry, is_transient
-from putplace_agent.scanner import Excluder, is_catalogued, pseudo_mounts, scan, signature_of
+from putplace_agent.scanner import Excluder, compare, is_catalogued, pseudo_mounts, scan, signature_of
 from putplace_agent.sessions import upload_in_session
 from putplace_agent.settings import AgentSettings
 from putplace_agent.watcher import watch_tree
@@ -265,8 +265,12 @@ class Agent:
     async def scan_tree(self, root: str, *, full: bool) -> None:
         """Walk ``root``; queue what changed; with ``full``, what the index has but the disk lacks is gone."""
         loop = asyncio.get_running_loop()
-        known = self.index.signatures(os.fsencode(root))
+        key = os.fsencode(root.rstrip("/") or "/")  # as the walk spells directories
+        summaries = self.index.summaries(key)
+        signature = self.index.signature(key)  # should the root be a file
+        known = {} if signature is None else {key: signature}
         unreadable: list[str] = []
+        gone: list[bytes] = []
 
         def on_error(path: str, exc: OSError) -> None:  # called from the walking thread
             unreadable.append(path)
@@ -274,6 +278,7 @@ class Agent:
 
         chunks = scan(
             root,
+            summaries,
             known,
             excluded=self.excluded,
             skip=self.skip,
@@ -281,15 +286,25 @@ class Agent:
             on_error=on_error,
         )
         while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
-            seen, found = chunk
+            seen, found, listings = chunk
+            for listing in listings:  # read, compared and summarised with no await in between
+                changed, missing, clean = compare(listing, self.index.in_directory(listing.directory))
+                if clean:
+                    self.index.set_summary(listing.directory, listing.digest)
+                found += changed
+                gone += missing
             self.tally.add_seen(seen, seen - len(found))
             if found:
                 self.tally.bytes_to_hash += sum(size for _, size in found)
                 await self._queue_hash([path for path, _ in found], [size for _, size in found])
-        if full and known:
-            # Under a directory we could not read, absence proves nothing.
+        if full:
+            # Directories not walked are gone (their files with them), and so is a file root that
+            # was not seen; but under a directory we could not read, absence proves nothing.
             blind = tuple(os.fsencode(p.rstrip("/") + "/") for p in unreadable)
-            self._gone([p for p in known if not p.startswith(blind) and p not in blind])
+            gone += [d for d in summaries if not (d + b"/").startswith(blind)]  # a row's files are below it
+            gone += [p for p in known if not p.startswith(blind)]
+            if gone:
+                self._gone(gone)
 
     async def _queue_hash(self, paths: list[bytes], sizes: list[int]) -> None:
         batch: list[bytes] = []
