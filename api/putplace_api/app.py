@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(browse.router)
     mount_console(app)
-    fastpath.check(app)
+    fastpath.serve_first(app)
 
     @app.exception_handler(PutPlaceError)
     async def putplace_error(request: Request, exc: PutPlaceError) -> JSONResponse:

@@ -15,16 +15,17 @@ dependency overrides, a body size limit -- is handed to FastAPI's own handler of
 so errors keep their exact shapes and order (a key lacking the scope is a 403 before the body's
 422). The endpoint has one definition; the handler FastAPI would have used serves the rest.
 
-``check(app)`` (called by ``create_app``) refuses a lean route given dependencies by
-``include_router``: the lean handler sees the endpoint's own signature only.
+``serve_first(app)`` (called by ``create_app`` once every router is included) makes the lean
+routes the first ones a request is matched against.
 """
 
 from __future__ import annotations
 
+import copy
 import email.message
 import functools
 import json
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 from fastapi import FastAPI
@@ -35,8 +36,9 @@ from starlette._utils import is_async_callable
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
-__all__ = ["LeanRoute", "check"]
+__all__ = ["LeanRoute", "serve_first"]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 RequestDep = Callable[[Request], Awaitable[Any]]
@@ -150,11 +152,36 @@ class LeanRoute(APIRoute):
         return handler
 
 
-def check(app: FastAPI) -> None:
-    """Refuse lean routes that would miss dependencies given to ``include_router``."""
+def serve_first(app: FastAPI) -> None:
+    """Match the lean routes before every other route of ``app``.
+
+    Each request is matched against the app's routes in order, and a route of an included
+    router through FastAPI's per-inclusion layers (two passes over the router's routes, scope
+    bookkeeping): ~10 % of a ``put_file``'s CPU with some 30 routes ahead of it. A copy of each
+    lean route -- the same object's fields: endpoint, dependant, handler -- goes to the head of
+    ``app.router.routes``, left out of the OpenAPI document; the route in its router still
+    documents it (the document is unchanged) and still answers if the copy did not match.
+
+    Refused (TypeError) if the inclusion changed how the route serves: dependencies, a body
+    size limit or content-type strictness given to ``include_router`` would be missed."""
+    first: list[BaseRoute] = []
     for route in iter_route_contexts(app.router.routes):
         original = route.original_route
-        if isinstance(original, LeanRoute):
-            effective: Sequence[Dependant] = route.dependant.dependencies
-            if [d.call for d in effective] != [d.call for d in original.dependant.dependencies]:
-                raise TypeError(f"LeanRoute {original.path}: included with dependencies it would not see")
+        if not isinstance(original, LeanRoute) or any(r is original for r in app.router.routes):
+            continue  # not lean, or on the app itself: the app's own order stands
+        served = (
+            [d.call for d in route.dependant.dependencies],
+            route.max_body_size,
+            getattr(route.strict_content_type, "value", route.strict_content_type),
+        )
+        own = (
+            [d.call for d in original.dependant.dependencies],
+            original.max_body_size,
+            getattr(original.strict_content_type, "value", original.strict_content_type),
+        )
+        if served != own:
+            raise TypeError(f"LeanRoute {original.path}: included with dependencies or body options it would not see")
+        head = copy.copy(original)
+        head.include_in_schema = False
+        first.append(head)
+    app.router.routes[:0] = first
