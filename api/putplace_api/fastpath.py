@@ -26,9 +26,9 @@ import email.message
 import functools
 import json
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
@@ -38,10 +38,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-__all__ = ["LeanRoute", "serve_first"]
+__all__ = ["LeanRoute", "post", "serve_first"]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 RequestDep = Callable[[Request], Awaitable[Any]]
+EndpointT = TypeVar("EndpointT", bound=Callable[..., Awaitable[Any]])
 _FASTAPI_ONLY = object()  # the request goes to FastAPI's own handler
 
 
@@ -150,6 +151,16 @@ class LeanRoute(APIRoute):
             return Response(answer.model_dump_json(by_alias=by_alias), status_code, media_type="application/json")
 
         return handler
+
+
+def post(router: APIRouter, path: str, **options: Any) -> Callable[[EndpointT], EndpointT]:
+    """``@router.post(path, **options)``, served by a ``LeanRoute``."""
+
+    def register(endpoint: EndpointT) -> EndpointT:
+        router.add_api_route(path, endpoint, methods=["POST"], route_class_override=LeanRoute, **options)
+        return endpoint
+
+    return register
 
 
 def serve_first(app: FastAPI) -> None:

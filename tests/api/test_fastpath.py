@@ -25,7 +25,7 @@ class _Out(BaseModel):
 
 
 def _lean(router: APIRouter, endpoint: Any) -> None:
-    router.add_api_route("/x", endpoint, methods=["POST"], response_model=_Out, route_class_override=fastpath.LeanRoute)
+    fastpath.post(router, "/x", response_model=_Out)(endpoint)
 
 
 def test_an_endpoint_of_another_shape_is_refused_when_declared() -> None:

@@ -6,12 +6,10 @@ that it names, and sees only the records inside them in what it lists, looks up 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 
 from putplace_api import fastpath, metrics
 from putplace_api.auth import Principal, describe
@@ -34,7 +32,6 @@ from putplace_client.models import (
 )
 
 router = APIRouter(tags=["files"], responses=KEYED_ROUTE_ERRORS)
-Endpoint = Callable[..., Awaitable[Any]]
 
 
 # Responses are assembled with model_construct: every value was validated on the way in
@@ -95,30 +92,13 @@ def _upload_url(content: ContentRow) -> str | None:
     return None if content.stored else f"/upload_file/{content.sha256}"
 
 
-def _lean_post(path: str, response_model: type[BaseModel]) -> Callable[[Endpoint], Endpoint]:
-    """A ``POST`` answered 201, served by ``fastpath.LeanRoute``: the hot announce routes."""
-
-    def register(endpoint: Endpoint) -> Endpoint:
-        router.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            status_code=201,
-            response_model=response_model,
-            route_class_override=fastpath.LeanRoute,
-        )
-        return endpoint
-
-    return register
-
-
-@_lean_post("/put_file", PutFileResponse)
+@fastpath.post(router, "/put_file", status_code=201, response_model=PutFileResponse)
 async def put_file(body: FileMetadata, state: StateDep, key: WriteKey) -> PutFileResponse:
     """Record one file; ``upload_required`` says whether its content must be uploaded."""
     return to_put_response((await _announce(state, key, [body]))[0])
 
 
-@_lean_post("/put_files", PutFilesResponse)
+@fastpath.post(router, "/put_files", status_code=201, response_model=PutFilesResponse)
 async def put_files(body: PutFilesRequest, state: StateDep, key: WriteKey) -> PutFilesResponse:
     """Record up to 10,000 files in one request; the answer says, per record and in order,
     whether its content must be uploaded (without echoing the metadata back)."""
