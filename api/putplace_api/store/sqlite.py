@@ -331,23 +331,24 @@ class SqliteStore:
         await self._run(lambda: self._c.execute("SELECT 1").fetchone())
 
     # -- files ---------------------------------------------------------------------------
-    def _put_files_in(self, c: sqlite3.Connection, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
-        """One batch, in statements per chunk rather than per file: the existing records are
-        read with one query per host and chunk; inserts, updates and history go in with
-        executemany. Existing rows stay plain tuples (no model per row): an unchanged record
-        is answered with the incoming metadata, which equals it. A path repeated within the
-        batch is resolved in memory, in order."""
-        ts = now.timestamp()
+    def _put_files_in(
+        self, c: sqlite3.Connection, files: Sequence[FileMetadata], times: Sequence[float]
+    ) -> list[PutResult]:
+        """One batch (each file with the time of the call that announced it), in statements per
+        chunk rather than per file: the existing records are read with one query per host and
+        chunk; inserts, updates and history go in with executemany. Existing rows stay plain
+        tuples (no model per row): an unchanged record is answered with the incoming metadata,
+        which equals it. A path repeated within the batch is resolved in memory, in order."""
         c.executemany(
             "INSERT OR IGNORE INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
-            [(f.sha256, f.file_size, ts) for f in files],
+            [(f.sha256, f.file_size, ts) for f, ts in zip(files, times, strict=True)],
         )
         current = self._existing(c, {_name_key(f) for f in files})
         inserts: dict[NameKey, _Stored] = {}
         updates: dict[NameKey, _Stored] = {}
         archived: list[tuple[Any, ...]] = []
         rows: list[FileRow] = []
-        for meta in files:
+        for meta, ts in zip(files, times, strict=True):
             key = _name_key(meta)
             values = _file_values(meta)
             old = current.get(key)
@@ -391,8 +392,19 @@ class SqliteStore:
         return found
 
     def _put_groups(self, calls: Sequence[_PutCall]) -> list[list[PutResult]]:
+        """The group's calls as one batch, in arrival order: a handful of statements for the
+        whole group instead of for each call (a group of single put_files cost ~40 µs of this
+        thread per file). The same as the calls one after the other: a path announced twice
+        is resolved in memory, in order, each file keeping its own call's time."""
+        files = [f for call in calls for f in call.files]
+        times = [call.now.timestamp() for call in calls for _ in call.files]
         with self._write() as c:
-            return [self._put_files_in(c, call.files, call.now) for call in calls]
+            results = self._put_files_in(c, files, times)
+        answers, start = [], 0
+        for call in calls:
+            answers.append(results[start : start + len(call.files)])
+            start += len(call.files)
+        return answers
 
     @staticmethod
     def _archive(c: sqlite3.Connection, old: FileRow, ts: float, event: str) -> None:
