@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import email.message
 import functools
+import inspect
 import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
@@ -32,7 +33,6 @@ from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
-from starlette._utils import is_async_callable
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.requests import Request
 from starlette.responses import Response
@@ -55,11 +55,16 @@ def _is_json(content_type: str) -> bool:
     return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
+def _is_async(call: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or an instance whose class's ``__call__`` is one (``KeyCheck``)."""
+    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)
+
+
 def _request_only(dep: Dependant) -> bool:
     """A dependency the lean handler can call as FastAPI would: ``await call(request)``."""
     return (
         dep.call is not None
-        and is_async_callable(dep.call)
+        and _is_async(dep.call)
         and dep.request_param_name is not None
         and not (dep.path_params or dep.query_params or dep.header_params or dep.cookie_params or dep.body_params)
         and not dep.dependencies
@@ -83,7 +88,7 @@ class LeanRoute(APIRoute):
 
     def _unsupported(self) -> str | None:
         d = self.dependant
-        if not is_async_callable(self.endpoint):
+        if not _is_async(self.endpoint):
             return "the endpoint must be async"
         if len(d.body_params) != 1 or self._embed_body_fields:
             return "exactly one (not embedded) body parameter"
@@ -168,7 +173,7 @@ def serve_first(app: FastAPI) -> None:
 
     Each request is matched against the app's routes in order, and a route of an included
     router through FastAPI's per-inclusion layers (two passes over the router's routes, scope
-    bookkeeping): ~10 % of a ``put_file``'s CPU with some 30 routes ahead of it. A copy of each
+    bookkeeping), behind the docs routes and the health router: ~10 % of a ``put_file``. A copy of each
     lean route -- the same object's fields: endpoint, dependant, handler -- goes to the head of
     ``app.router.routes``, left out of the OpenAPI document; the route in its router still
     documents it (the document is unchanged) and still answers if the copy did not match.

@@ -5,6 +5,7 @@ mechanism refuses endpoint shapes and inclusions it would serve wrongly."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +13,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel
 
 from putplace_api import fastpath
+from putplace_api.app import create_app
 from putplace_api.deps import WriteKey
-from tests.api.conftest import Api, meta
+from tests.api.conftest import Api, make_settings, meta
 
 
 class _In(BaseModel):
@@ -105,3 +107,12 @@ def test_put_files_answers_through_the_lean_route(api: Api) -> None:
     assert r.status_code == 201, r.text
     assert [(f["sha256"], f["upload_required"]) for f in r.json()["files"]] == [(f["sha256"], True) for f in files]
     assert [f["_id"] for f in again.json()["files"]] == [f["_id"] for f in r.json()["files"]]
+
+
+def test_the_lean_routes_are_matched_first_and_undocumented_there(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path))
+    head = app.router.routes[:2]
+    assert [(type(r), r.path, r.include_in_schema) for r in head] == [  # type: ignore[attr-defined]
+        (fastpath.LeanRoute, "/put_file", False),
+        (fastpath.LeanRoute, "/put_files", False),
+    ]
