@@ -19,7 +19,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from putplace_api import __version__
+from putplace_api import __version__, fastpath
 from putplace_api.auth import AGENT_KEY_FILE
 from putplace_api.errors import Overloaded, PutPlaceError, error_response, validation_response
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(browse.router)
     mount_console(app)
+    fastpath.serve_first(app)
 
     @app.exception_handler(PutPlaceError)
     async def putplace_error(request: Request, exc: PutPlaceError) -> JSONResponse:

@@ -13,13 +13,12 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi.routing import iter_route_contexts
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,8 +65,9 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        incoming = _header(scope, b"x-request-id") or ""
+        # 128 random bits in hex, as uuid4().hex but without building a UUID object (2.7 -> 0.4 µs).
+        rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
@@ -76,7 +76,10 @@ class ObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = rid
+                # As MutableHeaders(scope=message)["X-Request-ID"] = rid, at a tenth of its cost.
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode("latin-1")))
+                message["headers"] = headers
                 # Now, while the request span is still open (it ends with the response).
                 redact_request_span(_route(scope))
             await send(message)
@@ -120,8 +123,7 @@ class SecurityMiddleware:
             return
         retry = self.state.settings.retry_after_seconds
         try:
-            headers = Headers(scope=scope)
-            presented = headers.get("x-api-key") or _bearer(headers.get("authorization"))
+            presented = _header(scope, b"x-api-key") or _bearer(_header(scope, b"authorization"))
             principal = await self.state.auth.authenticate(presented, datetime.now(UTC))
             scope[PRINCIPAL] = principal
             decision = await self.state.limiter.check(principal)
@@ -143,7 +145,7 @@ class SecurityMiddleware:
                     },
                 )
             if not _streamed(scope["path"]):
-                receive = await self._limit_body(headers, receive)
+                receive = await self._limit_body(scope, receive)
         except PutPlaceError as exc:
             if isinstance(exc, BackendUnavailable) and not isinstance(exc, Overloaded):
                 logging.getLogger("putplace.auth").warning("authentication unavailable: %s", exc.detail)
@@ -151,13 +153,13 @@ class SecurityMiddleware:
             return
         await self.app(scope, receive, send)
 
-    async def _limit_body(self, headers: Headers, receive: Receive) -> Receive:
+    async def _limit_body(self, scope: Scope, receive: Receive) -> Receive:
         """Refuse JSON bodies over the cap before FastAPI reads them. A declared length is
         checked as is (the server enforces it); a chunked body is read ahead up to the cap
         and replayed, since FastAPI turns errors raised while it reads a body into 400s."""
         limit = self.state.settings.max_request_bytes
         too_large = PayloadTooLarge(f"Request body larger than {limit} bytes")
-        declared = headers.get("content-length")
+        declared = _header(scope, b"content-length")
         if declared is not None:
             if declared.isdigit() and int(declared) > limit:
                 raise too_large
@@ -193,6 +195,18 @@ def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
     """The request counter's and histogram's children for these labels, looked up once:
     ``labels()`` (validation, a lock) on every request cost ~2 % of a put_file's CPU."""
     return metrics.REQUESTS.labels(method, route, str(status)), metrics.REQUEST_SECONDS.labels(method, route)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """A request header (``name`` in lower case, as ASGI servers give them), first of its name.
+
+    Starlette's ``Headers(scope=scope).get()`` of an absent header raises and catches a KeyError:
+    ~6 µs here, twice a request (X-Request-ID and Authorization are usually absent)."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _public_prefix(path: str) -> bool:

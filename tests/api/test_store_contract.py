@@ -294,6 +294,17 @@ async def test_concurrent_puts_of_one_path(store: MetadataStore) -> None:
     assert seen == sorted(v.sha256 for v in versions)
 
 
+async def test_concurrent_puts_keep_their_own_times(store: MetadataStore) -> None:
+    # Concurrent calls may be written together (SQLite's group commit): each keeps its own time.
+    results = await asyncio.gather(*(store.put_files([meta(f"/t/{n}"), meta(f"/u/{n}")], at(n)) for n in range(6)))
+    assert [[(r.file.meta.filepath, r.file.created_at) for r in rs] for rs in results] == [
+        [(f"/t/{n}", at(n)), (f"/u/{n}", at(n))] for n in range(6)
+    ]
+    assert sorted((r.meta.filepath, r.updated_at) for r in await current(store)) == sorted(
+        [(f"/{d}/{n}", at(n)) for n in range(6) for d in "tu"]
+    )
+
+
 async def test_concurrent_puts_and_deletes_of_one_path(store: MetadataStore) -> None:
     base = meta("/race", content="base")
     await store.put_files([base], T0)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Query
 
-from putplace_api import metrics
+from putplace_api import fastpath, metrics
 from putplace_api.auth import Principal, describe
 from putplace_api.deps import FileNameQuery, ReadKey, Sha256Path, StateDep, WriteKey, query_name
 from putplace_api.errors import KEYED_ROUTE_ERRORS, BadRequest, Forbidden, NotFound, error_responses
@@ -43,7 +42,9 @@ def _record_fields(row: FileRow, content: ContentRow | None) -> dict[str, Any]:
     """A record's fields as the protocol shows them; upload time and storage path only once stored."""
     stored = content if content is not None and content.stored else None
     return {
-        **dict(row.meta),
+        # vars(), not dict(): dict() first asks the model for a keys() method, which pydantic's
+        # __getattr__ answers by raising AttributeError: 3.9 -> 0.1 µs (extra="ignore": no extras).
+        **vars(row.meta),
         "id": row.id,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
@@ -91,39 +92,30 @@ def _upload_url(content: ContentRow) -> str | None:
     return None if content.stored else f"/upload_file/{content.sha256}"
 
 
-def _created(answer: BaseModel) -> Response:
-    """201 with ``answer`` as JSON, serialized once by pydantic. Returned as is, FastAPI would
-    first validate it again against the response model (declared on the route for the
-    OpenAPI document): values all validated on the way in, at ~5 % of a put_file's CPU."""
-    return Response(answer.model_dump_json(by_alias=True), status_code=201, media_type="application/json")
-
-
-@router.post("/put_file", status_code=201, response_model=PutFileResponse)
-async def put_file(body: FileMetadata, state: StateDep, key: WriteKey) -> Response:
+@fastpath.post(router, "/put_file", status_code=201, response_model=PutFileResponse)
+async def put_file(body: FileMetadata, state: StateDep, key: WriteKey) -> PutFileResponse:
     """Record one file; ``upload_required`` says whether its content must be uploaded."""
-    return _created(to_put_response((await _announce(state, key, [body]))[0]))
+    return to_put_response((await _announce(state, key, [body]))[0])
 
 
-@router.post("/put_files", status_code=201, response_model=PutFilesResponse)
-async def put_files(body: PutFilesRequest, state: StateDep, key: WriteKey) -> Response:
+@fastpath.post(router, "/put_files", status_code=201, response_model=PutFilesResponse)
+async def put_files(body: PutFilesRequest, state: StateDep, key: WriteKey) -> PutFilesResponse:
     """Record up to 10,000 files in one request; the answer says, per record and in order,
     whether its content must be uploaded (without echoing the metadata back)."""
     results = await _announce(state, key, body.files)
-    return _created(
-        PutFilesResponse.model_construct(
-            files=[
-                PutFileResult.model_construct(
-                    id=r.file.id,
-                    hostname=r.file.meta.hostname,
-                    filepath=r.file.meta.filepath,
-                    filepath_escaped=r.file.meta.filepath_escaped,
-                    sha256=r.content.sha256,
-                    upload_required=not r.content.stored,
-                    upload_url=_upload_url(r.content),
-                )
-                for r in results
-            ]
-        )
+    return PutFilesResponse.model_construct(
+        files=[
+            PutFileResult.model_construct(
+                id=r.file.id,
+                hostname=r.file.meta.hostname,
+                filepath=r.file.meta.filepath,
+                filepath_escaped=r.file.meta.filepath_escaped,
+                sha256=r.content.sha256,
+                upload_required=not r.content.stored,
+                upload_url=_upload_url(r.content),
+            )
+            for r in results
+        ]
     )
 
 

@@ -331,21 +331,30 @@ class SqliteStore:
         await self._run(lambda: self._c.execute("SELECT 1").fetchone())
 
     # -- files ---------------------------------------------------------------------------
-    def _put_files_in(self, c: sqlite3.Connection, files: Sequence[FileMetadata], now: datetime) -> list[PutResult]:
-        """One batch, in statements per chunk rather than per file: the existing records are
-        read with one query per host and chunk; inserts, updates and history go in with
-        executemany. Existing rows stay plain tuples (no model per row): an unchanged record
-        is answered with the incoming metadata, which equals it. A path repeated within the
-        batch is resolved in memory, in order."""
-        ts = now.timestamp()
-        stamp = datetime.fromtimestamp(ts, UTC)  # every time written now, as read back: made once, not per row
-        contents = self._new_contents(c, files, ts, stamp)
+    def _put_files_in(
+        self, c: sqlite3.Connection, files: Sequence[FileMetadata], times: Sequence[float]
+    ) -> list[PutResult]:
+        """One batch (each file with the time of the call that announced it), in statements per
+        chunk rather than per file: the existing records are read with one query per host and
+        chunk; inserts, updates and history go in with executemany. Existing rows stay plain
+        tuples (no model per row): an unchanged record is answered with the incoming metadata,
+        which equals it. A path repeated within the batch is resolved in memory, in order."""
+        stamps: dict[float, datetime] = {}
+
+        def stamp(ts: float) -> datetime:
+            """A time as read back; made once per call's time, not once per row."""
+            made = stamps.get(ts)
+            if made is None:
+                made = stamps[ts] = datetime.fromtimestamp(ts, UTC)
+            return made
+
+        contents = self._new_contents(c, files, times, stamp)
         current = self._existing(c, {_name_key(f) for f in files})
         inserts: dict[NameKey, _Stored] = {}
         updates: dict[NameKey, _Stored] = {}
         archived: list[tuple[Any, ...]] = []
         rows: list[FileRow] = []
-        for meta in files:
+        for meta, ts in zip(files, times, strict=True):
             key = _name_key(meta)
             values = _file_values(meta)
             old = current.get(key)
@@ -359,9 +368,8 @@ class SqliteStore:
                 new = _Stored(old.id, values, old.created_at, ts)
                 (inserts if key in inserts else updates)[key] = new
             current[key] = new
-            created = stamp if new.created_at == ts else _dt(new.created_at)
-            updated = stamp if new.updated_at == ts else _dt(new.updated_at)
-            rows.append(FileRow(id=new.id, meta=meta, created_at=created, updated_at=updated))  # type: ignore[arg-type]
+            created, updated = stamp(new.created_at), stamp(new.updated_at)
+            rows.append(FileRow(id=new.id, meta=meta, created_at=created, updated_at=updated))
         c.executemany(_INSERT_FILE, [(r.id, *r.values, r.created_at, r.updated_at) for r in inserts.values()])
         c.executemany(_UPDATE_FILE, [(*r.values, r.updated_at, r.id) for r in updates.values()])
         c.executemany(_INSERT_HISTORY, archived)
@@ -369,21 +377,22 @@ class SqliteStore:
 
     @classmethod
     def _new_contents(
-        cls, c: sqlite3.Connection, files: Sequence[FileMetadata], ts: float, stamp: datetime
+        cls,
+        c: sqlite3.Connection,
+        files: Sequence[FileMetadata],
+        times: Sequence[float],
+        stamp: Callable[[float], datetime],
     ) -> dict[str, ContentRow]:
         """The content row of every sha256 in ``files``: those already known as read, the others
-        inserted (first size wins) and answered as written, without reading them back. Inside
-        the batch's write transaction, so no other writer comes in between."""
-        sizes: dict[str, int] = {}
-        for f in files:
-            sizes.setdefault(f.sha256, f.file_size)
-        contents = cls._contents(c, set(sizes))
-        new = [(sha, size) for sha, size in sizes.items() if sha not in contents]
-        c.executemany(
-            "INSERT INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)",
-            [(sha, size, ts) for sha, size in new],
-        )
-        contents.update((sha, ContentRow(sha, size, stored=False, first_seen_at=stamp)) for sha, size in new)
+        inserted (first size and time win) and answered as written, without reading them back.
+        Inside the batch's write transaction, so no other writer comes in between."""
+        first: dict[str, tuple[int, float]] = {}
+        for f, ts in zip(files, times, strict=True):
+            first.setdefault(f.sha256, (f.file_size, ts))
+        contents = cls._contents(c, set(first))
+        new = [(sha, size, ts) for sha, (size, ts) in first.items() if sha not in contents]
+        c.executemany("INSERT INTO contents (sha256, size, stored, first_seen_at) VALUES (?, ?, 0, ?)", new)
+        contents.update((sha, ContentRow(sha, size, stored=False, first_seen_at=stamp(ts))) for sha, size, ts in new)
         return contents
 
     @staticmethod
@@ -409,8 +418,19 @@ class SqliteStore:
         return found
 
     def _put_groups(self, calls: Sequence[_PutCall]) -> list[list[PutResult]]:
+        """The group's calls as one batch, in arrival order: a handful of statements for the
+        whole group instead of for each call (a group of single put_files cost ~40 µs of this
+        thread per file). The same as the calls one after the other: a path announced twice
+        is resolved in memory, in order, each file keeping its own call's time."""
+        files = [f for call in calls for f in call.files]
+        times = [call.now.timestamp() for call in calls for _ in call.files]
         with self._write() as c:
-            return [self._put_files_in(c, call.files, call.now) for call in calls]
+            results = self._put_files_in(c, files, times)
+        answers, start = [], 0
+        for call in calls:
+            answers.append(results[start : start + len(call.files)])
+            start += len(call.files)
+        return answers
 
     @staticmethod
     def _archive(c: sqlite3.Connection, old: FileRow, ts: float, event: str) -> None:
