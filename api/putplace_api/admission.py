@@ -10,12 +10,24 @@ already finish (a client retries it whole).
 ``build_state`` wraps the metadata store in ``Admitted``, so both backends get the cap. The
 health probe (``ping``) and the lifecycle calls pass uncounted: ``/readyz`` must keep saying
 whether the database answers, not whether this process is busy.
+
+A request that arrives while the cap is full is refused by ``SecurityMiddleware`` before its
+key is even looked up (``Admitted.full``): a refusal then costs no database call and no work of
+the route, so the clients' retries do not eat the capacity the backlog needs.
+
+Retry-After grows with the pressure (``RetryAfter``): successive refusals get integers spread
+evenly over ``retry_after_seconds``..``upper``, where ``upper`` grows with the refusals of
+the last ``PRESSURE_SECONDS`` per slot of the cap, up to ``retry_after_max_seconds``. The
+retries of a burst of refusals then come back spread over that range instead of together.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -23,21 +35,77 @@ import anyio
 from putplace_api import metrics
 from putplace_api.errors import Overloaded
 
-__all__ = ["Admitted"]
+__all__ = ["Admitted", "RetryAfter", "PRESSURE_SECONDS"]
 
 # Uncounted: the health probe and the lifecycle (above), and the webhook events a request queues
 # once its own work is done -- refusing them then would lose the events, not shed the request.
 _UNCOUNTED = frozenset({"open", "close", "ping", "list_subscriptions", "enqueue_deliveries"})
 
 
+PRESSURE_SECONDS = 10.0  # how long a refusal keeps counting towards Retry-After (exponential decay)
+_GOLDEN = (5**0.5 - 1) / 2
+
+
+class RetryAfter:
+    """The Retry-After of successive refusals: spread evenly over ``base``..``upper``, ``upper`` growing
+    with the recent refusals per slot of the cap (``base * (1 + rate / limit)`` rounded down, at most
+    ``ceiling``).
+
+    Why per slot: the cap is the process's concurrency, so refusals per second per slot say how
+    many times over its capacity the clients come back; their retries are spread over as many
+    times the base wait. The refusals are counted with exponential decay (time constant
+    ``PRESSURE_SECONDS``), so ``upper`` falls back to ``base`` within tens of seconds of the
+    load dropping. ``clock`` is there for the tests."""
+
+    def __init__(self, base: int, ceiling: int, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.base = base
+        self.ceiling = max(base, ceiling)
+        self._limit = max(1, limit)
+        self._clock = clock
+        self._weight = 0.0  # refusals, decayed to the time of the last one
+        self._at = clock()
+        self._turn = 0
+
+    def upper(self) -> int:
+        """The longest Retry-After given now."""
+        rate = self._decayed(self._clock()) / PRESSURE_SECONDS
+        return min(self.ceiling, math.floor(self.base * (1 + rate / self._limit)))
+
+    def refused(self) -> int:
+        """Count one refusal; return its Retry-After (whole seconds, as HTTP has it)."""
+        now = self._clock()
+        self._weight = self._decayed(now) + 1
+        self._at = now
+        upper = self.upper()
+        # The golden-ratio sequence: successive refusals land evenly over base..upper whatever
+        # its width, and as it changes (a counter modulo the width would bunch then).
+        self._turn += 1
+        return self.base + int((self._turn * _GOLDEN) % 1.0 * (upper - self.base + 1))
+
+    def _decayed(self, now: float) -> float:
+        return self._weight * math.exp(-(now - self._at) / PRESSURE_SECONDS)
+
+
 class Admitted:
     """``inner``'s coroutine methods, at most ``limit`` of them running at once (0 = no cap)."""
 
-    def __init__(self, inner: Any, backend: str, limit: int) -> None:
+    def __init__(self, inner: Any, backend: str, limit: int, retry_after: RetryAfter) -> None:
         self._inner = inner
         self._backend = backend
         self._limit = limit
         self.limiter = anyio.CapacityLimiter(limit) if limit else None
+        self.retry_after = retry_after
+
+    def full(self) -> bool:
+        """Whether a database call made now would be refused: every slot of the cap is taken."""
+        limiter = self.limiter
+        return limiter is not None and limiter.borrowed_tokens >= limiter.total_tokens
+
+    def refuse(self, operation: str) -> Overloaded:
+        """The refusal of ``operation`` (a store method, or the route of a request refused on
+        arrival), counted in ``putplace_shed_total`` and in the pressure."""
+        metrics.SHED.labels(self._backend, operation).inc()
+        return Overloaded(self._backend, self._limit, self.retry_after.refused())
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -60,8 +128,7 @@ class Admitted:
             try:
                 limiter.acquire_on_behalf_of_nowait(token)
             except anyio.WouldBlock:
-                metrics.SHED.labels(self._backend, name).inc()
-                raise Overloaded(self._backend, self._limit) from None
+                raise self.refuse(name) from None
             try:
                 return await attr(*args, **kwargs)
             finally:

@@ -117,8 +117,9 @@ class Overloaded(BackendUnavailable):
     """Refused before it started: the process already runs as many database operations as it
     may (``PUTPLACE_DATABASE_MAX_CONCURRENCY``). Nothing was done; the client should retry."""
 
-    def __init__(self, backend: str, limit: int) -> None:
+    def __init__(self, backend: str, limit: int, retry_after: int) -> None:
         super().__init__(backend, f"busy: {limit} operations already in progress in this process")
+        self.headers["Retry-After"] = str(retry_after)  # grows with the pressure (admission.RetryAfter)
 
 
 class ErrorDetail(BaseModel):

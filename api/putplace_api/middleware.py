@@ -4,7 +4,9 @@
 returned), one JSON access-log line and the request metrics.
 ``SecurityMiddleware`` denies by default: every path except the public ones needs a valid
 key, checked *before* the body is read (so a missing key is a 401, not a 422), then the
-key's rate limit, then a cap on JSON body size. Routes only check scopes.
+key's rate limit, then a cap on JSON body size. Routes only check scopes. Before all that, a
+request arriving while the process runs its cap of database operations is refused (503) at
+once, whatever its key (``admission.py``).
 """
 
 from __future__ import annotations
@@ -122,6 +124,11 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         retry = self.state.settings.retry_after_seconds
+        if self.state.admission.full():
+            # Refused before the key is looked up: the cheapest refusal there is, and the same
+            # answer for any key or none, so it tells nothing about keys.
+            await error_response(self.state.admission.refuse(_route(scope)), retry)(scope, receive, send)
+            return
         try:
             presented = _header(scope, b"x-api-key") or _bearer(_header(scope, b"authorization"))
             principal = await self.state.auth.authenticate(presented, datetime.now(UTC))

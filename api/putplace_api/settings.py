@@ -77,7 +77,14 @@ class Settings(BaseSettings):
     rate_limit: float | None = Field(None, gt=0, description="default requests/second per key; unset = unlimited")
     rate_limit_burst: int | None = Field(None, ge=1, description="default burst per key; unset = max(1, rate_limit)")
     retry_after_seconds: int = Field(
-        5, ge=1, description="Retry-After sent with 503 when a backend is down or the database cap is reached"
+        5,
+        ge=1,
+        description="Retry-After of a 503 when a backend is down; the least one when the database cap is reached",
+    )
+    retry_after_max_seconds: int = Field(
+        60,
+        ge=1,
+        description="longest Retry-After at the database cap (it grows from retry_after_seconds with the refusals)",
     )
     webhook_max_attempts: int = Field(
         12, ge=1, description="delivery attempts of a webhook event before it becomes a dead letter"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from putplace_api import metrics
-from putplace_api.admission import Admitted
+from putplace_api.admission import Admitted, RetryAfter
 from putplace_api.auth import Authenticator
 from putplace_api.errors import BackendUnavailable
 from putplace_api.quotas import Quotas
@@ -65,6 +65,7 @@ class _Timed:
 class AppState:
     settings: Settings
     store: MetadataStore
+    admission: Admitted  # the same object as ``store``: its cap, for requests refused on arrival
     storage: ContentStorage
     auth: Authenticator
     limiter: RateLimiter
@@ -75,12 +76,16 @@ class AppState:
 
 def build_state(settings: Settings) -> AppState:
     timed = _Timed(open_store(settings), "database")
-    store = cast(MetadataStore, Admitted(timed, "database", settings.database_max_concurrency))
+    limit = settings.database_max_concurrency
+    retry_after = RetryAfter(settings.retry_after_seconds, settings.retry_after_max_seconds, limit)
+    admission = Admitted(timed, "database", limit, retry_after)
+    store = cast(MetadataStore, admission)
     storage = cast(ContentStorage, _Timed(open_storage(settings), "storage"))
     quotas = Quotas()
     return AppState(
         settings=settings,
         store=store,
+        admission=admission,
         storage=storage,
         auth=Authenticator(store),
         limiter=RateLimiter(store, settings.rate_limit, settings.rate_limit_burst),

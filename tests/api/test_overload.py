@@ -1,5 +1,6 @@
 """Overload: at its cap of concurrent database operations (``PUTPLACE_DATABASE_MAX_CONCURRENCY``)
-an API process answers 503 + Retry-After at once, a refused request changes nothing, and a
+an API process answers 503 + Retry-After at once -- a request arriving then before its key is
+even looked up --, a refused request changes nothing, Retry-After grows with the refusals, and a
 client that retries after Retry-After gets everything through.
 
 The cap is held deterministically: either by taking the limiter's every slot on the server's
@@ -19,6 +20,7 @@ import pytest
 
 from putplace_agent.retry import call_with_retry
 from putplace_api import metrics
+from putplace_api.admission import PRESSURE_SECONDS, RetryAfter
 from putplace_client import PutPlaceClient, ServerUnavailable
 from putplace_client.models import FileMetadata
 from tests.api.conftest import Api, meta
@@ -38,24 +40,52 @@ def _limiter(api: Api) -> anyio.CapacityLimiter:
 def cap_reached(api: Api) -> Iterator[None]:
     """Every slot of the process's limiter taken, as that many slow database calls would."""
     assert api.served is not None
-    limiter = _limiter(api)
+    served, limiter = api.served, _limiter(api)
     tokens = [object() for _ in range(int(limiter.total_tokens))]
-    api.served.call(lambda: [limiter.acquire_on_behalf_of_nowait(t) for t in tokens])
+    held: list[object] = []
+
+    def take() -> bool:
+        # A background task (webhooks, key times, session expiry) may hold a slot a moment.
+        while len(held) < len(tokens) and limiter.available_tokens:
+            limiter.acquire_on_behalf_of_nowait(tokens[len(held)])
+            held.append(tokens[len(held)])
+        return len(held) == len(tokens)
+
     try:
+        wait_until(lambda: served.call(take), 30, "every slot of the cap taken")
         yield
     finally:
-        api.served.call(lambda: [limiter.release_on_behalf_of(t) for t in tokens])
+        served.call(lambda: [limiter.release_on_behalf_of(t) for t in held])
 
 
 def _shed(operation: str) -> float:
+    """Refusals counted under ``operation``: a store method, or the route of a request refused
+    on arrival."""
     value: float = metrics.SHED.labels("database", operation)._value.get()
     return value
+
+
+def _shed_total() -> float:
+    return sum(s.value for m in metrics.SHED.collect() for s in m.samples if s.name.endswith("_total"))
 
 
 def _assert_shed(r: httpx.Response, retry_after: int) -> None:
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == str(retry_after)
     assert "busy" in r.json()["detail"]
+
+
+@contextmanager
+def clock_stopped(api: Api) -> Iterator[RetryAfter]:
+    """The Retry-After of the server's refusals, its clock stopped: no refusal decays."""
+    assert api.served is not None
+    retry_after: RetryAfter = api.served.app.state.putplace.admission.retry_after
+    running, now = retry_after._clock, retry_after._clock()
+    retry_after._clock = lambda: now
+    try:
+        yield retry_after
+    finally:
+        retry_after._clock = running
 
 
 def test_cap_reached_sheds_with_retry_after_and_loses_nothing(backend_api: Api) -> None:
@@ -65,7 +95,8 @@ def test_cap_reached_sheds_with_retry_after_and_loses_nothing(backend_api: Api) 
     with api.http() as c:
         assert c.post("/put_file", json=meta(first, filepath="/a")).status_code == 201
         before = c.get("/stats").json()
-        shed_before = _shed("put_files")
+        routes = ("/put_file", "/files", "/upload_file/{sha256}")
+        shed_before = [_shed(route) for route in routes]
         with cap_reached(api):
             _assert_shed(c.post("/put_file", json=meta(second, filepath="/b")), retry)
             _assert_shed(c.post("/put_file", json=meta(first, filepath="/a", file_size=99)), retry)
@@ -87,14 +118,14 @@ def test_cap_reached_sheds_with_retry_after_and_loses_nothing(backend_api: Api) 
             assert up.status_code == 200, up.text
             assert c.get(f"/content/{meta(data)['sha256']}").content == data
         assert c.get("/stats").json()["files"] == before["files"] + 1
-    # Counted by operation; the keyed requests may be refused at the key lookup instead.
-    assert _shed("put_files") + _shed("key_by_hash") > shed_before
+    # Refused on arrival, each counted under its route.
+    assert [_shed(route) - shed for route, shed in zip(routes, shed_before, strict=True)] == [2, 1, 1]
 
 
 def test_the_clients_retry_honours_retry_after_and_gets_through(start_api: Callable[..., Api]) -> None:
     api = start_api(database_max_concurrency=CAP, retry_after_seconds=1)
     record = FileMetadata.model_validate(meta(b"retried\n", filepath="/retried"))
-    shed_before = _shed("put_files") + _shed("key_by_hash")
+    shed_before = _shed_total()
 
     async def retried() -> bool:
         async with PutPlaceClient(api.url, api.admin_key) as client:
@@ -109,7 +140,7 @@ def test_the_clients_retry_honours_retry_after_and_gets_through(start_api: Calla
         outcome: list[bool] = []
         runner = threading.Thread(target=lambda: outcome.append(asyncio.run(retried())))
         runner.start()
-        wait_until(lambda: _shed("put_files") + _shed("key_by_hash") >= shed_before + 2, 30, "two refusals")
+        wait_until(lambda: _shed_total() >= shed_before + 2, 30, "two refusals")
     runner.join(timeout=60)
     assert outcome == [True]
     with api.http() as c:
@@ -131,3 +162,56 @@ def test_a_write_waiting_on_the_database_holds_a_slot(start_api: Callable[..., A
         paths = {f["filepath"] for f in c.get("/files", params={"hostname": "node-1"}).json()["items"]}
         assert paths == {"/warm", "/slow"}
         assert c.post("/put_file", json=meta(b"shed\n", filepath="/shed")).status_code == 201
+
+
+def test_refused_on_arrival_before_the_key_is_looked_up(backend_api: Api) -> None:
+    """At the cap a request costs no key lookup: no key, a wrong key and a valid one get the same
+    503, so the refusal tells nothing about keys."""
+    api = backend_api
+    retry = api.settings.retry_after_seconds
+    lookups = metrics.BACKEND_SECONDS.labels("database", "key_by_hash", "ok")
+    with cap_reached(api):
+        looked_up, lookups_shed = lookups._sum.get(), _shed("key_by_hash")
+        answers = []
+        for key in (None, "pp_not_a_key_0123456789", api.admin_key):
+            with api.http(key) as c:
+                r = c.post("/put_file", json=meta(b"refused\n", filepath="/refused"))
+            _assert_shed(r, retry)
+            answers.append((r.status_code, r.json(), "www-authenticate" in r.headers))
+        assert answers[0] == answers[1] == answers[2]
+        assert (lookups._sum.get(), _shed("key_by_hash")) == (looked_up, lookups_shed)
+    with api.http(None) as c:  # the cap free again: a missing key is a 401 as ever
+        assert c.post("/put_file", json=meta(b"refused\n", filepath="/refused")).status_code == 401
+    with api.http() as c:
+        assert c.get("/files", params={"hostname": "node-1"}).json()["items"] == []
+
+
+def test_retry_after_grows_with_the_refusals_and_spreads_them(start_api: Callable[..., Api]) -> None:
+    api = start_api(database_max_concurrency=CAP, retry_after_seconds=2, retry_after_max_seconds=9)
+    with clock_stopped(api), cap_reached(api), api.http() as c:
+        waits = [int(c.get("/files", params={"hostname": "node-1"}).headers["retry-after"]) for _ in range(120)]
+    # The first refusals: the least wait. Then, as 2 * (1 + rate / CAP) grows (rate: refusals
+    # per second over PRESSURE_SECONDS; here 70 of them reach the ceiling), waits spread from 2
+    # up to the ceiling.
+    assert waits[:5] == [2] * 5
+    assert set(waits[70:]) == set(range(2, 10))
+
+
+def test_retry_after_of_successive_refusals() -> None:
+    """The rule itself, on a clock the test moves."""
+    now = [100.0]
+    ra = RetryAfter(base=5, ceiling=30, limit=4, clock=lambda: now[0])
+    assert ra.upper() == 5
+    assert [ra.refused() for _ in range(3)] == [5, 5, 5]  # a few refusals: no pressure yet
+    for _ in range(77):
+        ra.refused()
+    # 80 refusals in an instant, 8 a second over the time constant, 2 per slot: 5 * (1 + 2).
+    assert ra.upper() == 15
+    for _ in range(1000):
+        ra.refused()
+    assert ra.upper() == 30  # the ceiling
+    waits = [ra.refused() for _ in range(100)]
+    assert set(waits) == set(range(5, 31))  # spread over all of it
+    assert max(waits.count(w) for w in waits) <= 5  # evenly: 100 / 26 each, give or take one
+    now[0] += 10 * PRESSURE_SECONDS  # the load gone: back to the least wait
+    assert ra.upper() == 5 and ra.refused() == 5

@@ -357,6 +357,36 @@ async def test_content_created_unstored_then_mark_stored(store: MetadataStore) -
     assert direct.first_seen_at == at(11) and direct.stored_at == at(11) and direct.stored is True
 
 
+async def test_announcing_new_known_and_stored_contents_in_one_batch(store: MetadataStore) -> None:
+    """New contents are created unstored with the first size announced; known ones are answered
+    as they are (an announced size never changes them), whether stored or not."""
+    await store.put_files([meta("/k/unstored", content="known", size=5)], T0)
+    await store.mark_stored(sha("stored"), 6, None, "s/t", at(1))
+    batch = [
+        meta("/k/new-1", content="new", size=3),
+        meta("/k/new-2", content="new", size=99),  # the same new content: the first size wins
+        meta("/k/known", content="known", size=77),
+        meta("/k/stored", content="stored", size=88),
+        meta("/k/other", content="other", size=4),
+    ]
+    results = await store.put_files(batch, at(2))
+    answered = {r.file.meta.filepath: (r.content.size, r.content.stored, r.content.first_seen_at) for r in results}
+    assert answered == {
+        "/k/new-1": (3, False, at(2)),
+        "/k/new-2": (3, False, at(2)),
+        "/k/known": (5, False, T0),
+        "/k/stored": (6, True, at(1)),
+        "/k/other": (4, False, at(2)),
+    }
+    rows = await store.contents({sha("new"), sha("known"), sha("stored"), sha("other")})
+    assert {s: (r.size, r.stored) for s, r in rows.items()} == {
+        sha("new"): (3, False),
+        sha("known"): (5, False),
+        sha("stored"): (6, True),
+        sha("other"): (4, False),
+    }
+
+
 async def test_mark_stored_many(store: MetadataStore) -> None:
     announced = meta("/batch/a", content="announced", size=9)
     await store.put_files([announced], T0)

@@ -21,6 +21,7 @@ NAME = "ferretdb"
 VERSION = "v1.24.2"
 MODULE = "github.com/FerretDB/FerretDB"
 ENV_URL = f"{ENV_PREFIX}MONGODB_URL"
+_PG_POOL = 160  # FerretDB's connections to PostgreSQL (see start)
 
 
 def binary() -> Path:
@@ -103,7 +104,13 @@ def start(
         pg_log = (log_path or workdir / "ferretdb.log").with_name("postgres.log")
         pg, pg_url = postgres.start(workdir / "pg", log_path=pg_log)
         backing.append(pg)
-        storage = ["--handler=postgresql", f"--postgresql-url={pg_url}"]
+        # FerretDB v1.24 runs findAndModify (and update) holding its query's pooled connection
+        # while it takes a second one for the write: with as many at once as its pool has
+        # connections (pool_max_conns, 50 by default) every one waits for a second connection
+        # for ever, all PostgreSQL backends idle -- the hang bench/soak.py met. A pool above what
+        # the API can run at once (2 workers x PUTPLACE_DATABASE_MAX_CONCURRENCY 64) and within
+        # PostgreSQL's max_connections (200, postgres.py) keeps the soak clear of it.
+        storage = ["--handler=postgresql", f"--postgresql-url={pg_url}?pool_max_conns={_PG_POOL}"]
     else:
         storage = ["--handler=sqlite", f"--sqlite-url=file:{workdir / 'data'}/"]  # a directory, ending in "/"
     (port,) = free_ports(1)

@@ -46,7 +46,12 @@ It must also run on FerretDB v1 (the test server), so it keeps to what FerretDB 
   ``$group``: FerretDB v1.24 answers 0 for every ``$sum`` after the first in the same stage.
 - ``$in`` and ``$or`` read the whole collection on FerretDB (only equalities run in its
   database): there, lookups by key are equalities, a few at a time (``_lookups``; FerretDB is
-  recognised at ``open`` by the ``ferretdbFeatures`` of its ``buildInfo``).
+  recognised at ``open`` by the ``ferretdbFeatures`` of its ``buildInfo``). Even an equality is
+  a scan of the table on FerretDB v1.24 + PostgreSQL: it becomes ``_jsonb->'f' @> value``,
+  which the btree index on ``(_jsonb->'f')`` cannot answer (``EXPLAIN``: Seq Scan), so every
+  read costs the collection's size; only inserts meet an index (the unique ones). Writes
+  therefore insert first where a duplicate-key error says what a read would
+  (``_ensure_contents``); ``bench/ferretdb_growth.py`` measures the rest.
 - one index per ``createIndexes`` command: FerretDB v1 panics when two it names exist already.
 - at most 50 statements per ``update`` command: FerretDB v1 keeps every statement's query open
   until the command ends and hangs forever once that reaches its 100 SQLite connections.
@@ -500,23 +505,28 @@ class MongoStore:
     async def _ensure_contents(self, files: Sequence[FileMetadata], now: datetime) -> dict[str, ContentRow]:
         """Make sure a content record exists for each sha256 (created unstored); return them all.
 
-        The effect of an upsert with $setOnInsert, in two round trips for any batch (FerretDB
-        takes at most 50 upserts a command): read what exists, insert what does not.
+        The effect of an upsert with $setOnInsert (FerretDB takes at most 50 upserts a command):
+        insert them all, then read those that were there already. Insert first, not read first:
+        an insert meets the unique ``_id`` index on FerretDB too, where every read is a scan of
+        the whole collection (``_lookups``), so a new content -- most announced ones -- costs no
+        read at all, and only a known one pays for its scan.
         """
         first: dict[str, int] = {}
         for meta in files:  # like INSERT OR IGNORE: the first size announced for a sha256 wins
             first.setdefault(meta.sha256, meta.file_size)
-        contents = await self._find_contents(set(first))
-        missing: list[dict[str, Any]] = [
-            {"_id": sha, "size": size, "stored": False, "first_seen_at": now}
-            for sha, size in first.items()
-            if sha not in contents
-        ]
-        raced = await self._insert_all(self._contents, missing)  # a concurrent put created those
-        contents.update((doc["_id"], _content_row(doc)) for i, doc in enumerate(missing) if i not in raced)
-        if raced:
-            contents.update(await self._find_contents({missing[i]["_id"] for i in raced}))
-        return contents
+        contents: dict[str, ContentRow] = {}
+        for attempt in range(_PUT_ROUNDS):
+            if attempt:  # garbage collection deleted a known one between its insert and its read
+                await _backoff(attempt)
+            shas = [sha for sha in first if sha not in contents]
+            fresh = [{"_id": sha, "size": first[sha], "stored": False, "first_seen_at": now} for sha in shas]
+            known = await self._insert_all(self._contents, fresh)
+            contents.update((sha, _content_row(fresh[i])) for i, sha in enumerate(shas) if i not in known)
+            if known:
+                contents.update(await self._find_contents({shas[i] for i in known}))
+            if len(contents) == len(first):
+                return contents
+        raise BackendUnavailable("database", "content records kept being deleted concurrently")
 
     async def _lookups(self, collection: Any, filters: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """One equality query per filter, ``_LOOKUPS_AT_ONCE`` at a time: what FerretDB runs in its
