@@ -87,15 +87,10 @@ _SCHEMA_VERSION = 3
 _PENDING = f"state != {State.SYNCED}"
 
 
-def _upper_bound(prefix: bytes) -> bytes:
-    """The smallest byte string above every path under ``prefix + b'/'``."""
-    return prefix + b"0"  # "0" follows "/" in ASCII
-
-
 def _below(directory: bytes) -> tuple[bytes, bytes]:
     """The open range of the paths below ``directory`` (which may be ``/``)."""
     prefix = directory if directory.endswith(b"/") else directory + b"/"
-    return prefix, prefix[:-1] + b"0"
+    return prefix, prefix[:-1] + b"0"  # "0" follows "/" in ASCII
 
 
 def parent_of(path: bytes) -> bytes:
@@ -181,9 +176,7 @@ class Index:
         return None if row is None else (Entry(*row[:10]), State(row[10]))
 
     def under(self, directory: bytes) -> list[bytes]:
-        rows = self._db.execute(
-            "SELECT path FROM files WHERE path > ? AND path < ?", (directory + b"/", _upper_bound(directory))
-        )
+        rows = self._db.execute("SELECT path FROM files WHERE path > ? AND path < ?", _below(directory))
         return [r[0] for r in rows]
 
     def pending(self, state: State, limit: int | None = None) -> list[Entry]:

@@ -113,3 +113,5 @@ def test_the_top_directory_is_slash(tmp_path: Path) -> None:
     index.record_hashed([entry(b"/x"), entry(b"/etc/y")])
     assert index.summaries(b"/") == {b"/": None, b"/etc": None}
     assert list(index.in_directory(b"/")) == [b"/x"]
+    assert sorted(index.under(b"/")) == [b"/etc/y", b"/x"]
+    assert index.under(b"/etc") == [b"/etc/y"]
