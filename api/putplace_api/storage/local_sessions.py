@@ -77,18 +77,24 @@ class _Assembled:
         await anyio.to_thread.run_sync(self._abort, abandon_on_cancel=False)
 
 
-async def _blocks(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body's pieces joined into blocks of about WRITE_BLOCK bytes."""
+async def _blocks(body: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The body's pieces in groups of about WRITE_BLOCK bytes, not joined: the writer copies
+    them into its aligned block anyway."""
     pieces: list[bytes] = []
     gathered = 0
     async for piece in body:
         pieces.append(piece)
         gathered += len(piece)
         if gathered >= WRITE_BLOCK:
-            yield b"".join(pieces)
+            yield pieces
             pieces, gathered = [], 0
     if pieces:
-        yield b"".join(pieces)
+        yield pieces
+
+
+def _write_pieces(writer: DirectWrites, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        writer.write(piece)
 
 
 def _open_locked(path: Path, exclusive: bool) -> BinaryIO:
@@ -169,8 +175,8 @@ class LocalSessions:
     ) -> None:
         lock, writer = await anyio.to_thread.run_sync(self._open_chunk, session_id, offset)
         try:
-            async for block in _blocks(body):
-                await anyio.to_thread.run_sync(writer.write, block)
+            async for pieces in _blocks(body):
+                await anyio.to_thread.run_sync(_write_pieces, writer, pieces)
             await anyio.to_thread.run_sync(self._finish_chunk, writer)
             await anyio.to_thread.run_sync(self._mark_held, session_id, number)
         finally:
