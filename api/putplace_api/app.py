@@ -1,7 +1,7 @@
 """``create_app(settings)``: the FastAPI application; the lifespan opens and closes the backends.
 
-``main`` of uvicorn workers calls ``create_app()`` with no argument (factory mode), which
-reads the environment -- the CLI has put every flag there.
+``main`` of uvicorn workers calls ``create_served_app()`` with no argument (factory mode),
+which reads the environment -- the CLI has put every flag there.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from putplace_api.settings import Settings, get_settings
 from putplace_api.state import AppState, build_state
 from putplace_api.tracing import setup_tracing
 from putplace_api.ui import mount as mount_console
+from putplace_common.heap import settle_heap
 from putplace_common.logs import request_id
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_served_app"]
 
 log = logging.getLogger("putplace.app")
 
@@ -56,7 +57,10 @@ def _allowed_methods(app: FastAPI, request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, serving: bool = False) -> FastAPI:
+    """``serving``: this process does nothing but serve the app (``putplace-api``), so once it is
+    ready the garbage collector is settled for a long life (``putplace_common.heap``). Tests and
+    embedders leave it off: freezing their heap would keep their own garbage cycles alive."""
     settings = settings or get_settings()
     state = build_state(settings)
 
@@ -72,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Expired upload sessions are looked for at least twice per lifetime, at most once a minute.
         expirer = asyncio.create_task(state.sessions.run(min(60.0, settings.upload_session_ttl_seconds / 2)))
         await state.webhooks.start()
+        if serving:
+            settle_heap()
         log.info("PutPlace API ready: database=%s storage=%s", state.store.kind, state.storage.kind)
         try:
             yield
@@ -131,3 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ObservabilityMiddleware)
     tracer = setup_tracing(app, settings.otlp_endpoint)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The factory of ``putplace-api --workers N``: each worker process only serves."""
+    return create_app(serving=True)

@@ -199,11 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if settings.workers > 1:
-            uvicorn.run("putplace_api.app:create_app", factory=True, workers=settings.workers, **serving)
+            uvicorn.run("putplace_api.app:create_served_app", factory=True, workers=settings.workers, **serving)
         else:
             from putplace_api.app import create_app
 
-            uvicorn.run(create_app(settings), **serving)
+            uvicorn.run(create_app(settings, serving=True), **serving)
     except ValueError as exc:  # a bad URL scheme and the like, found while building the app
         print(f"putplace-api: {exc}", file=sys.stderr)
         return 2

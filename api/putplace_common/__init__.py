@@ -1,1 +1,1 @@
-"""What every PutPlace process shares apart from the protocol: the one logging setup."""
+"""What every PutPlace process shares apart from the protocol: the one logging setup, the GC settings."""
