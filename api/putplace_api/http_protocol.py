@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["BODY_BUFFER", "BodyBufferingProtocol", "UVICORN_OPTIONS"]
 
-BODY_BUFFER = int(__import__("os").environ.get("XP_BUF", str(4 << 20)))
+BODY_BUFFER = 4 << 20
 
 
 class _BodyPieces:

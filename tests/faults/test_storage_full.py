@@ -1,4 +1,4 @@
-"""Local content storage on a full filesystem (a 2 MiB tmpfs): uploads get a clear 503, no
+"""Local content storage on a full filesystem (a small tmpfs): uploads get a clear 503, no
 partial object (nor pack: a batch upload's pack runs out of space partway) appears and no temp
 file is left behind; once space returns, the same uploads succeed. Mounting needs root (as in
 CI); without it the test fails, it does not skip."""
@@ -19,18 +19,28 @@ from tests.faults.integrity import assert_intact, local_objects, sha
 from tests.processes import ApiProcess
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs, unmounted whatever happens."""
+def _tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size``, unmounted whatever happens."""
     if os.geteuid() != 0:
-        pytest.fail("this test mounts a 2 MiB tmpfs and must run as root", pytrace=False)
+        pytest.fail(f"this test mounts a {size} tmpfs and must run as root", pytrace=False)
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
     try:
         yield disk
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from _tmpfs(tmp_path, "2m")
+
+
+@pytest.fixture
+def larger_disk(tmp_path: Path) -> Iterator[Path]:
+    """Room for a few direct-I/O blocks (tmpfs takes O_DIRECT since Linux 6.6)."""
+    yield from _tmpfs(tmp_path, "24m")
 
 
 def fill(disk: Path, leave: int) -> Path:
@@ -82,5 +92,29 @@ def test_a_full_disk_is_a_clean_503_and_uploads_succeed_once_space_returns(
 
     expected = {("node-1", p): sha(d) for p, d in {"/before": before, "/big": big, **parts}.items()}
     assert_intact(api, expected, partial(local_objects, root))
+    assert list((root / ".tmp").iterdir()) == []
+    api.stop()  # before the tmpfs goes
+
+
+def test_a_disk_filling_up_under_a_block_written_in_the_background_is_a_clean_503(
+    larger_disk: Path, start_api: Callable[..., ApiProcess]
+) -> None:
+    """A large upload's blocks go to the disk on a thread while the next one is filled: the
+    block that finds no space fails there, and the upload still ends in a 503 with nothing
+    partial left; once space returns, the same upload succeeds."""
+    root = larger_disk / "content"
+    api = start_api(PUTPLACE_STORAGE_URL=root.as_uri())
+    big = os.urandom(1 << 20) * 16 + b"tail"  # four 4 MiB blocks and a tail
+    with api.http() as c:
+        ballast = fill(larger_disk, leave=10 << 20)  # the first two blocks fit, the third does not
+        r = upload(c, big, "/big")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json() == {"detail": "storage unavailable: no space left on device"}
+        assert local_objects(root) == {}
+        assert list((root / ".tmp").iterdir()) == []
+
+        ballast.unlink()
+        assert c.post(f"/upload_file/{sha(big)}", content=big).status_code == 200
+    assert_intact(api, {("node-1", "/big"): sha(big)}, partial(local_objects, root))
     assert list((root / ".tmp").iterdir()) == []
     api.stop()  # before the tmpfs goes

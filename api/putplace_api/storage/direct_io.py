@@ -14,17 +14,23 @@ the last, partial block goes through the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 __all__ = ["DIRECT_BLOCK", "DirectWrites", "read_blocks", "write_all"]
 
 DIRECT_BLOCK = 4 * 1024 * 1024  # a multiple of any logical block size; one write per block
 WRITEBACK_BYTES = 16 * 1024 * 1024
+
+# The threads that put full blocks on the disk, shared by every file being written (each has
+# at most one write in flight). Beyond this many files at once, their writes queue here.
+_DISK = ThreadPoolExecutor(max_workers=4, thread_name_prefix="putplace-disk")
 
 
 def write_all(fd: int, view: memoryview) -> None:
@@ -35,12 +41,20 @@ def write_all(fd: int, view: memoryview) -> None:
 class DirectWrites:
     """Writes one file from ``offset`` on, in order. ``offset`` must be a multiple of the page
     size for direct I/O (else the writes are buffered). Not thread-safe: one writer thread at
-    a time, as the callers' pipelines guarantee."""
+    a time, as the callers' pipelines guarantee.
+
+    Direct I/O fills one aligned block while the block before it goes to the disk on a thread
+    of ``_DISK`` (two blocks per file, one write in flight): copying a block and the disk's
+    write of the previous one overlap instead of taking turns."""
 
     def __init__(self, path: Path, flags: int, offset: int, writeback: bool) -> None:
         self._writeback = writeback  # buffered: hand bytes to the disk early (an fsync follows)
         self._block: mmap.mmap | None = None  # direct I/O: the aligned block being filled
+        self._spare: mmap.mmap | None = None  # direct I/O: the block in flight (made at the first hand-off)
+        self._in_flight: Future[None] | None = None
+        self._proven = False  # direct I/O: the first block's write was accepted
         self._filled = 0
+        self._offset = offset  # direct I/O: where the block being filled goes in the file
         self.fd = self._open(path, flags, direct=offset % mmap.PAGESIZE == 0)
         if offset:
             os.lseek(self.fd, offset, os.SEEK_SET)
@@ -65,10 +79,35 @@ class DirectWrites:
         """Go on without direct I/O (the rest of a block, or a filesystem that refused it)."""
         fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         block, filled = self._block, self._filled
-        self._block, self._filled = None, 0
-        self._written = self._sent_on = os.lseek(self.fd, 0, os.SEEK_CUR)  # what direct I/O wrote
+        self._block, self._spare, self._filled = None, None, 0
+        os.lseek(self.fd, self._offset, os.SEEK_SET)  # what direct I/O wrote ends there
+        self._written = self._sent_on = self._offset
         if block is not None:  # not closed: a view of it may live on in a traceback; the GC unmaps it
             self.write(memoryview(block)[:filled])
+
+    def _wait(self) -> None:
+        """The write in flight, done (its error, if any, raised here)."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.result()
+
+    def _hand_off(self) -> None:
+        """The full block goes to the disk; the other one is filled meanwhile."""
+        assert self._block is not None
+        if not self._proven:
+            # The first block is written here and now: a filesystem that takes O_DIRECT at
+            # open but refuses its writes (EINVAL) is found while the block is still at hand.
+            write_all(self.fd, memoryview(self._block))
+            self._proven = True
+            self._offset += DIRECT_BLOCK
+            self._filled = 0
+            return
+        self._wait()  # the spare's previous write: done before it is filled again
+        full = self._block
+        self._in_flight = _DISK.submit(_write_at, self.fd, full, self._offset)
+        self._offset += DIRECT_BLOCK
+        self._block, self._spare = self._spare or mmap.mmap(-1, DIRECT_BLOCK), full
+        self._filled = 0
 
     def write(self, chunk: bytes | memoryview) -> None:
         view = memoryview(chunk)
@@ -80,14 +119,13 @@ class DirectWrites:
                 view = view[n:]
                 if self._filled == DIRECT_BLOCK:
                     try:
-                        write_all(self.fd, memoryview(self._block))
+                        self._hand_off()
                     except OSError as exc:
-                        if exc.errno != errno.EINVAL:
+                        if exc.errno != errno.EINVAL or self._proven:
                             raise
                         self._buffered()  # opened with O_DIRECT, but writing with it refused
                         self.write(view)
                         return
-                    self._filled = 0
             return
         write_all(self.fd, view)
         self._written += len(view)
@@ -100,14 +138,24 @@ class DirectWrites:
     def finish(self) -> None:
         """Write what is left of the last block (direct I/O takes whole aligned blocks only)."""
         if self._block is not None:
+            self._wait()
             self._buffered()
 
     def close(self) -> None:
         """Close the file, written or not (an abort); a second call does nothing."""
         if self.fd >= 0:
+            with contextlib.suppress(OSError):  # an abort: a write error no longer matters
+                self._wait()  # never close the descriptor under a write in flight
             os.close(self.fd)
             self.fd = -1
-        self._block = None
+        self._block = self._spare = None
+
+
+def _write_at(fd: int, block: mmap.mmap, offset: int) -> None:
+    view = memoryview(block)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def read_blocks(path: Path) -> Iterator[memoryview]:
