@@ -155,7 +155,13 @@ def _write_at(fd: int, block: mmap.mmap, offset: int) -> None:
     view = memoryview(block)
     while view:
         written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+        # A direct write comes back short only when the filesystem runs out of room (space,
+        # quota, file size limit), and takes only aligned pieces: go on from the last aligned
+        # byte written (rewriting the few after it), so that the next call reports the error.
+        aligned = written - written % mmap.PAGESIZE
+        if not aligned:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[aligned:], offset + aligned
 
 
 def read_blocks(path: Path) -> Iterator[memoryview]:
