@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 import uuid
@@ -53,13 +54,14 @@ from typing import Any, cast
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from bench._common import cpu_seconds, machine_busy_seconds, machine_line, print_table, temp_workdir  # noqa: E402
 from tests.agent.conftest import Agent  # noqa: E402
 from tests.api.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import ApiProcess  # noqa: E402
-from tests.servers import SERVERS, S3Server, ferretdb  # noqa: E402
+from tests.servers import SERVERS, S3Server, ferretdb, postgres  # noqa: E402
 from tests.servers.base import make_workdir  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
@@ -717,6 +719,11 @@ def main() -> int:
     ap.add_argument("--overload", type=float, default=0, help="writes at this x the two-phase capacity, for a while")
     ap.add_argument("--overload-at", type=float, default=60, help="seconds into the soak the overload starts")
     ap.add_argument("--overload-seconds", type=float, default=60)
+    ap.add_argument(
+        "--ferretdb-indexes",
+        action="store_true",
+        help="create the GIN indexes of docs/ferretdb-postgresql-indexes.sql once the API has started",
+    )
     ap.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE", help="extra API setting")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     args = ap.parse_args()
@@ -741,7 +748,7 @@ def main() -> int:
             work / "api",
             env={
                 "PUTPLACE_WORKERS": str(args.workers),
-                "PUTPLACE_DATABASE_URL": next(iter(db.env.values())).rstrip("/") + "/putplace_soak",
+                "PUTPLACE_DATABASE_URL": db.env[ferretdb.ENV_URL].rstrip("/") + "/putplace_soak",
                 "PUTPLACE_STORAGE_URL": f"s3://{bucket}/content/",
                 "PUTPLACE_S3_ENDPOINT_URL": s3.endpoint_url,
                 "PUTPLACE_S3_ACCESS_KEY_ID": s3.access_key,
@@ -752,6 +759,10 @@ def main() -> int:
         )
         api.start()
         stack.callback(api.stop)
+        if args.ferretdb_indexes:  # the API's start created the collections they go on
+            sql = ROOT / "docs" / "ferretdb-postgresql-indexes.sql"
+            psql = [str(postgres.psql()), db.env[ferretdb.ENV_POSTGRES_URL], "-q", "-v", "ON_ERROR_STOP=1"]
+            subprocess.run([*psql, "-v", "db=putplace_soak", "-f", str(sql)], check=True)
         assert api.process is not None and api.process.popen is not None
         api_pid = api.process.pid
 

@@ -21,6 +21,7 @@ NAME = "ferretdb"
 VERSION = "v1.24.2"
 MODULE = "github.com/FerretDB/FerretDB"
 ENV_URL = f"{ENV_PREFIX}MONGODB_URL"
+ENV_POSTGRES_URL = f"{ENV_PREFIX}FERRETDB_POSTGRES_URL"  # backend="postgresql": the database under it
 _PG_POOL = 160  # FerretDB's connections to PostgreSQL (see start)
 
 
@@ -96,6 +97,7 @@ def start(
     exe = install()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     backing: list[Process] = []
+    env: dict[str, str] = {}
     if backend == "postgresql":
         # PostgreSQL runs unprivileged under root: it must be able to pass through our dir
         # (make_workdir's dirs sit in /dev/shm or /tmp, which it can reach).
@@ -104,6 +106,7 @@ def start(
         pg_log = (log_path or workdir / "ferretdb.log").with_name("postgres.log")
         pg, pg_url = postgres.start(workdir / "pg", log_path=pg_log)
         backing.append(pg)
+        env[ENV_POSTGRES_URL] = pg_url
         # FerretDB v1.24 runs findAndModify (and update) holding its query's pooled connection
         # while it takes a second one for the write: with as many at once as its pool has
         # connections (pool_max_conns, 50 by default) every one waits for a second connection
@@ -136,4 +139,4 @@ def start(
     except BaseException:
         stop_all([*backing, process])
         raise
-    return Server(NAME, process, workdir, {ENV_URL: url}, backing=backing)
+    return Server(NAME, process, workdir, {ENV_URL: url, **env}, backing=backing)

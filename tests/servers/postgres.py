@@ -26,6 +26,7 @@ from .base import Process, bin_dir, free_ports, progress, unpack_debian_package
 NAME = "postgres"
 VERSION = "15.20-0+deb12u1"
 PACKAGE = f"postgresql-15={VERSION}"
+CLIENT_PACKAGE = f"postgresql-client-15={VERSION}"
 UNPRIVILEGED = "nobody"
 
 
@@ -38,9 +39,16 @@ def binary() -> Path:
 
 
 def install() -> Path:
-    """Unpack Debian's postgresql-15 into the cache unless it is there; return ``postgres``."""
-    if binary().is_file():
-        return binary()
+    """Unpack Debian's postgresql-15 into the cache unless it is there (and ``psql``, below);
+    return ``postgres``."""
+    if not binary().is_file():
+        _install_server()
+    if not _psql_binary().is_file():
+        _install_psql()
+    return binary()
+
+
+def _install_server() -> None:
     progress(f"fetching Debian's postgresql-15 {VERSION} (about 17 MB)")
     with tempfile.TemporaryDirectory() as tmp:
         unpacked = Path(tmp) / "root"
@@ -55,7 +63,27 @@ def install() -> Path:
         shutil.copytree(unpacked, partial, symlinks=True)
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)  # whole tree at once: present = installed
-    return binary()
+
+
+def _psql_binary() -> Path:
+    return _root() / "usr" / "lib" / "postgresql" / "15" / "bin" / "psql"
+
+
+def _install_psql() -> None:
+    progress(f"fetching Debian's postgresql-client-15 {VERSION} (about 2 MB)")
+    with tempfile.TemporaryDirectory() as tmp:
+        unpack_debian_package(CLIENT_PACKAGE, Path(tmp))
+        partial = _psql_binary().with_name("psql.partial")
+        shutil.copy2(Path(tmp) / "usr" / "lib" / "postgresql" / "15" / "bin" / "psql", partial)
+        partial.rename(_psql_binary())  # whole file at once: present = installed
+
+
+def psql() -> Path:
+    """``psql`` of the same version (Debian's postgresql-client-15, unpacked beside the server):
+    for the SQL files the docs give operators to run. Like the server, it uses the machine's own
+    libraries (libpq)."""
+    install()
+    return _psql_binary()
 
 
 def _user() -> str | None:

@@ -1,0 +1,92 @@
+"""``docs/ferretdb-postgresql-indexes.sql``, as an operator runs it, on a real FerretDB v1 on
+PostgreSQL: afterwards the MongoDB store's lookups are pushed down *and* answered by an index
+(without it PostgreSQL scans the table: bench/ferretdb_growth.py); it can be run again; a
+wrong database name is one readable error."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from putplace_api.store.mongo import MongoStore
+from tests.api.test_store_contract import anyio_backend, meta
+from tests.servers import ferretdb, postgres
+from tests.servers.base import Server, make_workdir
+
+__all__ = ["anyio_backend"]
+
+pytestmark = pytest.mark.anyio
+
+SQL = Path(__file__).resolve().parents[2] / "docs" / "ferretdb-postgresql-indexes.sql"
+RECORDS = 3_000  # enough rows that PostgreSQL's planner prefers an index to a scan
+
+
+@pytest.fixture(scope="module")
+def on_postgresql() -> Iterator[Server]:
+    ferretdb.install()
+    server = ferretdb.start(make_workdir("ferretdb-pg"), backend="postgresql")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def store(on_postgresql: Server, anyio_backend: str) -> AsyncIterator[MongoStore]:
+    s = MongoStore(on_postgresql.env[ferretdb.ENV_URL].rstrip("/") + "/putplace_gin", timeout=60.0)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _run_sql(server: Server, database: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(postgres.psql()), server.env[ferretdb.ENV_POSTGRES_URL], "-q", "-v", "ON_ERROR_STOP=1"]
+    return subprocess.run([*argv, "-v", f"db={database}", "-f", str(SQL)], capture_output=True, text=True, timeout=120)
+
+
+async def _plan(store: MongoStore, collection: str, query: dict[str, Any]) -> tuple[bool, str]:
+    answer = await store._db.command("explain", {"find": collection, "filter": query})
+    plan = answer["queryPlanner"]["Plan"]
+    node = plan["Plans"][0] if plan["Node Type"] == "Gather" else plan
+    return bool(answer.get("filterPushdown")), str(node["Node Type"])
+
+
+async def test_the_indexes_answer_the_stores_lookups(on_postgresql: Server, store: MongoStore) -> None:
+    now = datetime.now(UTC)
+    for first in range(0, RECORDS, 1000):
+        await store.put_files([meta(f"/gin/{n}") for n in range(first, first + 1000)], now)  # a content each
+    probe = meta("/gin/7")
+    lookups: list[tuple[str, dict[str, Any]]] = [
+        ("contents", {"_id": probe.sha256}),
+        ("files", {"hostname": probe.hostname, "filepath": probe.filepath}),
+        ("files", {"sha256": probe.sha256}),
+    ]
+    for collection, query in lookups:
+        assert await _plan(store, collection, query) == (True, "Seq Scan")  # FerretDB's own indexes: a scan
+
+    done = _run_sql(on_postgresql, "putplace_gin")
+    assert done.returncode == 0, done.stderr
+    assert "PutPlace GIN indexes in schema putplace_gin: 8 in place" in done.stderr
+    for collection, query in lookups:
+        pushed, node = await _plan(store, collection, query)
+        assert pushed and node in ("Bitmap Heap Scan", "Index Scan"), (collection, query, node)
+
+    again = _run_sql(on_postgresql, "putplace_gin")
+    assert again.returncode == 0 and "8 in place" in again.stderr, again.stderr
+    # the store reads through them as before
+    assert (await store.get_content(probe.sha256)) is not None
+    [result] = await store.put_files([probe], now)
+    assert result.file.meta == probe
+
+
+def test_a_database_that_is_not_there_is_one_readable_error(on_postgresql: Server) -> None:
+    done = _run_sql(on_postgresql, "no_such_db")
+    assert done.returncode != 0
+    assert 'no schema "no_such_db": is no_such_db the database of PUTPLACE_DATABASE_URL' in done.stderr
