@@ -517,9 +517,13 @@ class Agent:
 
     async def _announce(self, batch: list[Entry]) -> None:
         latest = {e.path: e for e in batch}  # one record per path: the newest hash wins
-        entries = [e for e in latest.values() if e.path not in self._deleting]
+        # One announcement per path in flight: one still being retried (a 503 asks to wait up to
+        # a minute) that landed after a newer one would leave the server the older record while
+        # the index says synced. A delete in flight goes first too, or it would win.
+        busy = self._deleting | self._announcing
+        entries = [e for e in latest.values() if e.path not in busy]
         for e in latest.values():
-            if e.path in self._deleting:  # announce after the delete lands, or the delete would win
+            if e.path in busy:
                 self._begin(1)
                 asyncio.get_running_loop().call_later(0.2, self._announce_q.put_nowait, e)
         if not entries:
