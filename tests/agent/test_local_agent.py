@@ -41,6 +41,15 @@ def test_the_readme_run_command_syncs_a_folder_continuously(tmp_path: Path) -> N
             base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": admin_key_file.read_text().strip()}
         )
 
+        def listening() -> bool:
+            # The key file is written during start-up, a moment before the port is served.
+            try:
+                return http.get("/healthz").status_code == 200
+            except httpx.ConnectError:
+                return False
+
+        wait_until(listening, 30, "the API to listen")
+
         def catalogue() -> dict[str, str]:
             items = http.get("/files", params={"limit": 1000}).raise_for_status().json()["items"]
             return {i["filepath"]: i["sha256"] for i in items}
