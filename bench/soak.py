@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -54,14 +53,13 @@ from typing import Any, cast
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import cpu_seconds, machine_busy_seconds, machine_line, print_table, temp_workdir  # noqa: E402
 from tests.agent.conftest import Agent  # noqa: E402
 from tests.api.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import ApiProcess  # noqa: E402
-from tests.servers import SERVERS, S3Server, ferretdb, postgres  # noqa: E402
+from tests.servers import SERVERS, S3Server, ferretdb  # noqa: E402
 from tests.servers.base import make_workdir  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
@@ -760,9 +758,10 @@ def main() -> int:
         api.start()
         stack.callback(api.stop)
         if args.ferretdb_indexes:  # the API's start created the collections they go on
-            sql = ROOT / "docs" / "ferretdb-postgresql-indexes.sql"
-            psql = [str(postgres.psql()), db.env[ferretdb.ENV_POSTGRES_URL], "-q", "-v", "ON_ERROR_STOP=1"]
-            subprocess.run([*psql, "-v", "db=putplace_soak", "-f", str(sql)], check=True)
+            done = ferretdb.add_putplace_indexes(db, "putplace_soak")
+            print(done.stderr.strip(), flush=True)  # the script's one NOTICE line, or its error
+            if done.returncode != 0:
+                return 1
         assert api.process is not None and api.process.popen is not None
         api_pid = api.process.pid
 

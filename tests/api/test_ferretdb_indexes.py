@@ -5,24 +5,21 @@ wrong database name is one readable error."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from putplace_api.store.mongo import MongoStore
 from tests.api.test_store_contract import anyio_backend, meta
-from tests.servers import ferretdb, postgres
+from tests.servers import ferretdb
 from tests.servers.base import Server, make_workdir
 
 __all__ = ["anyio_backend"]
 
 pytestmark = pytest.mark.anyio
 
-SQL = Path(__file__).resolve().parents[2] / "docs" / "ferretdb-postgresql-indexes.sql"
 RECORDS = 3_000  # enough rows that PostgreSQL's planner prefers an index to a scan
 
 
@@ -46,11 +43,6 @@ async def store(on_postgresql: Server, anyio_backend: str) -> AsyncIterator[Mong
         await s.close()
 
 
-def _run_sql(server: Server, database: str) -> subprocess.CompletedProcess[str]:
-    argv = [str(postgres.psql()), server.env[ferretdb.ENV_POSTGRES_URL], "-q", "-v", "ON_ERROR_STOP=1"]
-    return subprocess.run([*argv, "-v", f"db={database}", "-f", str(SQL)], capture_output=True, text=True, timeout=120)
-
-
 async def _plan(store: MongoStore, collection: str, query: dict[str, Any]) -> tuple[bool, str]:
     answer = await store._db.command("explain", {"find": collection, "filter": query})
     plan = answer["queryPlanner"]["Plan"]
@@ -71,14 +63,14 @@ async def test_the_indexes_answer_the_stores_lookups(on_postgresql: Server, stor
     for collection, query in lookups:
         assert await _plan(store, collection, query) == (True, "Seq Scan")  # FerretDB's own indexes: a scan
 
-    done = _run_sql(on_postgresql, "putplace_gin")
+    done = ferretdb.add_putplace_indexes(on_postgresql, "putplace_gin")
     assert done.returncode == 0, done.stderr
     assert "PutPlace GIN indexes in schema putplace_gin: 8 in place" in done.stderr
     for collection, query in lookups:
         pushed, node = await _plan(store, collection, query)
         assert pushed and node in ("Bitmap Heap Scan", "Index Scan"), (collection, query, node)
 
-    again = _run_sql(on_postgresql, "putplace_gin")
+    again = ferretdb.add_putplace_indexes(on_postgresql, "putplace_gin")
     assert again.returncode == 0 and "8 in place" in again.stderr, again.stderr
     # the store reads through them as before
     assert (await store.get_content(probe.sha256)) is not None
@@ -87,6 +79,6 @@ async def test_the_indexes_answer_the_stores_lookups(on_postgresql: Server, stor
 
 
 def test_a_database_that_is_not_there_is_one_readable_error(on_postgresql: Server) -> None:
-    done = _run_sql(on_postgresql, "no_such_db")
+    done = ferretdb.add_putplace_indexes(on_postgresql, "no_such_db")
     assert done.returncode != 0
     assert 'no schema "no_such_db": is no_such_db the database of PUTPLACE_DATABASE_URL' in done.stderr

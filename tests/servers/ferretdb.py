@@ -23,6 +23,8 @@ MODULE = "github.com/FerretDB/FerretDB"
 ENV_URL = f"{ENV_PREFIX}MONGODB_URL"
 ENV_POSTGRES_URL = f"{ENV_PREFIX}FERRETDB_POSTGRES_URL"  # backend="postgresql": the database under it
 _PG_POOL = 160  # FerretDB's connections to PostgreSQL (see start)
+# What the README tells an operator of FerretDB on PostgreSQL to run (GIN indexes for PutPlace).
+INDEX_SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "ferretdb-postgresql-indexes.sql"
 
 
 def binary() -> Path:
@@ -140,3 +142,11 @@ def start(
         stop_all([*backing, process])
         raise
     return Server(NAME, process, workdir, {ENV_URL: url, **env}, backing=backing)
+
+
+def add_putplace_indexes(server: Server, database: str) -> subprocess.CompletedProcess[str]:
+    """Run ``INDEX_SCRIPT`` for the MongoDB database ``database`` as an operator would: ``psql``
+    of the server's version, stopping at the first error. A server started on PostgreSQL only."""
+    argv = [str(postgres.psql()), server.env[ENV_POSTGRES_URL], "-q", "-v", "ON_ERROR_STOP=1"]
+    argv += ["-v", f"db={database}", "-f", str(INDEX_SCRIPT)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)

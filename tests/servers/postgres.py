@@ -34,8 +34,11 @@ def _root() -> Path:
     return bin_dir(NAME, VERSION)
 
 
+_BIN = Path("usr", "lib", "postgresql", "15", "bin")  # in the unpacked packages
+
+
 def binary() -> Path:
-    return _root() / "usr" / "lib" / "postgresql" / "15" / "bin" / "postgres"
+    return _root() / _BIN / "postgres"
 
 
 def install() -> Path:
@@ -66,7 +69,7 @@ def _install_server() -> None:
 
 
 def _psql_binary() -> Path:
-    return _root() / "usr" / "lib" / "postgresql" / "15" / "bin" / "psql"
+    return _root() / _BIN / "psql"
 
 
 def _install_psql() -> None:
@@ -74,7 +77,7 @@ def _install_psql() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         unpack_debian_package(CLIENT_PACKAGE, Path(tmp))
         partial = _psql_binary().with_name("psql.partial")
-        shutil.copy2(Path(tmp) / "usr" / "lib" / "postgresql" / "15" / "bin" / "psql", partial)
+        shutil.copy2(Path(tmp) / _BIN / "psql", partial)
         partial.rename(_psql_binary())  # whole file at once: present = installed
 
 
