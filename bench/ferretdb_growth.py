@@ -43,7 +43,7 @@ from bench._common import machine_busy_seconds, machine_line, print_table  # noq
 from putplace_api.store.mongo import MongoStore  # noqa: E402
 from putplace_client.models import FileMetadata  # noqa: E402
 from tests.servers import ferretdb  # noqa: E402
-from tests.servers.base import make_workdir  # noqa: E402
+from tests.servers.base import workdir as scratch  # noqa: E402
 
 HOSTS = [f"node-{i}" for i in range(8)]
 
@@ -166,12 +166,13 @@ def main() -> int:
     time.sleep(3)
     print(f"other processes before the start: {(machine_busy_seconds() - busy) / 3 * 100:.0f} % of a core")
     ferretdb.install()
-    db = ferretdb.start(make_workdir("ferretdb"), backend="postgresql")
-    busy, started = machine_busy_seconds(), time.monotonic()
-    try:
-        out = asyncio.run(run(args, db.env[ferretdb.ENV_URL]))
-    finally:
-        db.stop()
+    with scratch("ferretdb") as data:
+        db = ferretdb.start(data, backend="postgresql")
+        busy, started = machine_busy_seconds(), time.monotonic()
+        try:
+            out = asyncio.run(run(args, db.env[ferretdb.ENV_URL]))
+        finally:
+            db.stop()
     out["machine_busy_percent"] = (machine_busy_seconds() - busy) / (time.monotonic() - started) * 100
     print(f"machine busy during the run (this benchmark and FerretDB included): {out['machine_busy_percent']:.0f} %")
     print(json.dumps(out))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from tests.api.conftest import ADMIN_KEY  # noqa: E402
 from tests.operator.conftest import CRD_DIR, CRD_NAMES, OperatorProcess, admin_secret, condition  # noqa: E402
 from tests.processes import ApiProcess  # noqa: E402
 from tests.servers import SERVERS, KubeCluster  # noqa: E402
-from tests.servers.base import make_workdir  # noqa: E402
+from tests.servers.base import workdir as scratch  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
 
@@ -52,7 +51,7 @@ def cluster(stack: ExitStack, workdir: Path) -> KubeCluster:
     if reused is not None:
         return reused
     SERVERS["kube"].install()
-    server = SERVERS["kube"].start(make_workdir("kube"), log_path=workdir / "kube.log")
+    server = SERVERS["kube"].start(stack.enter_context(scratch("kube")), log_path=workdir / "kube.log")
     stack.callback(server.stop)
     started = KubeCluster.from_env(server.env)
     assert started is not None
@@ -149,9 +148,8 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    workdir = Path(make_workdir("bench-operator"))
     with ExitStack() as stack:
-        stack.callback(shutil.rmtree, workdir, True)
+        workdir = stack.enter_context(scratch("bench-operator"))
         kube = cluster(stack, workdir)
         kube.kubectl("apply", "-f", str(CRD_DIR))
         kube.kubectl("wait", "--for=condition=Established", *(f"crd/{n}" for n in CRD_NAMES), "--timeout=60s")

@@ -60,7 +60,7 @@ from tests.agent.conftest import Agent  # noqa: E402
 from tests.api.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import ApiProcess  # noqa: E402
 from tests.servers import SERVERS, S3Server, ferretdb  # noqa: E402
-from tests.servers.base import make_workdir  # noqa: E402
+from tests.servers.base import workdir as scratch  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
 HOSTS = [f"soak-host-{i}" for i in range(8)]
@@ -734,9 +734,11 @@ def main() -> int:
     with ExitStack() as stack:
         for name in ("ferretdb", "minio"):
             SERVERS[name].install()
-        db = ferretdb.start(make_workdir("ferretdb"), log_path=work / "ferretdb.log", backend="postgresql")
+        db = ferretdb.start(
+            stack.enter_context(scratch("ferretdb")), log_path=work / "ferretdb.log", backend="postgresql"
+        )
         stack.callback(db.stop)
-        s3_server = SERVERS["minio"].start(make_workdir("minio"), log_path=work / "minio.log")
+        s3_server = SERVERS["minio"].start(stack.enter_context(scratch("minio")), log_path=work / "minio.log")
         stack.callback(s3_server.stop)
         s3 = S3Server.from_env("minio", s3_server.env)
         assert s3 is not None

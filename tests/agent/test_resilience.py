@@ -23,7 +23,7 @@ import pytest
 
 from putplace_agent.hasher import FileChanged, hash_file
 from tests.agent.conftest import Agent, ApiProcess, summary_of
-from tests.servers.base import scratch_root
+from tests.servers.base import workdir
 from tests.waiting import wait_until
 
 NOBODY = 65534
@@ -359,8 +359,7 @@ def huge_tree() -> Iterator[Path]:
 
     In RAM (/dev/shm) when there is one: creating 200,000 files on a VM's disk can take a minute.
     """
-    root = Path(tempfile.mkdtemp(prefix="putplace-huge-", dir=scratch_root()))
-    try:
+    with workdir("huge") as root:
         for d in range(200):
             directory = root / f"d{d:03}"
             directory.mkdir()
@@ -369,8 +368,6 @@ def huge_tree() -> Iterator[Path]:
                 os.write(fd, b"content %d\n" % ((d * 7 + i) % 1000))
                 os.close(fd)
         yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_tree_of_200_000_files(api_process: ApiProcess, huge_tree: Path, make_agent: Callable[..., Agent]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from putplace_api.store.mongo import MongoStore
 from tests.api.test_store_contract import anyio_backend, meta
 from tests.servers import ferretdb
-from tests.servers.base import Server, make_workdir
+from tests.servers.base import Server, workdir
 
 __all__ = ["anyio_backend"]
 
@@ -26,11 +26,12 @@ RECORDS = 3_000  # enough rows that PostgreSQL's planner prefers an index to a s
 @pytest.fixture(scope="module")
 def on_postgresql() -> Iterator[Server]:
     ferretdb.install()
-    server = ferretdb.start(make_workdir("ferretdb-pg"), backend="postgresql")
-    try:
-        yield server
-    finally:
-        server.stop()
+    with workdir("ferretdb-pg") as data:
+        server = ferretdb.start(data, backend="postgresql")
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture

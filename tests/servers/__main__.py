@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import INSTALLABLE, SERVERS, kind, select
-from .base import Process, ServerError, make_workdir, run_dir, scratch_root, stop_all
+from .base import Process, ServerError, make_workdir, remove_workdir, run_dir, scratch_root, stop_all
 
 
 def _state_file(name: str) -> Path:
@@ -65,7 +64,7 @@ def _load(name: str) -> tuple[list[Process], dict[str, Any]] | None:
 
 
 def _forget(name: str, state: dict[str, Any]) -> None:
-    shutil.rmtree(state["workdir"], ignore_errors=True)
+    remove_workdir(Path(state["workdir"]))
     _state_file(name).unlink(missing_ok=True)
 
 
@@ -119,7 +118,7 @@ def cmd_start(names: list[str]) -> int:
             try:
                 server = SERVERS[name].start(workdir, log_path=log)
             except BaseException:
-                shutil.rmtree(workdir, ignore_errors=True)
+                remove_workdir(workdir)
                 raise
             state: dict[str, Any] = {
                 "pid": server.process.pid,

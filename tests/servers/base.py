@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -447,8 +447,78 @@ def stop_all(processes: Iterable[Process]) -> None:
 
 
 def make_workdir(name: str, parent: Path | None = None) -> Path:
-    """A fresh, empty data dir for one server (under /dev/shm when no parent is given)."""
+    """A fresh, empty data dir for one server (under /dev/shm when no parent is given).
+
+    Its creator is recorded beside it, so that the dirs of a run killed before it could delete
+    them (SIGKILL, a CI timeout) are deleted by the next one: /dev/shm is RAM, and a few killed
+    runs would otherwise fill it and starve every later run (``sweep_stale_workdirs``)."""
     parent = parent or scratch_root()
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"putplace-{name}-", dir=parent))
+    sweep_stale_workdirs(parent or Path(tempfile.gettempdir()))
+    path = Path(tempfile.mkdtemp(prefix=f"putplace-{name}-", dir=parent))
+    _owner_marker(path).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    """Delete a dir from ``make_workdir`` and its creator record."""
+    shutil.rmtree(path, ignore_errors=True)
+    _owner_marker(path).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def workdir(name: str, parent: Path | None = None) -> Iterator[Path]:
+    """``make_workdir`` for the length of a ``with`` block, deleted at its end."""
+    path = make_workdir(name, parent)
+    try:
+        yield path
+    finally:
+        remove_workdir(path)
+
+
+def sweep_stale_workdirs(parent: Path) -> list[Path]:
+    """Delete the ``make_workdir`` dirs under ``parent`` that nothing uses any more: their
+    creator has exited and no process runs inside them. A detached server (``python -m
+    tests.servers start``) outlives its creator but runs with its dir as working directory, so
+    its dir stays. Returns what was deleted."""
+    markers = list(parent.glob("putplace-*.owner"))
+    if not markers or not Path("/proc/self/stat").exists():  # without /proc no owner can be told alive
+        return []
+    in_use = _working_directories()
+    swept = []
+    for marker in markers:
+        path = marker.with_suffix("")
+        try:
+            pid, started = (int(field) for field in marker.read_text().split())
+        except (OSError, ValueError):
+            continue  # being written by its creator right now, or not ours
+        if _start_time(pid) == started or any(cwd == path or path in cwd.parents for cwd in in_use):
+            continue
+        remove_workdir(path)
+        swept.append(path)
+    if swept:
+        progress(f"deleted {len(swept)} data dir(s) left by runs that were killed: {', '.join(p.name for p in swept)}")
+    return swept
+
+
+def _owner_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".owner")
+
+
+def _start_time(pid: int) -> int:
+    """The kernel's start time of ``pid`` (0 if it is gone): a pid alone may have been reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def _working_directories() -> list[Path]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append(Path(os.readlink(proc / "cwd")))
+    return found

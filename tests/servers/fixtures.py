@@ -23,7 +23,6 @@ in pytest's tmp dir.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import TypeVar
 import pytest
 
 from . import INSTALLABLE, SERVERS, images, kind
-from .base import Server, ServerError, make_workdir
+from .base import Server, ServerError, make_workdir, remove_workdir
 from .docker import ENV_HOST as ENV_DOCKER_HOST
 from .docker import DockerEngine
 from .ferretdb import ENV_URL
@@ -78,7 +77,7 @@ def _running(request: pytest.FixtureRequest, name: str) -> Iterator[Server]:
         finally:
             server.stop()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_workdir(workdir)
 
 
 def _s3(request: pytest.FixtureRequest, name: str) -> Iterator[S3Server]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from typing import Any
 
@@ -12,7 +11,7 @@ from botocore.exceptions import ClientError
 from pymongo.errors import DuplicateKeyError
 
 from tests.servers import INSTALLABLE, S3Server, ferretdb, select
-from tests.servers.base import make_workdir
+from tests.servers.base import workdir
 
 
 def test_ferretdb_insert_find_unique_index(mongodb_url: str) -> None:
@@ -20,17 +19,14 @@ def test_ferretdb_insert_find_unique_index(mongodb_url: str) -> None:
 
 
 def test_ferretdb_on_postgresql_works_and_stops_with_its_database() -> None:
-    workdir = make_workdir("ferretdb")
-    try:
-        server = ferretdb.start(workdir, backend="postgresql")
+    with workdir("ferretdb") as data:
+        server = ferretdb.start(data, backend="postgresql")
         try:
             check_unique_index(server.env[ferretdb.ENV_URL])
             assert [p.name for p in server.backing] == ["postgres"]
         finally:
             server.stop()
         assert not server.process.alive() and not server.backing[0].alive()
-    finally:
-        shutil.rmtree(workdir)
 
 
 def check_unique_index(mongodb_url: str) -> None:
