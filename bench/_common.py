@@ -25,6 +25,11 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+if str(REPO) not in sys.path:  # the benchmarks share the test servers' helpers (tests/servers)
+    sys.path.insert(0, str(REPO))
+
+from tests.servers.base import keep_workdir, make_workdir, remove_workdir  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 ADMIN_KEY = "pp_bench_admin_key_not_secret_0123456789"
 
@@ -404,8 +409,19 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def temp_workdir(tag: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"putplace-bench-{tag}-"))
+def temp_workdir(tag: str, parent: Path | None = None) -> Path:
+    """A fresh dir in the system temp dir; a run killed before ``finish_workdir`` leaves it to
+    the next run to delete (``tests.servers.base.sweep_stale_workdirs``)."""
+    return make_workdir(f"bench-{tag}", parent or Path(tempfile.gettempdir()))
+
+
+def finish_workdir(work: Path, keep: bool) -> None:
+    """Delete a ``temp_workdir``, or keep it (``--keep``) and say where it is."""
+    if keep:
+        keep_workdir(work)
+        print(f"kept {work}", file=sys.stderr)
+    else:
+        remove_workdir(work)
 
 
 def machine_line() -> str:

@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import machine_line, print_table
+from _common import finish_workdir, machine_line, print_table, temp_workdir
 from agent_common import OtherLoad, code_version, wait_quiet
 
 GOAL = 0.8
@@ -177,7 +177,7 @@ def main() -> int:
     free = shutil.disk_usage(parent).free
     if free < need:
         sys.exit(f"error: {parent} has {free / MIB:,.0f} MiB free, the files need {need / MIB:,.0f} MiB (--dir)")
-    work = Path(tempfile.mkdtemp(prefix="putplace-bench-agent-hash-", dir=parent))
+    work = temp_workdir("agent-hash", parent)
     total = 0
     results: dict[str, list[float]] = {}
     workers = 2
@@ -222,10 +222,7 @@ def main() -> int:
             )
         other_cores = others.cores(time.process_time() - own0)
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_workdir(work, args.keep)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     base = med["baseline"]

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ import httpx
 from _common import (
     ADMIN_KEY,
     cpu_seconds,
+    finish_workdir,
     free_port,
     http_json,
     machine_line,
@@ -329,10 +329,7 @@ def main() -> int:
         if agent is not None:
             agent.kill()
             agent.wait()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_workdir(work, args.keep)
 
     lat = poller.latency
     missing = changes - len(lat)

@@ -46,7 +46,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ from _common import (
     ADMIN_KEY,
     children_cpu_seconds,
     cpu_seconds,
+    finish_workdir,
     http_json,
     machine_line,
     print_table,
@@ -297,10 +297,7 @@ def main() -> int:
                 flush=True,
             )
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_workdir(work, args.keep)
 
     agent_fps = args.files / first["seconds"]
     agent_wall_fps = args.files / first["wall_s"]

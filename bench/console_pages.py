@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import shutil
 import sqlite3
 import statistics
 import sys
@@ -39,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from _common import ADMIN_KEY, machine_line, putplace_server, temp_workdir
+from _common import ADMIN_KEY, finish_workdir, machine_line, putplace_server, temp_workdir
 
 from putplace_api.store.sqlite import SqliteStore
 
@@ -281,10 +280,7 @@ def main() -> int:
             )
             results[label] = measure(work / f"data-{label}", work, sample, args.rounds, args.repeat)
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept {work}", file=sys.stderr)
+        finish_workdir(work, args.keep)
 
     (small_req, small_pages), (large_req, large_pages) = results["small"], results["large"]
     print(machine_line())

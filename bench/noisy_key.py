@@ -30,7 +30,6 @@ import ast
 import json
 import math
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ import time
 import httpx
 from _common import (
     cpu_seconds,
+    finish_workdir,
     http_json,
     machine_busy_seconds,
     machine_line,
@@ -169,10 +169,7 @@ def main() -> int:
         print(f"error: {exc!r}", file=sys.stderr)
         return 1
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept {work}")
+        finish_workdir(work, args.keep)
 
     codes = ast.literal_eval(out.strip().splitlines()[-1])
     refused, allowed = codes.get(429, 0), codes.get(200, 0)

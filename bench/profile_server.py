@@ -33,6 +33,7 @@ from _common import (
     batch_body,
     curl_upload,
     http_json,
+    keep_workdir,
     need_tool,
     need_wrk,
     run_wrk,
@@ -131,6 +132,7 @@ def main() -> int:
                 f"{r.requests} requests in {r.seconds:.1f}s under the profiler ({r.rps:,.0f} req/s), {r.errors} errors"
             )
     shutil.rmtree(work / "data", ignore_errors=True)  # keep only the profile and the server log
+    keep_workdir(work)
     session = work / "profile.pyisession"
     for renderer, target, extra in (
         ("text", out_txt, ["--no-color", "-p", "processor_options.filter_threshold=0.005"]),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from _common import (
     SINGLE_BODY,
     bare_server,
     cpu_seconds,
+    finish_workdir,
     machine_line,
     need_wrk,
     print_table,
@@ -121,10 +121,7 @@ def main() -> int:
                 )
                 time.sleep(0.5)
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept {work}")
+        finish_workdir(work, args.keep)
 
     def med(name: str, k: str) -> float:
         return statistics.median(x[k] for x in results[name])

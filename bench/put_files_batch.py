@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 
@@ -24,6 +23,7 @@ from _common import (
     SINGLE_BODY,
     batch_body,
     cpu_seconds,
+    finish_workdir,
     machine_line,
     need_wrk,
     print_table,
@@ -117,10 +117,7 @@ def main() -> int:
                     flush=True,
                 )
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept {work}")
+        finish_workdir(work, args.keep)
 
     def med(mode: str, k: str) -> float:
         return statistics.median(x[k] for x in results[mode])

@@ -55,11 +55,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import cpu_seconds, machine_busy_seconds, machine_line, print_table, temp_workdir  # noqa: E402
+from bench._common import (  # noqa: E402
+    cpu_seconds,
+    finish_workdir,
+    machine_busy_seconds,
+    machine_line,
+    print_table,
+    temp_workdir,
+)
 from tests.agent.conftest import Agent  # noqa: E402
 from tests.api.conftest import ADMIN_KEY  # noqa: E402
 from tests.processes import ApiProcess  # noqa: E402
 from tests.servers import SERVERS, S3Server, ferretdb  # noqa: E402
+from tests.servers.base import remove_workdir  # noqa: E402
 from tests.servers.base import workdir as scratch  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
@@ -732,6 +740,7 @@ def main() -> int:
     time.sleep(5)
     print(f"other processes before the start: {(machine_busy_seconds() - busy) / 5 * 100:.0f} % of a core")
     with ExitStack() as stack:
+        stack.callback(remove_workdir, work)
         for name in ("ferretdb", "minio"):
             SERVERS[name].install()
         db = ferretdb.start(
@@ -879,9 +888,9 @@ def main() -> int:
             "p99_ms": {r[0]: r[4] for r in rows}, "rss_growth_max": worst, "overload": overload,
             "shed": dict(rec.shed),
         }))  # fmt: skip
-        if args.keep:
-            print(f"kept: {work}", file=sys.stderr)
+        if args.keep:  # the servers too: their data dirs are kept while they run
             stack.pop_all()
+            finish_workdir(work, keep=True)
     return 0 if errors == 0 else 1
 
 

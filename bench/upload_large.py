@@ -46,6 +46,7 @@ from _common import (
     children_cpu_seconds,
     cpu_seconds,
     curl_upload,
+    finish_workdir,
     http_json,
     machine_busy_seconds,
     machine_line,
@@ -270,9 +271,7 @@ def main() -> int:
     finally:
         if args.keep:
             (work / "source.bin").unlink(missing_ok=True)
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_workdir(work, args.keep)
 
     mib = size / (1024 * 1024)
     cp_t, cp_sync_t = statistics.median(cp_s), statistics.median(cp_sync_s)

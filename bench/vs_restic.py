@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, children_cpu_seconds, machine_line, print_table, putplace_server, temp_workdir
+from _common import REPO, children_cpu_seconds, finish_workdir, machine_line, print_table, putplace_server, temp_workdir
 from agent_common import OtherLoad, add_common_args, code_version, wait_quiet
 from agent_sync import make_tree, run_agent, scandir_walk, stats_files
 
@@ -256,10 +256,7 @@ def compare(args: argparse.Namespace) -> int:
 
             alternate(args.rounds, big_putplace, big_restic)
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_workdir(work, args.keep)
 
     n = args.rescan_runs + 1
     first_of = {tool: [r for i, r in enumerate(runs) if i % n == 0] for tool, runs in got["small"].items()}

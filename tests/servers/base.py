@@ -467,6 +467,11 @@ def remove_workdir(path: Path) -> None:
     _owner_marker(path).unlink(missing_ok=True)
 
 
+def keep_workdir(path: Path) -> None:
+    """Keep a dir from ``make_workdir`` after its creator exits (``--keep``): no sweep takes it."""
+    _owner_marker(path).unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def workdir(name: str, parent: Path | None = None) -> Iterator[Path]:
     """``make_workdir`` for the length of a ``with`` block, deleted at its end."""
@@ -489,6 +494,9 @@ def sweep_stale_workdirs(parent: Path) -> list[Path]:
     swept = []
     for marker in markers:
         path = marker.with_suffix("")
+        if not path.exists():  # deleted by a caller that knew only the dir
+            marker.unlink(missing_ok=True)
+            continue
         try:
             pid, started = (int(field) for field in marker.read_text().split())
         except (OSError, ValueError):
