@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import ssl
 import sys
 import tempfile
@@ -171,8 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command in ("verify", "gc"):
         return _maintain(args, settings)
+    metrics_dir = None  # the workers' shared metrics files, when we made their dir (deleted at exit)
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="putplace-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="putplace-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     import uvicorn
 
@@ -213,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if local_agent is not None:
             local_agent.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

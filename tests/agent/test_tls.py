@@ -51,8 +51,10 @@ def pki(tmp_path: Path) -> Pki:
 
 @pytest.fixture
 def start_https_api(pki: Pki, tmp_path: Path) -> Iterator[Callable[[int], ApiProcess]]:
+    (tmp_path / "tmp").mkdir()
+    env = {**pki.server_env(), "TMPDIR": str(tmp_path / "tmp")}  # where the workers' metrics dir goes
     with api_factory(tmp_path) as start:
-        yield lambda workers: start(env={**pki.server_env(), "PUTPLACE_WORKERS": str(workers)}, ca_bundle=pki.ca)
+        yield lambda workers: start(env={**env, "PUTPLACE_WORKERS": str(workers)}, ca_bundle=pki.ca)
 
 
 @pytest.fixture
@@ -75,6 +77,11 @@ def test_the_agent_syncs_over_https_with_the_ca_bundle(
     assert code == 0, agent.log_path.read_text()[-2000:]
     assert https_api.catalogue("tls") == {str(p): hashlib.sha256(d).hexdigest() for p, d in files.items()}
     assert summary["uploaded"] == 2, summary
+    tmp = Path(https_api.environ["TMPDIR"])
+    made = [p.name for p in tmp.iterdir()]
+    assert len(made) == (workers > 1) and all(n.startswith("putplace-metrics-") for n in made), made
+    https_api.stop()
+    assert list(tmp.iterdir()) == [], "the workers' metrics dir is deleted at exit"
 
 
 def test_an_untrusted_certificate_stops_the_agent_with_one_line(https_api: ApiProcess, tree: Path) -> None:
