@@ -773,6 +773,8 @@ def main() -> int:
             print(done.stderr.strip(), flush=True)  # the script's one NOTICE line, or its error
             if done.returncode != 0:
                 return 1
+            ferretdb.restart(db)  # as the script asks: its plan setting reaches new connections only
+            wait_until(lambda: httpx.get(f"{api.url}/readyz", timeout=5).status_code == 200, 30, "the API ready again")
         assert api.process is not None and api.process.popen is not None
         api_pid = api.process.pid
 

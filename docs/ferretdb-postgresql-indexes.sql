@@ -15,6 +15,18 @@
 --
 -- It can be run again at any time (existing indexes are kept). Not needed on MongoDB, whose
 -- indexes answer these reads, nor on FerretDB's SQLite backend (there, only _id is pushed down).
+--
+-- Two settings keep the indexes in use while the catalogue grows fast (bench/ferretdb_growth.py
+-- and docs/benchmarks.md, "FerretDB's reads indexed"):
+-- * plan_cache_mode = force_custom_plan for this database. FerretDB sends each lookup as a
+--   prepared statement, `_jsonb->$1 @> $2`, with the field name a parameter. Only a plan made
+--   for the actual values can match an index on `_jsonb->'field'`; after five executions
+--   PostgreSQL may switch a connection to a generic plan, which cannot, and a connection that
+--   did so while the tables were small keeps scanning them until autovacuum next analyzes them.
+--   The setting reaches new connections only: RESTART FERRETDB once after the first run.
+-- * fastupdate = off on the GIN indexes: with it on, new entries wait in a pending list that
+--   every lookup reads in full until a vacuum merges it, so lookups slow down under a steady
+--   stream of inserts.
 
 SET putplace.schema = :'db';
 
@@ -32,6 +44,7 @@ DECLARE
     ];
     pair text[];
     table_name text;
+    index_name text;
     made int := 0;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = schema_name) THEN
@@ -44,11 +57,17 @@ BEGIN
                        schema_name)
             INTO table_name USING pair[1];
         CONTINUE WHEN table_name IS NULL;
-        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I USING gin ((_jsonb->%L) jsonb_path_ops)',
-                       left(table_name, 40) || '_' || pair[2] || '_putplace_gin', schema_name, table_name, pair[2]);
+        index_name := left(table_name, 40) || '_' || pair[2] || '_putplace_gin';
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.%I USING gin ((_jsonb->%L) jsonb_path_ops)'
+                       ' WITH (fastupdate = off)', index_name, schema_name, table_name, pair[2]);
+        -- (an index made by an earlier version of this script has the pending list on)
+        EXECUTE format('ALTER INDEX %I.%I SET (fastupdate = off)', schema_name, index_name);
+        PERFORM gin_clean_pending_list(format('%I.%I', schema_name, index_name)::regclass);
         made := made + 1;
         EXECUTE format('ANALYZE %I.%I', schema_name, table_name);
     END LOOP;
-    RAISE NOTICE 'PutPlace GIN indexes in schema %: % in place', schema_name, made;
+    EXECUTE format('ALTER DATABASE %I SET plan_cache_mode = force_custom_plan', current_database());
+    RAISE NOTICE 'PutPlace GIN indexes in schema %: % in place; plan_cache_mode set for database % (restart FerretDB once for its open connections)',
+        schema_name, made, current_database();
 END
 $$;

@@ -1,10 +1,12 @@
 """``docs/ferretdb-postgresql-indexes.sql``, as an operator runs it, on a real FerretDB v1 on
 PostgreSQL: afterwards the MongoDB store's lookups are pushed down *and* answered by an index
-(without it PostgreSQL scans the table: bench/ferretdb_growth.py); it can be run again; a
-wrong database name is one readable error."""
+(without it PostgreSQL scans the table: bench/ferretdb_growth.py), the indexes keep no pending
+list and new connections plan each lookup for its values; it can be run again; a wrong
+database name is one readable error."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 
 from putplace_api.store.mongo import MongoStore
 from tests.api.test_store_contract import anyio_backend, meta
-from tests.servers import ferretdb
+from tests.servers import ferretdb, postgres
 from tests.servers.base import Server, workdir
 
 __all__ = ["anyio_backend"]
@@ -51,6 +53,12 @@ async def _plan(store: MongoStore, collection: str, query: dict[str, Any]) -> tu
     return bool(answer.get("filterPushdown")), str(node["Node Type"])
 
 
+def _sql(server: Server, query: str) -> str:
+    """One query by psql, on a new connection to FerretDB's PostgreSQL database."""
+    argv = [str(postgres.psql()), server.env[ferretdb.ENV_POSTGRES_URL], "-qAt", "-c", query]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+
+
 async def test_the_indexes_answer_the_stores_lookups(on_postgresql: Server, store: MongoStore) -> None:
     now = datetime.now(UTC)
     for first in range(0, RECORDS, 1000):
@@ -71,9 +79,16 @@ async def test_the_indexes_answer_the_stores_lookups(on_postgresql: Server, stor
         pushed, node = await _plan(store, collection, query)
         assert pushed and node in ("Bitmap Heap Scan", "Index Scan"), (collection, query, node)
 
+    # The two settings that keep them in use while the catalogue grows (the script says why):
+    # no pending list, and plans made for each lookup's values on every new connection.
+    options = _sql(on_postgresql, "SELECT c.reloptions FROM pg_class c WHERE c.relname LIKE '%putplace_gin'")
+    assert options.splitlines() == ["{fastupdate=off}"] * 8, options
+    assert _sql(on_postgresql, "SHOW plan_cache_mode") == "force_custom_plan"
+
     again = ferretdb.add_putplace_indexes(on_postgresql, "putplace_gin")
     assert again.returncode == 0 and "8 in place" in again.stderr, again.stderr
-    # the store reads through them as before
+    ferretdb.restart(on_postgresql)  # as the script asks, for the plan setting
+    # the store reads through them as before, on FerretDB's new connections
     assert (await store.get_content(probe.sha256)) is not None
     [result] = await store.put_files([probe], now)
     assert result.file.meta == probe

@@ -144,6 +144,14 @@ def start(
     return Server(NAME, process, workdir, {ENV_URL: url, **env}, backing=backing)
 
 
+def restart(server: Server, *, timeout: float = 30.0) -> None:
+    """Stop FerretDB and start it again on the same port and database, as an operator does after
+    ``INDEX_SCRIPT``: database settings reach new PostgreSQL connections only."""
+    server.process.stop()
+    server.process = server.process.respawn()
+    server.process.wait_ready(lambda: ping(server.env[ENV_URL]), timeout=timeout)
+
+
 def add_putplace_indexes(server: Server, database: str) -> subprocess.CompletedProcess[str]:
     """Run ``INDEX_SCRIPT`` for the MongoDB database ``database`` as an operator would: ``psql``
     of the server's version, stopping at the first error. A server started on PostgreSQL only."""
