@@ -20,7 +20,10 @@ Baseline in the same run: each kind at the first size; ``growth`` = median at a 
 first. A call that stays indexed keeps a growth near 1; a scan grows with the size. Also the
 ``explain`` of the lookups, which says what FerretDB pushed down and PostgreSQL's plan for it.
 
-    .venv/bin/python bench/ferretdb_growth.py [--steps 0,10000,20000,40000] [--calls 30]
+    .venv/bin/python bench/ferretdb_growth.py [--steps 0,10000,20000,40000] [--calls 30] [--ferretdb-indexes]
+
+``--ferretdb-indexes`` runs ``docs/ferretdb-postgresql-indexes.sql`` on the empty collections
+first, and restarts FerretDB as the script asks.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from tests.servers import ferretdb  # noqa: E402
 from tests.servers.base import workdir as scratch  # noqa: E402
 
 HOSTS = [f"node-{i}" for i in range(8)]
+DATABASE = "putplace_growth"
 
 
 def meta(n: int, tag: str, sha: str | None = None) -> FileMetadata:
@@ -131,9 +135,11 @@ async def explain(store: MongoStore) -> list[list[object]]:
     return rows
 
 
-async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace, url: str, prepare: Callable[[], None] | None = None) -> dict[str, Any]:
     store = MongoStore(url, timeout=120)  # the growth's full reads take seconds
     await store.open()
+    if prepare is not None:  # once the store has made its collections
+        prepare()
     steps = [int(s) for s in args.steps.split(",")]
     results: dict[int, dict[str, float]] = {}
     try:
@@ -160,6 +166,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", default="0,10000,20000,40000", help="collection sizes to measure at")
     ap.add_argument("--calls", type=int, default=30, help="timed calls per kind and size")
+    ap.add_argument(
+        "--ferretdb-indexes",
+        action="store_true",
+        help="run docs/ferretdb-postgresql-indexes.sql on the empty collections (and restart FerretDB, as it asks)",
+    )
     args = ap.parse_args()
     print(machine_line())
     busy = machine_busy_seconds()
@@ -169,8 +180,17 @@ def main() -> int:
     with scratch("ferretdb") as data:
         db = ferretdb.start(data, backend="postgresql")
         busy, started = machine_busy_seconds(), time.monotonic()
+
+        def add_indexes() -> None:
+            done = ferretdb.add_putplace_indexes(db, DATABASE)
+            if done.returncode != 0:
+                raise SystemExit(f"error: the index script failed: {done.stderr.strip()}")
+            print(done.stderr.strip(), flush=True)
+            ferretdb.restart(db)
+
         try:
-            out = asyncio.run(run(args, db.env[ferretdb.ENV_URL]))
+            url = db.env[ferretdb.ENV_URL].rstrip("/") + "/" + DATABASE
+            out = asyncio.run(run(args, url, add_indexes if args.ferretdb_indexes else None))
         finally:
             db.stop()
     out["machine_busy_percent"] = (machine_busy_seconds() - busy) / (time.monotonic() - started) * 100
