@@ -23,6 +23,8 @@ in pytest's tmp dir.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +33,7 @@ from typing import TypeVar
 import pytest
 
 from . import INSTALLABLE, SERVERS, images, kind
-from .base import Server, ServerError, make_workdir, remove_workdir
+from .base import Server, ServerError, make_workdir, remove_workdir, scratch_root
 from .docker import ENV_HOST as ENV_DOCKER_HOST
 from .docker import DockerEngine
 from .ferretdb import ENV_URL
@@ -39,6 +41,20 @@ from .kube import KubeCluster
 from .s3 import S3Server
 
 T = TypeVar("T")
+
+LOW_SPACE = 4 << 30  # below this, servers may fail for want of room: said at the top of the run
+
+
+def pytest_report_header() -> list[str]:
+    """Free space where the servers' data and the tests' files go: a CI run that failed with
+    S3 "internal errors" once had 8 GiB of disk and a /dev/shm filled by killed runs."""
+    places = {"server data": scratch_root() or Path(tempfile.gettempdir()), "tmp": Path(tempfile.gettempdir())}
+    line = []
+    for what, path in places.items():
+        free = shutil.disk_usage(path).free
+        warn = " -- LOW: runs may fail for want of room" if free < LOW_SPACE else ""
+        line.append(f"{what} {path}: {free / (1 << 30):.1f} GiB free{warn}")
+    return ["test servers: " + "; ".join(line)]
 
 
 def _or_fail(name: str, action: Callable[[], T]) -> T:
