@@ -498,7 +498,7 @@ def sweep_stale_workdirs(parent: Path) -> list[Path]:
             marker.unlink(missing_ok=True)
             continue
         try:
-            pid, started = (int(field) for field in marker.read_text().split())
+            pid, started = (int(value) for value in marker.read_text().split())
         except (OSError, ValueError):
             continue  # being written by its creator right now, or not ours
         if _start_time(pid) == started or any(cwd == path or path in cwd.parents for cwd in in_use):
