@@ -33,7 +33,7 @@ from typing import TypeVar
 import pytest
 
 from . import INSTALLABLE, SERVERS, images, kind
-from .base import Server, ServerError, make_workdir, remove_workdir, scratch_root
+from .base import Server, ServerError, scratch_root, workdir
 from .docker import ENV_HOST as ENV_DOCKER_HOST
 from .docker import DockerEngine
 from .ferretdb import ENV_URL
@@ -85,15 +85,12 @@ def _running(request: pytest.FixtureRequest, name: str) -> Iterator[Server]:
     """Install and start ``name`` for the session; stop it and delete its data afterwards."""
     _install(request, name)
     log_path = request.getfixturevalue("tmp_path_factory").mktemp(name) / f"{name}.log"
-    workdir = make_workdir(name)
-    try:
-        server = _or_fail(name, lambda: SERVERS[name].start(workdir, log_path=log_path))
+    with workdir(name) as data:
+        server = _or_fail(name, lambda: SERVERS[name].start(data, log_path=log_path))
         try:
             yield server
         finally:
             server.stop()
-    finally:
-        remove_workdir(workdir)
 
 
 def _s3(request: pytest.FixtureRequest, name: str) -> Iterator[S3Server]:
