@@ -6,7 +6,6 @@ database name is one readable error."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 
 from putplace_api.store.mongo import MongoStore
 from tests.api.test_store_contract import anyio_backend, meta
-from tests.servers import ferretdb, postgres
+from tests.servers import ferretdb
 from tests.servers.base import Server, workdir
 
 __all__ = ["anyio_backend"]
@@ -55,8 +54,9 @@ async def _plan(store: MongoStore, collection: str, query: dict[str, Any]) -> tu
 
 def _sql(server: Server, query: str) -> str:
     """One query by psql, on a new connection to FerretDB's PostgreSQL database."""
-    argv = [str(postgres.psql()), server.env[ferretdb.ENV_POSTGRES_URL], "-qAt", "-c", query]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    done = ferretdb.psql(server, "-qAt", "-c", query)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 async def test_the_indexes_answer_the_stores_lookups(on_postgresql: Server, store: MongoStore) -> None:

@@ -152,9 +152,15 @@ def restart(server: Server, *, timeout: float = 30.0) -> None:
     server.process.wait_ready(lambda: ping(server.env[ENV_URL]), timeout=timeout)
 
 
+def psql(server: Server, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``psql`` of the server's PostgreSQL version on a new connection to its database (a server
+    started on PostgreSQL only); stdout and stderr captured as text."""
+    argv = [str(postgres.psql()), server.env[ENV_POSTGRES_URL], *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
 def add_putplace_indexes(server: Server, database: str) -> subprocess.CompletedProcess[str]:
-    """Run ``INDEX_SCRIPT`` for the MongoDB database ``database`` as an operator would: ``psql``
-    of the server's version, stopping at the first error. A server started on PostgreSQL only."""
-    argv = [str(postgres.psql()), server.env[ENV_POSTGRES_URL], "-q", "-v", "ON_ERROR_STOP=1"]
-    argv += ["-v", f"db={database}", "-f", str(INDEX_SCRIPT)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    """Run ``INDEX_SCRIPT`` for the MongoDB database ``database`` as an operator would, stopping at
+    its first error. The operator's second step, ``restart``, is the caller's: its clients'
+    pooled connections break with it."""
+    return psql(server, "-q", "-v", "ON_ERROR_STOP=1", "-v", f"db={database}", "-f", str(INDEX_SCRIPT))
