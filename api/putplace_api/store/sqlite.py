@@ -13,6 +13,7 @@ import functools
 import json
 import operator
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -114,6 +115,24 @@ _INSERT_HISTORY = (
     f"INSERT INTO file_history (id, {', '.join(FILE_FIELDS)}, created_at, updated_at, superseded_at, event) "
     f"VALUES (?, {', '.join('?' for _ in FILE_FIELDS)}, ?, ?, ?, ?)"
 )
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while the file is locked, up to ``timeout``.
+
+    Two processes opening a file still in rollback mode (a new replica beside another, an old
+    database) both read it and then ask to lock it for the switch: SQLite refuses one of them at
+    once with "database is locked", without waiting (its deadlock rule), so the busy timeout does
+    not help. The refused one has let go of its lock; once the other has switched, it can."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -293,7 +312,7 @@ class SqliteStore:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn, self._timeout)
         conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
         # Catalogue inserts touch several indexes with random keys (paths, sha256s): a page
         # cache of 64 MiB instead of the default 2 MiB keeps them off the disk.
