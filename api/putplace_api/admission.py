@@ -15,6 +15,14 @@ A request that arrives while the cap is full is refused by ``SecurityMiddleware`
 key is even looked up (``Admitted.full``): a refusal then costs no database call and no work of
 the route, so the clients' retries do not eat the capacity the backlog needs.
 
+A request is admitted or refused at its *first* database call; once one has run, its later
+calls wait for a slot instead of being refused, and go before any newcomer's (``request_scope()``
+marks the request). Refusing them would throw away work already done: an upload refused at
+``mark_stored`` has received, hashed and written its whole body, which its client then sends
+again, so under a backlog of retries the capacity went to work that was thrown away. The wait
+stays short: newcomers are refused while anyone waits (``full``), so the slots
+go to the requests in progress.
+
 Retry-After grows with the pressure (``RetryAfter``): successive refusals get integers spread
 evenly over ``retry_after_seconds``..``upper``, where ``upper`` grows with the refusals of
 the last ``PRESSURE_SECONDS`` per slot of the cap, up to ``retry_after_max_seconds``. The
@@ -27,7 +35,9 @@ import functools
 import inspect
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -35,11 +45,36 @@ import anyio
 from putplace_api import metrics
 from putplace_api.errors import Overloaded
 
-__all__ = ["Admitted", "RetryAfter", "PRESSURE_SECONDS"]
+__all__ = ["Admitted", "RetryAfter", "PRESSURE_SECONDS", "request_scope"]
 
 # Uncounted: the health probe and the lifecycle (above), and the webhook events a request queues
 # once its own work is done -- refusing them then would lose the events, not shed the request.
 _UNCOUNTED = frozenset({"open", "close", "ping", "list_subscriptions", "enqueue_deliveries"})
+
+
+class _Request:
+    """One request's admission: whether one of its database calls has been let through."""
+
+    __slots__ = ("admitted",)
+
+    def __init__(self) -> None:
+        self.admitted = False
+
+
+# An object, not a flag: tasks a request starts copy its context, and must see it admitted
+# whichever of them made the first call.
+_REQUEST: ContextVar[_Request | None] = ContextVar("putplace_request_admission", default=None)
+
+
+@contextmanager
+def request_scope() -> Iterator[None]:
+    """Mark the database calls made inside as one request's (``SecurityMiddleware``). Calls
+    outside any request -- the background tasks -- are each admitted or refused on their own."""
+    token = _REQUEST.set(_Request())
+    try:
+        yield
+    finally:
+        _REQUEST.reset(token)
 
 
 PRESSURE_SECONDS = 10.0  # how long a refusal keeps counting towards Retry-After (exponential decay)
@@ -95,11 +130,13 @@ class Admitted:
         self._limit = limit
         self.limiter = anyio.CapacityLimiter(limit) if limit else None
         self.retry_after = retry_after
+        self.waiting = 0  # admitted requests' calls waiting for a slot
 
     def full(self) -> bool:
-        """Whether a database call made now would be refused: every slot of the cap is taken."""
+        """Whether a new request's database call made now would be refused: every slot of the cap
+        is taken, or admitted requests wait for one."""
         limiter = self.limiter
-        return limiter is not None and limiter.borrowed_tokens >= limiter.total_tokens
+        return limiter is not None and (self.waiting > 0 or limiter.borrowed_tokens >= limiter.total_tokens)
 
     def refuse(self, operation: str) -> Overloaded:
         """The refusal of ``operation`` (a store method, or the route of a request refused on
@@ -125,10 +162,21 @@ class Admitted:
             # A token of its own per call: the limiter then counts calls, not tasks (one task
             # may make several calls, and a shared lookup runs in a task of its own).
             token = object()
+            request = _REQUEST.get()
             try:
                 limiter.acquire_on_behalf_of_nowait(token)
             except anyio.WouldBlock:
-                raise self.refuse(name) from None
+                if request is None or not request.admitted:
+                    raise self.refuse(name) from None
+                # Already admitted: the limiter hands a freed slot to the longest waiter, and
+                # refuses newcomers while anyone waits, so the requests in progress finish first.
+                self.waiting += 1
+                try:
+                    await limiter.acquire_on_behalf_of(token)
+                finally:
+                    self.waiting -= 1
+            if request is not None:
+                request.admitted = True
             try:
                 return await attr(*args, **kwargs)
             finally:

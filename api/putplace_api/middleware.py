@@ -6,7 +6,8 @@ returned), one JSON access-log line and the request metrics.
 key, checked *before* the body is read (so a missing key is a 401, not a 422), then the
 key's rate limit, then a cap on JSON body size. Routes only check scopes. Before all that, a
 request arriving while the process runs its cap of database operations is refused (503) at
-once, whatever its key (``admission.py``).
+once, whatever its key; past that, the request's database calls are admitted or refused as one
+(``admission.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from putplace_api import metrics
+from putplace_api.admission import request_scope
 from putplace_api.errors import (
     BackendUnavailable,
     Overloaded,
@@ -129,6 +131,10 @@ class SecurityMiddleware:
             # answer for any key or none, so it tells nothing about keys.
             await error_response(self.state.admission.refuse(_route(scope)), retry)(scope, receive, send)
             return
+        with request_scope():
+            await self._admitted(scope, receive, send, retry)
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send, retry: int) -> None:
         try:
             presented = _header(scope, b"x-api-key") or _bearer(_header(scope, b"authorization"))
             principal = await self.state.auth.authenticate(presented, datetime.now(UTC))

@@ -170,6 +170,56 @@ def test_a_write_waiting_on_the_database_holds_a_slot(start_api: Callable[..., A
         assert c.post("/put_file", json=meta(b"shed\n", filepath="/shed")).status_code == 201
 
 
+def test_an_admitted_upload_waits_for_a_slot_and_newcomers_are_refused(backend_api: Api) -> None:
+    """An upload is admitted at its first database call (the content lookup). If the cap is full
+    by the time it has written the body, its ``mark_stored`` waits for a slot rather than being
+    refused -- which would throw the received body away for the client to send again -- and a
+    request arriving while it waits is refused on arrival, so the slot goes to it first."""
+    api = backend_api
+    assert api.served is not None
+    served, admission = api.served, api.served.app.state.putplace.admission
+    data = b"admitted upload\n" * 4096
+    sha = meta(data)["sha256"]
+    with api.http() as c:
+        assert c.post("/put_file", json=meta(data, filepath="/admitted")).status_code == 201
+    looked_up = metrics.BACKEND_SECONDS.labels("database", "get_content", "ok")
+    before = looked_up._sum.get()
+    rest_of_body = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield data[:4096]
+        rest_of_body.wait(30)
+        yield data[4096:]
+
+    answers: list[httpx.Response] = []
+
+    def upload() -> None:
+        with api.http() as c:
+            answers.append(c.post(f"/upload_file/{sha}", content=body()))
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        wait_until(lambda: looked_up._sum.get() > before, 30, "the upload's content lookup done")
+        with cap_reached(api):
+            rest_of_body.set()
+            wait_until(lambda: served.call(lambda: admission.waiting) == 1, 30, "mark_stored waiting for a slot")
+            with api.http() as c:
+                _assert_shed(
+                    c.post("/put_file", json=meta(b"newcomer\n", filepath="/new")),
+                    api.settings.retry_after_seconds,
+                    grown=True,
+                )
+            assert answers == []  # still waiting, not refused
+    finally:
+        rest_of_body.set()
+        uploader.join(timeout=60)
+    assert answers[0].status_code == 200, answers[0].text
+    with api.http() as c:
+        assert c.get(f"/content/{sha}").content == data
+        assert [f["filepath"] for f in c.get("/files", params={"hostname": "node-1"}).json()["items"]] == ["/admitted"]
+
+
 def test_refused_on_arrival_before_the_key_is_looked_up(backend_api: Api) -> None:
     """At the cap a request costs no key lookup: no key, a wrong key and a valid one get the same
     503, so the refusal tells nothing about keys."""
