@@ -557,6 +557,9 @@ def converged(api: ApiProcess, agent: Agent) -> bool:
 
 # (t, {operation: (calls, seconds, calls over 1 s)}) of the API's database calls, both workers summed.
 BACKEND_SAMPLES: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
+# The API's refusals at its cap by where (putplace_shed_total), from the last sample: a route is
+# a request refused on arrival, a store method one refused after some of its work was done.
+SHED_BY_OPERATION: dict[str, float] = {}
 # (t, {le: requests answered within le seconds}) of the API itself, every route and worker summed.
 SERVER_SAMPLES: list[tuple[float, dict[float, float]]] = []
 
@@ -576,6 +579,13 @@ async def backend_seconds(client: Connections, t: float) -> None:
             for sample in family.samples:
                 if sample.name.endswith("_bucket") and sample.labels.get("route") != "/metrics":
                     served[float(sample.labels["le"])] += sample.value
+        if family.name == "putplace_shed":
+            shed: dict[str, float] = defaultdict(float)
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    shed[sample.labels["operation"]] += sample.value
+            SHED_BY_OPERATION.clear()
+            SHED_BY_OPERATION.update(shed)
         if family.name != "putplace_backend_operation_duration_seconds":
             continue
         for sample in family.samples:
@@ -626,6 +636,8 @@ def timeline(rec: Recorder, args: argparse.Namespace) -> tuple[list[list[object]
     lags: dict[int, float] = defaultdict(float)
     for t, late in rec.lag:
         lags[int(t // window)] = max(lags[int(t // window)], late)
+    # Writes acknowledged in each window (by when acknowledged): the drain's pace after the drop.
+    acked_in: Counter[int] = Counter(int((t + seconds) // window) for t, seconds in rec.latencies["write"])
     for w in sorted(by_window):
         answers = by_window[w]
         times = [s for s, _ in answers]
@@ -637,7 +649,8 @@ def timeline(rec: Recorder, args: argparse.Namespace) -> tuple[list[list[object]
         other = len(answers) - ok - shed
         served = server_window(w * window, (w + 1) * window)
         rows.append([f"{w * window:.0f}-{(w + 1) * window:.0f}", len(answers), ok, busy, fast_busy, timeouts, other,
-                     pct(times, 50), pct(times, 99), max(times) * 1000, lags.get(w, 0.0) * 1000, *served])  # fmt: skip
+                     pct(times, 50), pct(times, 99), max(times) * 1000, lags.get(w, 0.0) * 1000,
+                     acked_in.get(w, 0), *served])  # fmt: skip
         if w * window >= drop and clean_from is None and shed == 0 and other == 0:
             clean_from = w * window
         elif shed or other:
@@ -849,9 +862,13 @@ def main() -> int:
         rows_t, overload = timeline(rec, args)
         print("\ntimeline of answers, by when sent. 503 busy = shed at the cap, 'fast' within 1 s; 503 other = a"
               " backend timed out; times measured by this client (its event loop's worst lag shown: it adds to"
-              " them), then the API's own histogram (answers, over 1 s, over 5 s)")  # fmt: skip
+              " them), writes acknowledged in the window, then the API's own histogram (answers, over 1 s,"
+              " over 5 s)")  # fmt: skip
         print_table(["seconds", "answers", "2xx/404", "503 busy", "fast", "503 other", "other", "p50 ms", "p99 ms",
-                     "max ms", "client lag ms", "API answers", "> 1 s", "> 5 s"], rows_t)  # fmt: skip
+                     "max ms", "client lag ms", "writes acked", "API answers", "> 1 s", "> 5 s"], rows_t)  # fmt: skip
+        if SHED_BY_OPERATION:
+            print("the API's refusals at its cap, by where (a route: on arrival; a store method: after the "
+                  f"request's earlier work): {dict(sorted(SHED_BY_OPERATION.items()))}")  # fmt: skip
         print(f"503s: {dict(rec.shed)} (writes sent again after Retry-After); records lost: {len(lost)} "
               f"of {len(outcome['current'])} acknowledged paths")  # fmt: skip
         if args.overload:
