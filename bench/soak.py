@@ -20,8 +20,9 @@ wire) + MinIO (S3), for ``--seconds`` (default 600), with every process's memory
   back and re-hashed once; errors (goal 0); RSS at the end of the steady state vs its start (after
   the first minute, goal growth <= 10 %); p50/p99 of the first vs the last minute.
 * **Overload** (``--overload F``): from ``--overload-at`` s for ``--overload-seconds`` s, more
-  writers bring the writes to F x the two-phase capacity. A write answered 503 is sent again after
-  its Retry-After, as an agent does, until it is stored; a read answered 503 counts as shed. Every
+  writers bring the writes to F x the two-phase capacity. A write's call answered 503 (its
+  ``put_file`` or its upload) is sent again after its Retry-After, as an agent sends each call,
+  until it is stored; a read answered 503 counts as shed. Every
   answer's time is recorded (from sending, not from the schedule), and a timeline per 10 s shows
   answers by status with their p99 and max, so the stall or the shedding shows, and how soon after
   the load drops the answers are all 2xx again. At the end every host's catalogue must equal what
@@ -43,7 +44,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -257,29 +258,14 @@ class Load:
 
     async def put_and_upload(self, host: str, path: str, data: bytes, kind: str, scheduled: float) -> None:
         m = meta(host, path, data)
-        # A 503 or a dropped connection: sent again, whole, as the agent does (putplace_agent.retry:
-        # exponential backoff with full jitter up to 15 s, never sooner than Retry-After).
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                r = await self.send(self.w, "POST", "/put_file", json=m, fresh=attempt == 1)
-                if r.status_code == 201 and r.json()["upload_required"]:
-                    r = await self.send(
-                        self.w, "POST", f"/upload_file/{m['sha256']}", content=data,
-                        headers={"Content-Type": "application/octet-stream"},
-                    )  # fmt: skip
-            except httpx.TransportError:
-                if time.monotonic() - scheduled > GIVE_UP_SECONDS:
-                    raise
-                self.rec.shed[f"{kind} (connection dropped)"] += 1
-                await asyncio.sleep(random.uniform(0, min(15.0, 0.25 * 2**attempt)))
-                continue
-            if r.status_code != 503 or time.monotonic() - scheduled > GIVE_UP_SECONDS:
-                break
-            self.rec.shed[kind] += 1
-            backoff = random.uniform(0, min(15.0, 0.25 * 2**attempt))
-            await asyncio.sleep(max(backoff, float(r.headers.get("retry-after", "1"))))
+        r = await self.retried(
+            kind, scheduled, lambda first: self.send(self.w, "POST", "/put_file", json=m, fresh=first)
+        )
+        if r.status_code == 201 and r.json()["upload_required"]:
+            r = await self.retried(kind, scheduled, lambda _: self.send(
+                self.w, "POST", f"/upload_file/{m['sha256']}", content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            ))  # fmt: skip
         if r.status_code not in (200, 201):
             return self.rec.error(kind, f"{r.request.url.path} {r.status_code} {r.text[:200]}")
         self.sent[m["sha256"]] = data
@@ -290,6 +276,30 @@ class Load:
         self.uncertain.discard((host, path))
         self.refs[m["sha256"]] += 1
         self.rec.ok(kind, scheduled)
+
+    async def retried(
+        self, kind: str, scheduled: float, call: Callable[[bool], Awaitable[httpx.Response]]
+    ) -> httpx.Response:
+        """``call`` sent again after a 503 or a dropped connection, as the agent sends each call
+        (putplace_agent.retry: exponential backoff with full jitter up to 15 s, never sooner than
+        Retry-After), until ``GIVE_UP_SECONDS`` after the write was scheduled. ``call`` is told
+        whether this is its first attempt."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                r = await call(attempt == 1)
+            except httpx.TransportError:
+                if time.monotonic() - scheduled > GIVE_UP_SECONDS:
+                    raise
+                self.rec.shed[f"{kind} (connection dropped)"] += 1
+                await asyncio.sleep(random.uniform(0, min(15.0, 0.25 * 2**attempt)))
+                continue
+            if r.status_code != 503 or time.monotonic() - scheduled > GIVE_UP_SECONDS:
+                return r
+            self.rec.shed[kind] += 1
+            backoff = random.uniform(0, min(15.0, 0.25 * 2**attempt))
+            await asyncio.sleep(max(backoff, float(r.headers.get("retry-after", "1"))))
 
     async def write_one(self, scheduled: float) -> None:
         host = self.rng.choice(HOSTS)
