@@ -568,7 +568,8 @@ def converged(api: ApiProcess, agent: Agent) -> bool:
 # (t, {operation: (calls, seconds, calls over 1 s)}) of the API's database calls, both workers summed.
 BACKEND_SAMPLES: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
 # The API's refusals at its cap by where (putplace_shed_total), from the last sample: a route is
-# a request refused on arrival, a store method one refused after some of its work was done.
+# a request refused on arrival, a store method a call refused (a request's first database call,
+# or, before admission per request, any of its calls; or a background task's).
 SHED_BY_OPERATION: dict[str, float] = {}
 # (t, {le: requests answered within le seconds}) of the API itself, every route and worker summed.
 SERVER_SAMPLES: list[tuple[float, dict[float, float]]] = []
@@ -877,8 +878,8 @@ def main() -> int:
         print_table(["seconds", "answers", "2xx/404", "503 busy", "fast", "503 other", "other", "p50 ms", "p99 ms",
                      "max ms", "client lag ms", "writes acked", "API answers", "> 1 s", "> 5 s"], rows_t)  # fmt: skip
         if SHED_BY_OPERATION:
-            print("the API's refusals at its cap, by where (a route: on arrival; a store method: after the "
-                  f"request's earlier work): {dict(sorted(SHED_BY_OPERATION.items()))}")  # fmt: skip
+            print("the API's refusals at its cap, by where (a route: on arrival; a store method: at that "
+                  f"call): {dict(sorted(SHED_BY_OPERATION.items()))}")  # fmt: skip
         print(f"503s: {dict(rec.shed)} (writes sent again after Retry-After); records lost: {len(lost)} "
               f"of {len(outcome['current'])} acknowledged paths")  # fmt: skip
         if args.overload:

@@ -20,8 +20,8 @@ calls wait for a slot instead of being refused, and go before any newcomer's (``
 marks the request). Refusing them would throw away work already done: an upload refused at
 ``mark_stored`` has received, hashed and written its whole body, which its client then sends
 again, so under a backlog of retries the capacity went to work that was thrown away. The wait
-stays short: newcomers are refused while anyone waits (``full``), so the slots
-go to the requests in progress.
+stays short: newcomers are refused while anyone waits (``full``), so the slots go to the
+requests in progress.
 
 Retry-After grows with the pressure (``RetryAfter``): successive refusals get integers spread
 evenly over ``retry_after_seconds``..``upper``, where ``upper`` grows with the refusals of
