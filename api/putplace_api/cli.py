@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "gc",
         help="delete content no current or historical file record references (dry run unless --delete)",
         description="Exit status: 0 done, 1 content lost to a concurrent upload, 2 bad usage or settings, "
-        "3 backend unavailable.",
+        "3 backend unavailable, 4 another gc --delete is running (or this one lost its lease: run it again).",
     )
     gc.add_argument(
         "--grace", type=_duration, default="24h", help="collect only what is older than this (30s, 15m, 24h, 7d)"
@@ -123,6 +123,7 @@ def _maintain(args: argparse.Namespace, settings: Settings) -> int:
     from putplace_api.errors import PutPlaceError
     from putplace_api.maintenance import common
     from putplace_api.maintenance.gc import GcOptions, collect_garbage
+    from putplace_api.maintenance.lease import LeaseError
     from putplace_api.maintenance.verify import VerifyOptions, verify
     from putplace_common.logs import setup_logging
 
@@ -143,6 +144,9 @@ def _maintain(args: argparse.Namespace, settings: Settings) -> int:
     except PutPlaceError as exc:
         print(f"putplace-api {args.command}: {exc.detail}", file=sys.stderr)
         return 3
+    except LeaseError as exc:
+        print(f"putplace-api {args.command}: {exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:  # (docs/integrity.md: what an interrupted gc may leave)
         print(f"putplace-api {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -27,6 +27,7 @@ import pytest
 
 from putplace_api.maintenance.common import Backends
 from putplace_api.maintenance.gc import GcOptions, collect_garbage
+from putplace_api.maintenance.lease import LeaseBusy, LeaseLost, exclusive
 from putplace_api.maintenance.verify import VerifyOptions, verify
 from putplace_api.settings import Settings
 from putplace_api.storage import ContentStorage, open_storage
@@ -205,6 +206,35 @@ def test_gc_collects_unreferenced_and_orphan_content_only(deployment: Deployment
     assert deployment.report("gc", "--grace", "0s", "--delete")[1]["collected"]["count"] == 0
 
 
+def test_a_second_gc_delete_is_refused_while_one_holds_the_lease(deployment: Deployment) -> None:
+    """Two deleting runs at once could lose content: the second is refused, deletes nothing and
+    says why in one line; the dry run needs no lease; once free, gc --delete runs again."""
+    deployment.store_objects(b"orphan object")
+    time.sleep(1.1)  # S3 keeps whole seconds: the orphan is older than a 1s grace
+    rival = "another-host:1:gc"
+
+    async def take(store: MetadataStore, _: ContentStorage) -> bool:
+        now = datetime.now(UTC)
+        return await store.take_lease("gc", rival, now, now + timedelta(minutes=10))
+
+    assert deployment.backends(take)
+    r = deployment.cli("gc", "--grace", "1s", "--delete")
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.count("\n") == 1 and "another gc --delete is running" in r.stderr, r.stderr
+    assert _names(deployment.report("verify")[1], "orphan") == {sha(b"orphan object")}  # nothing deleted
+    code, report = deployment.report("gc", "--grace", "1s")
+    assert code == 0 and _names(report, "collected") == {sha(b"orphan object")}
+
+    async def release(store: MetadataStore, _: ContentStorage) -> None:
+        await store.release_lease("gc", rival)
+
+    deployment.backends(release)
+    for _ in range(2):  # the first run released the lease when it ended
+        r = deployment.cli("gc", "--grace", "1s", "--delete")
+        assert r.returncode == 0, r.stderr
+    assert deployment.report("verify")[1]["orphan"]["count"] == 0
+
+
 def test_gc_grace_spares_young_orphans_on_local_storage(tmp_path: Path) -> None:
     deployment = Deployment(tmp_path, {}, ApiProcess(tmp_path))
     deployment.store_objects(b"old orphan", b"young orphan")
@@ -344,6 +374,50 @@ def race_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
         return make_settings(tmp_path)
     url = request.getfixturevalue("mongodb_url").rstrip("/") + f"/pp_{uuid.uuid4().hex[:12]}"
     return make_settings(tmp_path, database_url=url)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_run_that_could_not_renew_its_lease_stops_before_its_next_step(race_settings: Settings) -> None:
+    """A paused run (here: its event loop blocked past the lease) is overtaken by another; it
+    must not begin another step, and it must not free the lease the other now holds."""
+
+    async def next_run_takes_over() -> bool:
+        other = open_store(race_settings)  # another process's connection
+        await other.open()
+        try:
+            now = datetime.now(UTC)
+            return await other.take_lease("gc", "the next run", now, now + timedelta(minutes=1))
+        finally:
+            await other.close()
+
+    def pause() -> None:
+        time.sleep(1.3)  # longer than the lease: no renewal meanwhile, it runs out
+        taken.append(asyncio.run(next_run_takes_over()))
+
+    taken: list[bool] = []
+    store = open_store(race_settings)
+    await store.open()
+    try:
+        async with exclusive(store, "gc", seconds=1.2) as held:
+            held.check()  # fresh: a step may begin
+            await asyncio.sleep(0.5)  # renewed meanwhile (every 0.2 s)
+            held.check()
+            paused = threading.Thread(target=pause)
+            paused.start()
+            paused.join()  # blocks this event loop, as a paused process would be
+            assert taken == [True]
+            with pytest.raises(LeaseLost):
+                held.check()
+            await asyncio.sleep(0.5)  # the renewal finds the lease taken
+            assert held.lost
+        now = datetime.now(UTC)
+        assert not await store.take_lease("gc", "a third run", now, now)  # still the next run's
+        with pytest.raises(LeaseBusy):
+            async with exclusive(store, "gc"):
+                pass
+    finally:
+        await store.close()
 
 
 @pytest.mark.anyio

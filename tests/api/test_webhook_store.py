@@ -19,6 +19,7 @@ from putplace_api.store.base import (
     MetadataStore,
     SubscriptionRow,
     WebhookStore,
+    delivery_lease,
     new_id,
 )
 from putplace_api.webhooks.events import delivery_id
@@ -97,21 +98,21 @@ async def test_a_lease_has_one_holder_across_connections(make_store: Callable[[]
     for s in stores:
         await cast(MetadataStore, s).open()
     try:
-        sub = "0123456789abcdef01234567"
+        sub = delivery_lease("0123456789abcdef01234567")
         for round_ in range(6):
             now = at(round_ * 100)  # every earlier lease has run out by now
             won = await asyncio.gather(
-                *(s.take_delivery_lease(sub, f"h{i}", now, now + timedelta(seconds=30)) for i, s in enumerate(stores))
+                *(s.take_lease(sub, f"h{i}", now, now + timedelta(seconds=30)) for i, s in enumerate(stores))
             )
             assert sum(won) == 1, f"round {round_}: {won}"
             holder = won.index(True)
             later = now + timedelta(seconds=10)
-            assert await stores[holder].take_delivery_lease(sub, f"h{holder}", later, later + timedelta(seconds=30))
+            assert await stores[holder].take_lease(sub, f"h{holder}", later, later + timedelta(seconds=30))
             rival = (holder + 1) % len(stores)
-            assert not await stores[rival].take_delivery_lease(sub, f"h{rival}", later, later)
+            assert not await stores[rival].take_lease(sub, f"h{rival}", later, later)
             if round_ % 2:  # released: free at once; else it runs out
-                await stores[holder].release_delivery_lease(sub, f"h{holder}")
-                assert await stores[rival].take_delivery_lease(sub, f"h{rival}", later, later)
+                await stores[holder].release_lease(sub, f"h{holder}")
+                assert await stores[rival].take_lease(sub, f"h{rival}", later, later)
     finally:
         for s in stores:
             await cast(MetadataStore, s).close()

@@ -42,23 +42,25 @@ Packs have no such window: an upload only ever points records at the pack it has
 (younger than the grace), so nothing comes to point into an old pack but gc itself -- its own
 ``restore_contents``, which runs before the pack pass. A pack is read for its usage just before
 it is deleted, and read again after: a record pointing into it then is reported ``lost`` (only
-two gc runs at once could do that; run one at a time). A reader that read a record just before
+two gc runs at once could do that, and a deleting run holds the ``gc`` lease:
+``putplace_api.maintenance.lease``). A reader that read a record just before
 a repack switched it finds the old pack gone and follows the record (``putplace_api.reading``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from putplace_api.maintenance.common import Backends, Findings, Progress, batched, bounded, chunks
+from putplace_api.maintenance.lease import exclusive
 from putplace_api.sessions import expire_sessions
 from putplace_api.storage.base import StoredObject
 from putplace_api.storage.packs import put_pack
-from putplace_api.store.base import ContentRow, PackMove, SessionStore
+from putplace_api.store.base import ContentRow, LeaseStore, PackMove, SessionStore
 
 __all__ = ["Collected", "GcOptions", "GcReport", "collect_garbage"]
 
@@ -122,16 +124,30 @@ class GcReport:
 
 
 async def collect_garbage(backends: Backends, options: GcOptions, now: datetime | None = None) -> GcReport:
+    """Collect (or, in a dry run, list) the garbage. A deleting run holds the ``gc`` lease
+    (``maintenance.lease``: LeaseBusy while another runs, LeaseLost if it could not keep it)."""
+    if not options.delete:
+        return await _collect(backends, options, now, lambda: None)
+    async with exclusive(cast(LeaseStore, backends.store), "gc") as lease:
+        return await _collect(backends, options, now, lease.check)
+
+
+async def _collect(backends: Backends, options: GcOptions, now: datetime | None, step: Callable[[], None]) -> GcReport:
+    """``step()`` before each step: it raises to stop the run between two steps."""
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=options.grace_seconds)
     report = GcReport(dry_run=not options.delete, grace_seconds=options.grace_seconds)
     progress = Progress("gc")
     async for batch in backends.store.iter_contents(options.batch):
+        step()
         await _unreferenced(backends, [r for r in batch if _last_change(r) < cutoff], options, report)
         progress.tick("%d collected so far", report.collected.count)
     async for objects in batched(backends.storage.list_objects(), options.batch):
+        step()
         await _orphans(backends, [o for o in objects if o.sha256 and o.modified < cutoff], cutoff, options, report)
-        await _packs(backends, [o for o in objects if o.pack_id and o.modified < cutoff], cutoff, options, report)
+        old_packs = [o for o in objects if o.pack_id and o.modified < cutoff]
+        await _packs(backends, old_packs, cutoff, options, report, step)
         progress.tick("%d collected so far", report.collected.count)
+    step()
     await _sessions(backends, now or datetime.now(UTC), cutoff, options, report)
     return report
 
@@ -247,13 +263,19 @@ def _is_stored(row: ContentRow | None) -> bool:
 
 
 async def _packs(
-    backends: Backends, old: Sequence[StoredObject], cutoff: datetime, options: GcOptions, report: GcReport
+    backends: Backends,
+    old: Sequence[StoredObject],
+    cutoff: datetime,
+    options: GcOptions,
+    report: GcReport,
+    step: Callable[[], None],
 ) -> None:
     if not old:
         return
     used = await backends.store.pack_usage([o.pack_id for o in old if o.pack_id])
     for o in old:
         assert o.pack_id is not None
+        step()  # a repack reads and writes a whole pack: one step each
         usage = used.get(o.pack_id)
         if usage is None:
             if not options.delete:

@@ -382,6 +382,18 @@ def record_changed(old: FileMetadata, new: FileMetadata) -> bool:
     return any(getattr(old, f) != getattr(new, f) for f in FILE_FIELDS)
 
 
+class LeaseStore(Protocol):
+    """Named leases, a part of ``MetadataStore`` (both backends implement it)."""
+
+    async def take_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        """Hold ``name`` until ``until``: True for one holder at a time across all processes and
+        replicas (an expired lease may be taken over; its holder may renew it). A webhook
+        subscription's queue (``delivery_lease``) and ``gc --delete`` (``maintenance.lease``)."""
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Free ``name`` at once, if ``holder`` still holds it."""
+
+
 # -- webhooks: subscriptions and their delivery queue (putplace_api.webhooks) -------------
 # Kept apart from the rest of the store so that the section can be read (and merged) alone.
 
@@ -418,7 +430,12 @@ class DeliveryRow:
     last_error: str | None = None
 
 
-class WebhookStore(Protocol):
+def delivery_lease(subscription_id: str) -> str:
+    """The lease (``LeaseStore.take_lease``) whose holder serves the subscription's queue."""
+    return f"webhook:{subscription_id}"
+
+
+class WebhookStore(LeaseStore, Protocol):
     """The webhook part of ``MetadataStore`` (both backends implement both)."""
 
     async def insert_subscription(self, row: SubscriptionRow) -> None: ...
@@ -430,12 +447,6 @@ class WebhookStore(Protocol):
 
     async def enqueue_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
         """Queue deliveries, in as few round trips as the backend allows."""
-
-    async def take_delivery_lease(self, subscription_id: str, holder: str, now: datetime, until: datetime) -> bool:
-        """Hold the subscription's queue until ``until``: True for one holder at a time across all
-        processes and replicas (an expired lease may be taken over; its holder may renew it)."""
-
-    async def release_delivery_lease(self, subscription_id: str, holder: str) -> None: ...
 
     async def delivery_head(self, subscription_id: str) -> DeliveryRow | None:
         """The oldest pending delivery of a subscription: the only one that may be sent."""

@@ -15,6 +15,8 @@ Collections (ids are strings, so ordering and cursors are those of the SQLite ba
   file ``id`` has ``_id = "<id>@<rev>"`` and the state that replaced it (``next``).
 - ``contents``: ``_id`` = sha256. ``api_keys``: ``_id`` = key id. ``markers``: ``_id`` = name.
 - ``rate_buckets``: one document per state of a bucket: ``b`` (the bucket), ``seq``, ``tat``.
+- ``leases``: one document per state of a named lease: ``s`` (the name), ``k``, ``holder``,
+  ``until`` (``webhook_leases``, from before, is left unread).
 
 Datetimes are stored as BSON dates, which hold milliseconds: times passed in are truncated to
 the millisecond, so what a call returns equals what a later read returns. They come back as
@@ -105,6 +107,7 @@ from putplace_api.store.base import (
     SubscriptionRow,
     TokenGrant,
     Visibility,
+    delivery_lease,
     directory,
     gcra,
     glob_to_regex,
@@ -435,6 +438,7 @@ class MongoStore:
         self._keys = db["api_keys"]
         self._markers = db["markers"]
         self._buckets = db["rate_buckets"]
+        self._leases = db["leases"]
         self._in_reads_all = False  # set by open(): FerretDB answers $in by reading a whole collection
 
     # -- plumbing ------------------------------------------------------------------------
@@ -465,6 +469,7 @@ class MongoStore:
             (self._contents, [("stored_by", ASCENDING)], "stored_by", False),
             (self._contents, [("pack_id", ASCENDING)], "pack_id", False),
             (self._buckets, [("b", ASCENDING), ("seq", ASCENDING)], "bucket_seq", True),
+            (self._leases, [("s", ASCENDING), ("k", ASCENDING)], "s_k", False),
         ]
         for collection, keys, name, unique in indexes:
             await collection.create_index(keys, name=name, unique=unique)
@@ -1046,18 +1051,41 @@ class MongoStore:
         # Still contended after all attempts: refuse for now rather than over-grant.
         return TokenGrant(granted=0, retry_after=min(1.0, 1.0 / rate))
 
+    # -- leases: per name a chain of states ``"<name>:<k>"`` (``s`` = name), unique by _id --------
+    # Taking a lease inserts state k+1 computed from state k, the one compare-and-set FerretDB v1
+    # makes atomic (as the rate buckets do).
+    async def take_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        now, until = _ms(now), _ms(until)
+        head = await self._leases.find_one({"s": name}, sort=[("k", DESCENDING)])
+        if head is not None and head["until"] > now:
+            if head["holder"] != holder:
+                return False
+            await self._leases.update_one({"_id": head["_id"]}, {"$set": {"until": until}})  # our own state
+            return True
+        k = 0 if head is None else int(head["k"]) + 1
+        try:
+            await self._leases.insert_one({"_id": f"{name}:{k}", "s": name, "k": k, "holder": holder, "until": until})
+        except DuplicateKeyError:  # another process took it from the same state first
+            return False
+        # States older than a minute go, never the newest two: a state number could only be
+        # reused by a taker that read its predecessor a minute before inserting.
+        await self._leases.delete_many({"s": name, "k": {"$lt": k - 1}, "until": {"$lt": now - timedelta(minutes=1)}})
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        head = await self._leases.find_one({"s": name}, sort=[("k", DESCENDING)])
+        if head is not None and head["holder"] == holder:
+            await self._leases.update_one({"_id": head["_id"]}, {"$set": {"until": datetime.fromtimestamp(0, UTC)}})
+
     # -- webhooks (putplace_api.webhooks) -------------------------------------------------
     # Collections: ``webhook_subscriptions`` (_id = id), ``webhook_deliveries`` (_id = delivery
-    # id, ``s`` = subscription id), ``webhook_leases``: per subscription a chain of lease states
-    # ``"<s>:<k>"``, unique by _id -- taking a lease inserts state k+1 computed from state k, the
-    # one compare-and-set FerretDB v1 makes atomic (as the rate buckets do).
+    # id, ``s`` = subscription id); a queue's lease is ``delivery_lease(id)`` in ``leases``.
 
     async def _open_webhooks(self) -> None:
         # One index per command, as above.
         deliveries = self._db["webhook_deliveries"]
         await deliveries.create_index([("s", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)], name="s_status_id")
         await deliveries.create_index([("status", ASCENDING), ("_id", ASCENDING)], name="status_id")
-        await self._db["webhook_leases"].create_index([("s", ASCENDING), ("k", ASCENDING)], name="s_k")
         await self._db["upload_sessions"].create_index([("expires_at", ASCENDING)], name="expires_at")
 
     async def insert_subscription(self, row: SubscriptionRow) -> None:
@@ -1089,7 +1117,7 @@ class MongoStore:
 
     async def delete_subscription(self, subscription_id: str) -> bool:
         await self._db["webhook_deliveries"].delete_many({"s": subscription_id})
-        await self._db["webhook_leases"].delete_many({"s": subscription_id})
+        await self._leases.delete_many({"s": delivery_lease(subscription_id)})
         return (await self._db["webhook_subscriptions"].delete_one({"_id": subscription_id})).deleted_count > 0
 
     async def enqueue_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
@@ -1108,35 +1136,6 @@ class MongoStore:
             for r in rows
         ]
         await self._insert_all(self._db["webhook_deliveries"], docs)
-
-    async def take_delivery_lease(self, subscription_id: str, holder: str, now: datetime, until: datetime) -> bool:
-        leases = self._db["webhook_leases"]
-        now, until = _ms(now), _ms(until)
-        head = await leases.find_one({"s": subscription_id}, sort=[("k", DESCENDING)])
-        if head is not None and head["until"] > now:
-            if head["holder"] != holder:
-                return False
-            await leases.update_one({"_id": head["_id"]}, {"$set": {"until": until}})  # our own state
-            return True
-        k = 0 if head is None else int(head["k"]) + 1
-        try:
-            await leases.insert_one(
-                {"_id": f"{subscription_id}:{k}", "s": subscription_id, "k": k, "holder": holder, "until": until}
-            )
-        except DuplicateKeyError:  # another process took it from the same state first
-            return False
-        # States older than a minute go, never the newest two: a state number could only be
-        # reused by a taker that read its predecessor a minute before inserting.
-        await leases.delete_many(
-            {"s": subscription_id, "k": {"$lt": k - 1}, "until": {"$lt": now - timedelta(minutes=1)}}
-        )
-        return True
-
-    async def release_delivery_lease(self, subscription_id: str, holder: str) -> None:
-        leases = self._db["webhook_leases"]
-        head = await leases.find_one({"s": subscription_id}, sort=[("k", DESCENDING)])
-        if head is not None and head["holder"] == holder:
-            await leases.update_one({"_id": head["_id"]}, {"$set": {"until": datetime.fromtimestamp(0, UTC)}})
 
     async def delivery_head(self, subscription_id: str) -> DeliveryRow | None:
         doc = await self._db["webhook_deliveries"].find_one(

@@ -45,6 +45,7 @@ from putplace_api.store.base import (
     SubscriptionRow,
     TokenGrant,
     Visibility,
+    delivery_lease,
     directory,
     gcra,
     glob_to_sqlite,
@@ -93,6 +94,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used_at REAL, hostnames TEXT, path_prefixes TEXT, max_bytes INTEGER, max_files INTEGER);
 CREATE TABLE IF NOT EXISTS markers (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rate_buckets (bucket TEXT PRIMARY KEY, tat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL) WITHOUT ROWID;
 """
 
 _INSERT_FILE = (
@@ -860,6 +862,19 @@ class SqliteStore:
 
         return await self._run(run)
 
+    # -- leases --------------------------------------------------------------------------
+    async def take_lease(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        changed = await self._write_one(
+            "INSERT INTO leases (name, holder, until) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until "
+            "WHERE leases.until < ? OR leases.holder = excluded.holder",
+            (name, holder, until.timestamp(), now.timestamp()),
+        )
+        return changed > 0
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._write_one("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
     # -- webhooks (putplace_api.webhooks) -------------------------------------------------
     async def insert_subscription(self, row: SubscriptionRow) -> None:
         await self._write_one(
@@ -885,7 +900,7 @@ class SqliteStore:
         def run() -> bool:
             with self._write() as c:
                 c.execute("DELETE FROM webhook_deliveries WHERE subscription_id = ?", (subscription_id,))
-                c.execute("DELETE FROM webhook_leases WHERE subscription_id = ?", (subscription_id,))
+                c.execute("DELETE FROM leases WHERE name = ?", (delivery_lease(subscription_id),))
                 return c.execute("DELETE FROM webhook_subscriptions WHERE id = ?", (subscription_id,)).rowcount > 0
 
         return await self._run(run)
@@ -914,20 +929,6 @@ class SqliteStore:
 
         if rows:
             await self._run(run)
-
-    async def take_delivery_lease(self, subscription_id: str, holder: str, now: datetime, until: datetime) -> bool:
-        changed = await self._write_one(
-            "INSERT INTO webhook_leases (subscription_id, holder, until) VALUES (?, ?, ?) "
-            "ON CONFLICT (subscription_id) DO UPDATE SET holder = excluded.holder, until = excluded.until "
-            "WHERE webhook_leases.until < ? OR webhook_leases.holder = excluded.holder",
-            (subscription_id, holder, until.timestamp(), now.timestamp()),
-        )
-        return changed > 0
-
-    async def release_delivery_lease(self, subscription_id: str, holder: str) -> None:
-        await self._write_one(
-            "DELETE FROM webhook_leases WHERE subscription_id = ? AND holder = ?", (subscription_id, holder)
-        )
 
     async def delivery_head(self, subscription_id: str) -> DeliveryRow | None:
         def run() -> DeliveryRow | None:
@@ -1100,8 +1101,6 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     last_error TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS webhook_deliveries_queue ON webhook_deliveries (subscription_id, status, id);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_status ON webhook_deliveries (status, id);
-CREATE TABLE IF NOT EXISTS webhook_leases (
-    subscription_id TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL) WITHOUT ROWID;
 """
 
 

@@ -29,7 +29,14 @@ from prometheus_client import Counter, Gauge
 
 from putplace_api import __version__
 from putplace_api.settings import Settings
-from putplace_api.store.base import DELIVERY_DEAD, DELIVERY_PENDING, DeliveryRow, SubscriptionRow, WebhookStore
+from putplace_api.store.base import (
+    DELIVERY_DEAD,
+    DELIVERY_PENDING,
+    DeliveryRow,
+    SubscriptionRow,
+    WebhookStore,
+    delivery_lease,
+)
 from putplace_api.webhooks.signing import sign
 
 __all__ = ["DeliveryWorker", "backoff_seconds", "DELIVERIES", "QUEUED"]
@@ -103,12 +110,12 @@ class DeliveryWorker:
                     return  # nothing due: no lease taken, no write
                 now = datetime.now(UTC)
                 until = now + self._lease
-                if not await self._store.take_delivery_lease(sub.id, self._holder, now, until):
+                if not await self._store.take_lease(delivery_lease(sub.id), self._holder, now, until):
                     return  # another process serves it
                 try:
                     await self._drain(client, sub, until)
                 finally:
-                    await self._store.release_delivery_lease(sub.id, self._holder)
+                    await self._store.release_lease(delivery_lease(sub.id), self._holder)
             except Exception as exc:
                 log.warning("webhook subscription %s: %s", sub.id, exc)
 

@@ -16,6 +16,9 @@ with the DDL of its own version written out (never the live schema, which moves 
   NULL in existing rows: each content its own object, as before.
 - 4: upload sessions (the upload_sessions table); an older server refuses the database, as it
   would not know to expire the sessions.
+
+Not a version: the ``leases`` table (any named lease) replaced ``webhook_leases``, which
+databases made before it keep, empty and unread (a lease lasts seconds: none to carry over).
 """
 
 from __future__ import annotations
