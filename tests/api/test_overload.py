@@ -10,6 +10,7 @@ test holds."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from putplace_client.models import FileMetadata
 from tests.api.conftest import Api, meta
 from tests.overload import write_holding_the_only_slot
 from tests.waiting import wait_until
+from tests.webhook_receiver import receiving
 
 CAP = 2
 
@@ -271,3 +273,25 @@ def test_retry_after_of_successive_refusals() -> None:
     assert max(waits.count(w) for w in waits) <= 5  # evenly: 100 / 26 each, give or take one
     now[0] += 10 * PRESSURE_SECONDS  # the load gone: back to the least wait
     assert ra.upper() == 5 and ra.refused() == 5
+
+
+def test_background_work_refused_at_the_cap_logs_no_warning_and_goes_on(
+    start_api: Callable[..., Api], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The webhook worker reads the database every pass: refused at the cap, a pass is skipped
+    without a WARNING (the refusals are counted; an overload would otherwise log one per pass),
+    and the worker delivers again once the cap frees."""
+    api = start_api(database_max_concurrency=CAP, webhook_poll_seconds=0.1)
+    content = b"after the overload\n"
+    with receiving() as receiver, api.http() as c:
+        r = c.post("/webhooks/subscriptions", json={"url": receiver.url("/hook")})
+        assert r.status_code == 201, r.text
+        refused_before = _shed("delivery_head")  # a pass's first call to the database
+        with caplog.at_level(logging.WARNING), cap_reached(api):
+            wait_until(lambda: _shed("delivery_head") >= refused_before + 3, 30, "passes refused at the cap")
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warnings == []
+        assert c.post("/put_file", json=meta(content, filepath="/a")).json()["upload_required"]
+        assert c.post(f"/upload_file/{meta(content)['sha256']}", content=content).status_code == 200
+        got = receiver.wait_for(1, "/hook")
+        assert [(d.event, d.payload["data"]["sha256"]) for d in got] == [("file.uploaded", meta(content)["sha256"])]
