@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -30,6 +31,7 @@ from putplace_api.store.base import (
     MetadataStore,
     PackMove,
     PackUsage,
+    PutResult,
     SessionRow,
     SessionStore,
     StoredContent,
@@ -303,6 +305,21 @@ async def test_concurrent_puts_keep_their_own_times(store: MetadataStore) -> Non
     assert sorted((r.meta.filepath, r.updated_at) for r in await current(store)) == sorted(
         [(f"/{d}/{n}", at(n)) for n in range(6) for d in "tu"]
     )
+
+
+async def test_a_failing_call_does_not_fail_the_calls_written_with_it(store: MetadataStore) -> None:
+    # SQLite writes concurrent calls as one group: a group that fails is written call by call.
+    bad = meta("/bad").model_copy(update={"file_size": 2**70})  # no database stores it
+    outcome = await asyncio.gather(
+        *(store.put_files([meta(f"/ok/{n}")], at(n)) for n in range(3)),
+        store.put_files([bad], T0),
+        *(store.put_files([meta(f"/ok/{n}")], at(n)) for n in range(3, 6)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcome[3], Exception) and not isinstance(outcome[3], BackendUnavailable), outcome[3]
+    good = [o for n, o in enumerate(outcome) if n != 3]
+    assert [[r.file.meta.filepath for r in cast(list[PutResult], o)] for o in good] == [[f"/ok/{n}"] for n in range(6)]
+    assert sorted(r.meta.filepath for r in await current(store)) == [f"/ok/{n}" for n in range(6)]
 
 
 async def test_concurrent_puts_and_deletes_of_one_path(store: MetadataStore) -> None:
