@@ -359,6 +359,23 @@ def test_an_api_pod_deleted_during_uploads_loses_nothing(release: KindCluster, a
     admin = _secret_key(release, "putplace-admin-key")  # the CI key's 5/s would only slow this down
     for sha in set(expected.values()):  # nothing corrupt: each content downloads and re-hashes
         assert hashlib.sha256(api.call(admin, "download", sha)).hexdigest() == sha
+    # The maintenance commands, as an operator runs them: in the API's container, with its
+    # settings, beside the live server (README: Maintenance on a cluster).
+    verify = _maintain(release, "verify", "--json")
+    assert verify.returncode == 0, verify.stderr
+    report = json.loads(verify.stdout)
+    assert report["ok"] and report["checked"] >= len(set(expected.values())), report
+    gc = _maintain(release, "gc", "--delete", "--json")  # the default grace: nothing this young goes
+    assert gc.returncode == 0, gc.stderr
+    assert json.loads(gc.stdout)["collected"]["count"] == 0
+
+
+def _maintain(cluster: KindCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(cluster.kubectl_path), "-n", NS, "exec", "deploy/putplace-api", "-c", "api", "--",
+         "putplace-api", *args],
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def test_a_killed_operator_pod_comes_back_and_converges(release: KindCluster, api: Api) -> None:
