@@ -21,7 +21,7 @@ from starlette.routing import Match
 
 from putplace_api import __version__, fastpath
 from putplace_api.auth import AGENT_KEY_FILE
-from putplace_api.errors import Overloaded, PutPlaceError, error_response, validation_response
+from putplace_api.errors import Overloaded, PutPlaceError, error_response, log_background_failure, validation_response
 from putplace_api.middleware import ObservabilityMiddleware, SecurityMiddleware
 from putplace_api.routes import browse, content, files, health, keys, sessions, webhooks
 from putplace_api.settings import Settings, get_settings
@@ -43,10 +43,8 @@ async def _flush_last_used(state: AppState) -> None:
         await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
         try:
             await state.auth.flush_last_used()
-        except Overloaded:
-            pass  # at the database cap (counted in putplace_shed_total): kept for the next flush
-        except Exception as exc:  # a database outage must not kill the loop
-            log.warning("could not record key usage: %s", exc)
+        except Exception as exc:  # a database outage must not kill the loop; the times are kept
+            log_background_failure(log, "could not record key usage", exc)
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> str:

@@ -21,6 +21,7 @@ Routes and services raise these; backends translate their drivers' exceptions in
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "error_responses",
     "error_response",
     "validation_response",
+    "log_background_failure",
 ]
 
 
@@ -120,6 +122,14 @@ class Overloaded(BackendUnavailable):
     def __init__(self, backend: str, limit: int, retry_after: int) -> None:
         super().__init__(backend, f"busy: {limit} operations already in progress in this process")
         self.headers["Retry-After"] = str(retry_after)  # grows with the pressure (admission.RetryAfter)
+
+
+def log_background_failure(log: logging.Logger, what: str, exc: Exception) -> None:
+    """A background pass failed and runs again later: a WARNING -- unless it was refused at the
+    database cap, which ``putplace_shed_total`` counts already and an overload would otherwise
+    log once per pass."""
+    if not isinstance(exc, Overloaded):
+        log.warning("%s: %s", what, exc)
 
 
 class ErrorDetail(BaseModel):

@@ -33,9 +33,9 @@ from putplace_api.errors import (
     Conflict,
     HashMismatch,
     NotFound,
-    Overloaded,
     PayloadTooLarge,
     UnsupportedMediaType,
+    log_background_failure,
 )
 from putplace_api.mime import SNIFF_BYTES, detect_mime, mime_allowed
 from putplace_api.quotas import Quotas, has_quota
@@ -333,7 +333,5 @@ class Sessions:
             await asyncio.sleep(every)
             try:
                 await expire_sessions(self._sessions, self._storage, datetime.now(UTC))
-            except Overloaded:
-                pass  # at the database cap (counted in putplace_shed_total): the next pass tries again
             except Exception as exc:  # a backend outage must not end the loop
-                log.warning("could not expire upload sessions: %s", exc)
+                log_background_failure(log, "could not expire upload sessions", exc)

@@ -175,6 +175,18 @@ def _secret_key(cluster: KindCluster, name: str, namespace: str = NS) -> str:
     return base64.b64decode(data["api-key"]).decode()
 
 
+def _exec(
+    cluster: KindCluster, namespace: str, target: str, *argv: str, container: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` run in ``target`` (a pod, or ``deploy/<name>``), whatever its exit status: stdout
+    and stderr kept apart (``KindCluster.kubectl`` raises on failure and keeps stdout only)."""
+    where = ["-c", container] if container else []
+    return subprocess.run(
+        [str(cluster.kubectl_path), "-n", namespace, "exec", target, *where, "--", *argv],
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path)}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 def _kubectl_port_forward(
     cluster: KindCluster, namespace: str, target: str, port: int, remote: int, log: Path
 ) -> subprocess.Popen[bytes]:
@@ -215,10 +227,7 @@ def test_helm_install_runs_the_operator_ready_under_restricted_pod_security(rele
     # the process really runs as the image's user, on a root filesystem it cannot write
     name = pod["metadata"]["name"]
     probe = "import os; print(os.getuid()); open('/x', 'w')"
-    result = subprocess.run(
-        [str(release.kubectl_path), "-n", SYSTEM, "exec", name, "--", "python", "-c", probe],
-        env={**os.environ, "KUBECONFIG": str(release.kubeconfig_path)}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = _exec(release, SYSTEM, name, "python", "-c", probe, timeout=60)
     assert result.stdout.split() == ["65532"] and "Read-only file system" in result.stderr, result
 
 
@@ -361,21 +370,14 @@ def test_an_api_pod_deleted_during_uploads_loses_nothing(release: KindCluster, a
         assert hashlib.sha256(api.call(admin, "download", sha)).hexdigest() == sha
     # The maintenance commands, as an operator runs them: in the API's container, with its
     # settings, beside the live server (README: Maintenance on a cluster).
-    verify = _maintain(release, "verify", "--json")
+    verify = _exec(release, NS, "deploy/putplace-api", "putplace-api", "verify", "--json", container="api")
     assert verify.returncode == 0, verify.stderr
     report = json.loads(verify.stdout)
     assert report["ok"] and report["checked"] >= len(set(expected.values())), report
-    gc = _maintain(release, "gc", "--delete", "--json")  # the default grace: nothing this young goes
+    # The default grace (24h): nothing this young goes.
+    gc = _exec(release, NS, "deploy/putplace-api", "putplace-api", "gc", "--delete", "--json", container="api")
     assert gc.returncode == 0, gc.stderr
     assert json.loads(gc.stdout)["collected"]["count"] == 0
-
-
-def _maintain(cluster: KindCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(cluster.kubectl_path), "-n", NS, "exec", "deploy/putplace-api", "-c", "api", "--",
-         "putplace-api", *args],
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
 
 
 def test_a_killed_operator_pod_comes_back_and_converges(release: KindCluster, api: Api) -> None:

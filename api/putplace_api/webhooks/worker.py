@@ -28,7 +28,7 @@ import httpx
 from prometheus_client import Counter, Gauge
 
 from putplace_api import __version__
-from putplace_api.errors import Overloaded
+from putplace_api.errors import log_background_failure
 from putplace_api.settings import Settings
 from putplace_api.store.base import (
     DELIVERY_DEAD,
@@ -82,10 +82,8 @@ class DeliveryWorker:
             while True:
                 try:
                     await self.pass_once(client)
-                except Overloaded:
-                    pass  # at the database cap (counted in putplace_shed_total): the next pass tries again
                 except Exception as exc:  # a database outage must not end deliveries for good
-                    log.warning("webhook delivery pass failed: %s", exc)
+                    log_background_failure(log, "webhook delivery pass failed", exc)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._settings.webhook_poll_seconds)
@@ -119,10 +117,8 @@ class DeliveryWorker:
                     await self._drain(client, sub, until)
                 finally:
                     await self._store.release_lease(delivery_lease(sub.id), self._holder)
-            except Overloaded:
-                pass  # as in run(); a lease not released runs out
-            except Exception as exc:
-                log.warning("webhook subscription %s: %s", sub.id, exc)
+            except Exception as exc:  # a lease not released runs out
+                log_background_failure(log, f"webhook subscription {sub.id}", exc)
 
     async def _drain(self, client: httpx.AsyncClient, sub: SubscriptionRow, until: datetime) -> None:
         timeout = timedelta(seconds=self._settings.webhook_timeout_seconds)
